@@ -1,0 +1,53 @@
+//! The Redis key layout. Every key and the channel of a topic carry the hash tag
+//! `{<topic>}`, so in Redis Cluster they share one slot: the publish script may touch
+//! them all atomically, and `SPUBLISH` goes to the shard that owns the stream.
+//!
+//! | what | name | type |
+//! |---|---|---|
+//! | records | `cs:{MyModels}:records` | hash: record key -> record JSON |
+//! | id counter | `cs:{MyModels}:seq` | string (INCR) |
+//! | change stream | `cs:{MyModels}:stream` | stream of change events (replay) |
+//! | pub/sub channel | `cs:{MyModels}:events` | channel carrying [`crate::Envelope`]s |
+
+use crate::Topic;
+
+impl Topic {
+    fn key(&self, suffix: &str) -> String {
+        format!("cs:{{{}}}:{suffix}", self.as_str())
+    }
+
+    /// Hash of the collection's records, keyed by [`crate::RecordId::key`].
+    pub fn records_key(&self) -> String {
+        self.key("records")
+    }
+
+    /// Counter behind auto-assigned integer ids.
+    pub fn seq_key(&self) -> String {
+        self.key("seq")
+    }
+
+    /// The topic's change stream: the replay buffer every gateway reads from.
+    pub fn stream_key(&self) -> String {
+        self.key("stream")
+    }
+
+    /// The pub/sub channel (or shard channel, in cluster mode) the publish script sends
+    /// each event on. The only place a channel name is made.
+    pub fn redis_channel(&self) -> String {
+        self.key("events")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_key_layout() {
+        let t = Topic::new("MyModels").unwrap();
+        assert_eq!(t.records_key(), "cs:{MyModels}:records");
+        assert_eq!(t.seq_key(), "cs:{MyModels}:seq");
+        assert_eq!(t.stream_key(), "cs:{MyModels}:stream");
+        assert_eq!(t.redis_channel(), "cs:{MyModels}:events");
+    }
+}

@@ -1,0 +1,152 @@
+//! The Lua text of the one atomic publish script, and the names of its operations.
+//!
+//! Every mutation is one `EVALSHA` of [`PUBLISH_SCRIPT`]: the record write, the `XADD` of
+//! the change to the topic's stream and the `PUBLISH` of the same event with its stream
+//! id happen together or not at all (Redis runs a script to completion, and a script
+//! that errors before its first write writes nothing). So there is no event without its
+//! mutation, no mutation without its event, and stream order is pub/sub order.
+//!
+//! The JSON of records and changes is built by the caller (Rust keeps key order; Lua's
+//! cjson does not). The script only splices an auto-assigned id into a record, which it
+//! must do itself so the counter increment is part of the same atomic step.
+//!
+//! Calling convention:
+//!
+//! | | |
+//! |---|---|
+//! | `KEYS[1]` | records hash ([`crate::Topic::records_key`]) |
+//! | `KEYS[2]` | id counter ([`crate::Topic::seq_key`]) |
+//! | `KEYS[3]` | change stream ([`crate::Topic::stream_key`]) |
+//! | `ARGV[1]` | operation, one of the `OP_*` constants |
+//! | `ARGV[2]` | channel ([`crate::Topic::redis_channel`]) |
+//! | `ARGV[3]` | `PUBLISH`, or `SPUBLISH` in cluster mode |
+//! | `ARGV[4]` | stream length limit, `0` for none (approximate: `MAXLEN ~`) |
+//! | `ARGV[5]` | stream age limit in ms, `0` for none (approximate: `MINID ~`) |
+//! | `ARGV[6..]` | operation arguments, below |
+//!
+//! Replies: `{"ok", stream_id}` (create_auto: `{"ok", stream_id, id, record}`), or one of
+//! `{"exists"}`, `{"missing"}`, `{"conflict"}` with nothing written.
+
+/// `ARGV[6]` = record JSON without `id` (a compact object). Assigns the next integer id,
+/// appends `"id":N` as the record's last key.
+pub const OP_CREATE_AUTO: &str = "create_auto";
+/// `ARGV[6..9]` = key, record, change, integer id or empty. Refuses an existing key.
+pub const OP_CREATE: &str = "create";
+/// `ARGV[6..8]` = key, record, change. Refuses a missing key.
+pub const OP_REPLACE: &str = "replace";
+/// `ARGV[6..9]` = key, expected current record, new record, change. Refuses a missing
+/// key, and answers `conflict` if the record changed since it was read (compare-and-set:
+/// the caller merges in Rust to keep key order, then retries).
+pub const OP_PATCH: &str = "patch";
+/// `ARGV[6..7]` = key, change. Answers `missing` for an absent key. Stores the removed
+/// record as the stream entry's `last` field.
+pub const OP_DELETE: &str = "delete";
+/// `ARGV[6..7]` = change, last state or empty. No record is touched (backends that keep
+/// their own database).
+pub const OP_PUBLISH: &str = "publish";
+
+/// The script. See the module docs for its calling convention.
+pub const PUBLISH_SCRIPT: &str = r#"
+local records, seq, stream = KEYS[1], KEYS[2], KEYS[3]
+local op, channel, pubcmd, maxlen, maxage = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+if pubcmd ~= 'PUBLISH' and pubcmd ~= 'SPUBLISH' then
+  return redis.error_reply('bad publish command')
+end
+
+-- Append the change to the stream and publish it with its id and the previous id.
+local function emit(change, last)
+  local prev = '0-0'
+  local top = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  if top[1] then prev = top[1][1] end
+  local id
+  if maxlen ~= '0' then
+    if last then
+      id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'v', '1', 'change', change, 'last', last)
+    else
+      id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'v', '1', 'change', change)
+    end
+  else
+    if last then
+      id = redis.call('XADD', stream, '*', 'v', '1', 'change', change, 'last', last)
+    else
+      id = redis.call('XADD', stream, '*', 'v', '1', 'change', change)
+    end
+  end
+  if maxage > 0 then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    redis.call('XTRIM', stream, 'MINID', '~', string.format('%.0f', now - maxage) .. '-0')
+  end
+  redis.call(pubcmd, channel, '1\n' .. id .. '\n' .. prev .. '\n' .. change .. '\n' .. (last or ''))
+  return id
+end
+
+if op == 'create_auto' then
+  local n = redis.call('INCR', seq)
+  while redis.call('HEXISTS', records, n) == 1 do n = redis.call('INCR', seq) end
+  local key = string.format('%d', n)
+  local body = ARGV[6]
+  local record
+  if body == '{}' then
+    record = '{"id":' .. key .. '}'
+  else
+    record = string.sub(body, 1, -2) .. ',"id":' .. key .. '}'
+  end
+  redis.call('HSET', records, key, record)
+  local id = emit('{"target":' .. key .. ',"data":' .. record .. ',"type":"create"}', nil)
+  return {'ok', id, key, record}
+elseif op == 'create' then
+  if redis.call('HSETNX', records, ARGV[6], ARGV[7]) == 0 then return {'exists'} end
+  if ARGV[9] ~= '' then
+    local cur = tonumber(redis.call('GET', seq) or '0')
+    if tonumber(ARGV[9]) > cur then redis.call('SET', seq, ARGV[9]) end
+  end
+  return {'ok', emit(ARGV[8], nil)}
+elseif op == 'replace' then
+  if redis.call('HEXISTS', records, ARGV[6]) == 0 then return {'missing'} end
+  redis.call('HSET', records, ARGV[6], ARGV[7])
+  return {'ok', emit(ARGV[8], nil)}
+elseif op == 'patch' then
+  local cur = redis.call('HGET', records, ARGV[6])
+  if not cur then return {'missing'} end
+  if cur ~= ARGV[7] then return {'conflict'} end
+  redis.call('HSET', records, ARGV[6], ARGV[8])
+  return {'ok', emit(ARGV[9], nil)}
+elseif op == 'delete' then
+  local cur = redis.call('HGET', records, ARGV[6])
+  if not cur then return {'missing'} end
+  redis.call('HDEL', records, ARGV[6])
+  return {'ok', emit(ARGV[7], cur)}
+elseif op == 'publish' then
+  local last = ARGV[7]
+  if last == '' then last = nil end
+  return {'ok', emit(ARGV[6], last)}
+end
+return redis.error_reply('unknown operation ' .. tostring(op))
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{FIELD_CHANGE, FIELD_LAST, FIELD_VERSION, FORMAT_VERSION};
+
+    #[test]
+    fn script_writes_the_format_this_crate_reads() {
+        // The Lua text cannot import the Rust constants; pin them together here.
+        assert_eq!(FORMAT_VERSION, "1");
+        for field in [FIELD_VERSION, FIELD_CHANGE, FIELD_LAST] {
+            assert!(PUBLISH_SCRIPT.contains(&format!("'{field}', ")), "{field}");
+        }
+        for op in [
+            OP_CREATE_AUTO,
+            OP_CREATE,
+            OP_REPLACE,
+            OP_PATCH,
+            OP_DELETE,
+            OP_PUBLISH,
+        ] {
+            assert!(PUBLISH_SCRIPT.contains(&format!("op == '{op}'")), "{op}");
+        }
+        assert!(PUBLISH_SCRIPT.contains(r"'1\n' .. id .. '\n' .. prev .. '\n' .. change .. '\n'"));
+    }
+}

@@ -1,0 +1,97 @@
+//! SSE frame bytes (the `text/event-stream` format), exactly as LoopBack's change stream
+//! sends them plus the `id:` lines that make `Last-Event-ID` work.
+//!
+//! Every `data:` payload here is compact JSON, which never contains a raw newline, so each
+//! event is a single `data:` line. Ids and event names are produced by this crate
+//! (stream ids, cursors, fixed names), never copied from a client.
+
+use crate::EventId;
+
+/// The first bytes of every stream, as LoopBack sends them: a comment, then a blank line.
+pub const PREAMBLE: &str = ":ok\n\n";
+
+/// The comment sent on an idle stream so proxies do not close it.
+pub const HEARTBEAT: &str = ":\n\n";
+
+/// LoopBack's event name for a change; what `src.addEventListener('data', ...)` hears.
+pub const EVENT_DATA: &str = "data";
+/// Sent when a resume position is older than the stream still holds.
+pub const EVENT_RESET: &str = "reset";
+/// LoopBack's error event: `data` is `{"message": ...}`.
+pub const EVENT_ERROR: &str = "error";
+/// LoopBack's end-of-stream event.
+pub const EVENT_END: &str = "end";
+
+/// `retry: <ms>`: how long the browser waits before reconnecting.
+pub fn retry(ms: u64) -> String {
+    format!("retry: {ms}\n\n")
+}
+
+/// One event. `event` is `None` for the default event name (`onmessage`).
+pub fn frame(id: Option<&str>, event: Option<&str>, data: &str) -> String {
+    let mut out = String::with_capacity(data.len() + 48);
+    if let Some(id) = id {
+        out.push_str("id: ");
+        out.push_str(id);
+        out.push('\n');
+    }
+    if let Some(event) = event {
+        out.push_str("event: ");
+        out.push_str(event);
+        out.push('\n');
+    }
+    out.push_str("data: ");
+    out.push_str(data);
+    out.push_str("\n\n");
+    out
+}
+
+/// A change on a single-topic LoopBack change stream.
+pub fn change_frame(id: EventId, change_json: &str) -> String {
+    frame(Some(&id.to_string()), Some(EVENT_DATA), change_json)
+}
+
+/// History was trimmed past the client's position. `id` is where the client continues
+/// from, so a reconnect after the reset does not ask for the lost range again.
+pub fn reset_frame(id: Option<&str>, reason_json: &str) -> String {
+    frame(id, Some(EVENT_RESET), reason_json)
+}
+
+/// LoopBack's `error` event; `message` is JSON-escaped here.
+pub fn error_frame(message: &str) -> String {
+    let data = serde_json::json!({ "message": message }).to_string();
+    frame(None, Some(EVENT_ERROR), &data)
+}
+
+/// LoopBack's `end` event.
+pub fn end_frame() -> String {
+    frame(None, Some(EVENT_END), "null")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_frames() {
+        assert_eq!(PREAMBLE, ":ok\n\n");
+        assert_eq!(retry(3000), "retry: 3000\n\n");
+        assert_eq!(
+            change_frame(
+                EventId::new(1732345678901, 0),
+                r#"{"target":1,"data":{"foo":"bar","id":1},"type":"create"}"#
+            ),
+            "id: 1732345678901-0\nevent: data\ndata: {\"target\":1,\"data\":{\"foo\":\"bar\",\"id\":1},\"type\":\"create\"}\n\n"
+        );
+        assert_eq!(frame(Some("c1"), None, "{}"), "id: c1\ndata: {}\n\n");
+        assert_eq!(
+            reset_frame(Some("5-0"), r#"{"reason":"trimmed"}"#),
+            "id: 5-0\nevent: reset\ndata: {\"reason\":\"trimmed\"}\n\n"
+        );
+        assert_eq!(
+            error_frame("bad \"x\"\n"),
+            "event: error\ndata: {\"message\":\"bad \\\"x\\\"\\n\"}\n\n"
+        );
+        assert_eq!(end_frame(), "event: end\ndata: null\n\n");
+    }
+}
