@@ -1,1 +1,67 @@
+//! The publisher: writes a record and its change event to Redis in one atomic step, and
+//! serves the LoopBack-style REST API over it.
+//!
+//! ```text
+//! REST request -> api (validate, 4xx) -> store::RedisStore -> EVALSHA publish script
+//!                                          (HSET record + XADD stream + PUBLISH, atomic)
+//! ```
+//!
+//! - [`store`]: the [`Store`] trait, [`RedisStore`] (production) and [`MemoryStore`] (the
+//!   gateway's embedded bus). Rust backends use a store directly as a library.
+//! - [`api`]: the HTTP routes; one [`ApiError`] decides every error status.
+//! - [`config`], [`settings`]: layered configuration. [`telemetry`], [`shutdown`]: process
+//!   plumbing shared with the gateway.
+//!
+//! What it does not own: SSE, subscriptions, replay (the gateway's).
 
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod settings;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+
+pub use config::Config;
+pub use error::{ApiError, StoreError};
+pub use store::{MemoryStore, RedisOptions, RedisStore, Retention, Store, Written};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("redis: {0}")]
+    Store(#[from] StoreError),
+    #[error("serve: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves the REST API on `listener` until `shutdown` is cancelled, then lets in-flight
+/// requests finish for at most the configured grace period.
+///
+/// # Errors
+/// [`RunError::Store`] for an unusable Redis URL, [`RunError::Io`] if serving fails.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let store = RedisStore::connect_lazy(&config.redis_url, config.redis_options())?;
+    let app = api::router(api::ApiState::new(store, config.body_limit));
+    tracing::info!(addr = %listener.local_addr()?, "publisher listening");
+    let grace = config.grace_period;
+    let serve =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let serve = tokio::spawn(async move { serve.await });
+    shutdown.cancelled().await;
+    match tokio::time::timeout(grace, serve).await {
+        Ok(joined) => joined.map_err(std::io::Error::other)??,
+        Err(_) => tracing::warn!(
+            ?grace,
+            "requests still running after the grace period; exiting anyway"
+        ),
+    }
+    Ok(())
+}

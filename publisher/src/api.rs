@@ -1,0 +1,271 @@
+//! The LoopBack-style REST API over any [`Store`]:
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | `POST` | `/api/{collection}` | the created record (id assigned) |
+//! | `GET` | `/api/{collection}` | every record, by id |
+//! | `GET` | `/api/{collection}/{id}` | the record, or 404 |
+//! | `PUT` | `/api/{collection}/{id}` | the replaced record, or 404 |
+//! | `PATCH` | `/api/{collection}/{id}` | the merged record, or 404 |
+//! | `DELETE` | `/api/{collection}/{id}` | `{"count":1}` or `{"count":0}` |
+//! | `POST` | `/publish` | `{"id":"<stream id>"}`: a change without a record write |
+//! | `GET` | `/healthz`, `/readyz` | liveness; readiness (the store answers) |
+//!
+//! Every error is LoopBack's JSON shape (see [`ApiError`]) and writes nothing.
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRef, FromRequest, Path, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use proto::{Change, Object, RecordId, Topic};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::{ApiError, StoreError};
+use crate::store::Store;
+
+/// Default largest request body, in bytes: body-parser's `100kb`, which LoopBack uses.
+pub const DEFAULT_BODY_LIMIT: usize = 100 * 1024;
+
+/// What the handlers share.
+#[derive(Clone, Debug)]
+pub struct ApiState<S> {
+    pub store: S,
+    pub body_limit: BodyLimit,
+}
+
+impl<S> ApiState<S> {
+    pub fn new(store: S, body_limit: usize) -> Self {
+        Self {
+            store,
+            body_limit: BodyLimit(body_limit),
+        }
+    }
+}
+
+/// Largest accepted request body, in bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimit(pub usize);
+
+impl<S: Clone> FromRef<ApiState<S>> for BodyLimit {
+    fn from_ref(state: &ApiState<S>) -> Self {
+        state.body_limit
+    }
+}
+
+/// The REST API routes, with JSON 404/405 fallbacks.
+pub fn router<S: Store>(state: ApiState<S>) -> Router {
+    routes()
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_route)
+        .with_state(state)
+}
+
+/// The routes alone, for a server that mounts more of its own (the embedded gateway).
+pub fn routes<S: Store>() -> Router<ApiState<S>> {
+    Router::new()
+        .route("/api/{collection}", post(create::<S>).get(list::<S>))
+        .route(
+            "/api/{collection}/{id}",
+            get(find::<S>)
+                .put(replace::<S>)
+                .patch(patch::<S>)
+                .delete(delete::<S>),
+        )
+        .route("/publish", post(publish::<S>))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz::<S>))
+}
+
+/// The JSON 404 for unknown paths (and 405 bodies for known paths, wrong method).
+pub async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NoRoute {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}
+
+/// A request body that is a JSON object: right content type, within the size limit.
+#[derive(Debug)]
+pub struct JsonObject(pub Object);
+
+impl<St> FromRequest<St> for JsonObject
+where
+    St: Send + Sync,
+    BodyLimit: FromRef<St>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &St) -> Result<Self, ApiError> {
+        let BodyLimit(limit) = BodyLimit::from_ref(state);
+        let (parts, body) = req.into_parts();
+        let bytes = read_json_body(&parts.headers, body, limit).await?;
+        match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(serde_json::Value::Object(object)) => Ok(Self(object)),
+            Ok(_) => Err(ApiError::BadRequest(
+                "request body must be a JSON object".into(),
+            )),
+            Err(e) => Err(ApiError::InvalidJson(e.to_string())),
+        }
+    }
+}
+
+/// Checks the content type and reads at most `limit` bytes.
+async fn read_json_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence != "application/json"
+        && !(essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        return Err(ApiError::UnsupportedMediaType(content_type));
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge { limit })
+}
+
+fn topic(path: &str) -> Result<Topic, ApiError> {
+    Ok(Topic::new(path)?)
+}
+
+fn path_error(e: PathRejection) -> ApiError {
+    ApiError::BadRequest(format!("bad path: {}", e.body_text()))
+}
+
+/// A JSON response from text that is already JSON (stored records).
+fn raw_json(text: String) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+async fn create<S: Store>(
+    State(state): State<ApiState<S>>,
+    path: Result<Path<String>, PathRejection>,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Object>, ApiError> {
+    let topic = topic(&path.map_err(path_error)?.0)?;
+    Ok(Json(state.store.create(&topic, body).await?.record))
+}
+
+async fn list<S: Store>(
+    State(state): State<ApiState<S>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let topic = topic(&path.map_err(path_error)?.0)?;
+    let records = state.store.list(&topic).await?;
+    Ok(raw_json(format!("[{}]", records.join(","))))
+}
+
+type ItemPath = Result<Path<(String, String)>, PathRejection>;
+
+fn item(path: ItemPath) -> Result<(Topic, RecordId), ApiError> {
+    let Path((collection, id)) = path.map_err(path_error)?;
+    Ok((topic(&collection)?, RecordId::from_path(&id)?))
+}
+
+async fn find<S: Store>(
+    State(state): State<ApiState<S>>,
+    path: ItemPath,
+) -> Result<Response, ApiError> {
+    let (topic, id) = item(path)?;
+    match state.store.get(&topic, &id).await? {
+        Some(record) => Ok(raw_json(record)),
+        None => Err(StoreError::NotFound { topic, id }.into()),
+    }
+}
+
+async fn replace<S: Store>(
+    State(state): State<ApiState<S>>,
+    path: ItemPath,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Object>, ApiError> {
+    let (topic, id) = item(path)?;
+    Ok(Json(state.store.replace(&topic, &id, body).await?.record))
+}
+
+async fn patch<S: Store>(
+    State(state): State<ApiState<S>>,
+    path: ItemPath,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Object>, ApiError> {
+    let (topic, id) = item(path)?;
+    Ok(Json(state.store.patch(&topic, &id, body).await?.record))
+}
+
+async fn delete<S: Store>(
+    State(state): State<ApiState<S>>,
+    path: ItemPath,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (topic, id) = item(path)?;
+    let count = u8::from(state.store.delete(&topic, &id).await?.is_some());
+    Ok(Json(json!({ "count": count })))
+}
+
+/// `POST /publish` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    topic: String,
+    change: serde_json::Value,
+    #[serde(default)]
+    last: Option<Object>,
+}
+
+async fn publish<S: Store>(
+    State(state): State<ApiState<S>>,
+    JsonObject(body): JsonObject,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let request: PublishRequest = serde_json::from_value(serde_json::Value::Object(body))
+        .map_err(|e| ApiError::BadRequest(format!("publish body: {e}")))?;
+    let topic = topic(&request.topic)?;
+    let change = Change::deserialize(request.change)
+        .map_err(|e| ApiError::BadRequest(format!("change: {e}")))?;
+    let id = state
+        .store
+        .publish(&topic, &change, request.last.as_ref())
+        .await?;
+    Ok(Json(json!({ "id": id.to_string() })))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz<S: Store>(State(state): State<ApiState<S>>) -> Response {
+    match state.store.ready().await {
+        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "unavailable", "reason": "redis unreachable" })),
+            )
+                .into_response()
+        }
+    }
+}

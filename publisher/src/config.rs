@@ -1,0 +1,221 @@
+//! The publisher's [`Config`]: defaults < config file < `PUBLISHER_*` environment < flags.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::api::DEFAULT_BODY_LIMIT;
+use crate::settings::{Layers, SettingsError};
+use crate::store::{DEFAULT_STREAM_MAX_AGE, DEFAULT_STREAM_MAX_LEN, RedisOptions, Retention};
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8081";
+/// Default Redis URL.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
+/// Default longest wait for one Redis reply.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default time in-flight requests get to finish after SIGTERM.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
+
+/// Command-line flags; each overrides its `PUBLISHER_*` variable and config-file key.
+#[derive(Debug, Parser)]
+#[command(
+    name = "publisher",
+    version,
+    about = "Writes records and their change events to Redis atomically; serves the LoopBack-style REST API."
+)]
+struct Flags {
+    /// Config file (TOML or YAML); also PUBLISHER_CONFIG.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Listen address [env PUBLISHER_LISTEN] [default 0.0.0.0:8081]
+    #[arg(long)]
+    listen: Option<String>,
+    /// Redis URL [env PUBLISHER_REDIS_URL] [default redis://127.0.0.1:6379/]
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Largest request body in bytes [env PUBLISHER_BODY_LIMIT] [default 102400]
+    #[arg(long)]
+    body_limit: Option<String>,
+    /// Stream entries kept per topic, 0 for no limit [env PUBLISHER_STREAM_MAX_LEN] [default 10000]
+    #[arg(long)]
+    stream_max_len: Option<String>,
+    /// Oldest stream entry kept, e.g. 24h; 0 for no limit [env PUBLISHER_STREAM_MAX_AGE] [default 24h]
+    #[arg(long)]
+    stream_max_age: Option<String>,
+    /// Longest wait for a Redis reply [env PUBLISHER_REDIS_TIMEOUT] [default 2s]
+    #[arg(long)]
+    redis_timeout: Option<String>,
+    /// Time in-flight requests get after SIGTERM [env PUBLISHER_GRACE_PERIOD] [default 10s]
+    #[arg(long)]
+    grace_period: Option<String>,
+}
+
+/// Everything the publisher needs to start, parsed and typed.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub redis_url: String,
+    pub body_limit: usize,
+    pub retention: Retention,
+    pub redis_timeout: Duration,
+    pub grace_period: Duration,
+}
+
+impl Config {
+    /// Reads the real command line and process environment.
+    ///
+    /// # Errors
+    /// See [`Config::load`]. `--help` and `--version` come back as an error to print.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::load(std::env::args_os(), &std::env::vars().collect())
+    }
+
+    /// Layers defaults, the config file, `env` and `args`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the flag or setting at fault.
+    pub fn load(
+        args: impl IntoIterator<Item = OsString>,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let flags = Flags::try_parse_from(args)?;
+        let file = flags
+            .config
+            .clone()
+            .or_else(|| env.get("PUBLISHER_CONFIG").map(PathBuf::from));
+        let max_len = DEFAULT_STREAM_MAX_LEN.to_string();
+        let max_age = format!("{}s", DEFAULT_STREAM_MAX_AGE.as_secs());
+        let body_limit = DEFAULT_BODY_LIMIT.to_string();
+        let redis_timeout = format!("{}ms", DEFAULT_REDIS_TIMEOUT.as_millis());
+        let grace = format!("{}ms", DEFAULT_GRACE_PERIOD.as_millis());
+        let defaults = [
+            ("listen", DEFAULT_LISTEN),
+            ("redis_url", DEFAULT_REDIS_URL),
+            ("body_limit", body_limit.as_str()),
+            ("stream_max_len", max_len.as_str()),
+            ("stream_max_age", max_age.as_str()),
+            ("redis_timeout", redis_timeout.as_str()),
+            ("grace_period", grace.as_str()),
+        ];
+        let overrides = [
+            ("listen", flags.listen),
+            ("redis_url", flags.redis_url),
+            ("body_limit", flags.body_limit),
+            ("stream_max_len", flags.stream_max_len),
+            ("stream_max_age", flags.stream_max_age),
+            ("redis_timeout", flags.redis_timeout),
+            ("grace_period", flags.grace_period),
+        ];
+        let layers = Layers::build("PUBLISHER", &defaults, file.as_deref(), env, &overrides)?;
+        Self::from_layers(&layers).map_err(ConfigError::Settings)
+    }
+
+    fn from_layers(layers: &Layers) -> Result<Self, SettingsError> {
+        Ok(Self {
+            listen: layers.get("listen")?,
+            redis_url: layers.checked("redis_url", |url: &String| {
+                redis::Client::open(url.as_str())
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })?,
+            body_limit: layers.checked("body_limit", |n: &usize| {
+                if *n == 0 {
+                    Err("must be at least 1".into())
+                } else {
+                    Ok(())
+                }
+            })?,
+            retention: Retention {
+                max_len: layers.get("stream_max_len")?,
+                max_age: layers.duration("stream_max_age")?,
+            },
+            redis_timeout: layers.duration("redis_timeout")?,
+            grace_period: layers.duration("grace_period")?,
+        })
+    }
+
+    pub fn redis_options(&self) -> RedisOptions {
+        RedisOptions {
+            retention: self.retention,
+            response_timeout: self.redis_timeout,
+            sharded: false,
+        }
+    }
+}
+
+/// Why the publisher would not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Flags(#[from] clap::Error),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::load(
+            std::iter::once("publisher")
+                .chain(args.iter().copied())
+                .map(OsString::from),
+            &env,
+        )
+    }
+
+    #[test]
+    fn defaults() {
+        let c = load(&[], &[]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8081".parse().unwrap());
+        assert_eq!(c.redis_url, DEFAULT_REDIS_URL);
+        assert_eq!(c.body_limit, DEFAULT_BODY_LIMIT);
+        assert_eq!(c.retention, Retention::default());
+    }
+
+    #[test]
+    fn env_then_flags() {
+        let c = load(
+            &["--redis-url", "redis://flag:1/"],
+            &[
+                ("PUBLISHER_LISTEN", "127.0.0.1:9"),
+                ("PUBLISHER_REDIS_URL", "redis://env:1/"),
+                ("PUBLISHER_STREAM_MAX_AGE", "0"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9".parse().unwrap());
+        assert_eq!(c.redis_url, "redis://flag:1/");
+        assert_eq!(c.retention.max_age, Duration::ZERO);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let err = load(&["--listen", "nowhere"], &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("`listen`") && err.contains("PUBLISHER_LISTEN"),
+            "{err}"
+        );
+        let err = load(&[], &[("PUBLISHER_BODY_LIMIT", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`body_limit`") && err.contains("at least 1"),
+            "{err}"
+        );
+        let err = load(&[], &[("PUBLISHER_REDIS_URL", "http://x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`redis_url`"), "{err}");
+    }
+}

@@ -1,0 +1,155 @@
+//! Errors: [`StoreError`] from the record stores, [`ApiError`] for HTTP responses.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use proto::{DecodeError, RecordId, Topic};
+use serde_json::json;
+
+/// Why a store operation did not happen. In every case nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis could not be reached, timed out, or is not serving (loading, failing over).
+    /// A timed-out script may still have run in full; it never ran in part.
+    #[error("redis unavailable: {0}")]
+    Unavailable(#[source] redis::RedisError),
+    /// No reply in time. The script may have run (in full) or not at all.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("redis: {0}")]
+    Redis(#[source] redis::RedisError),
+    #[error("unexpected reply from the publish script: {0}")]
+    Reply(String),
+    #[error("record {id} of {topic} not found")]
+    NotFound { topic: Topic, id: RecordId },
+    #[error("record {id} of {topic} already exists")]
+    Exists { topic: Topic, id: RecordId },
+    #[error("id {body} in the body differs from id {url} in the URL")]
+    IdMismatch { url: RecordId, body: RecordId },
+    #[error("record {id} of {topic} kept changing while it was patched; try again")]
+    Contended { topic: Topic, id: RecordId },
+    #[error(transparent)]
+    Invalid(#[from] DecodeError),
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        use redis::{ErrorKind, ServerErrorKind};
+        let unavailable = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_refusal()
+            || e.is_connection_dropped()
+            || matches!(
+                e.kind(),
+                ErrorKind::ClusterConnectionNotFound
+                    | ErrorKind::Server(
+                        ServerErrorKind::BusyLoading
+                            | ServerErrorKind::TryAgain
+                            | ServerErrorKind::ClusterDown
+                            | ServerErrorKind::MasterDown
+                            | ServerErrorKind::ReadOnly
+                    )
+            );
+        if unavailable {
+            Self::Unavailable(e)
+        } else {
+            Self::Redis(e)
+        }
+    }
+}
+
+/// An HTTP error in LoopBack's shape:
+/// `{"error":{"statusCode":404,"name":"Error","code":"MODEL_NOT_FOUND","message":"..."}}`.
+///
+/// Internal causes are logged, never sent to the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("Content-Type must be application/json, got {0:?}")]
+    UnsupportedMediaType(String),
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("no route for {method} {path}")]
+    NoRoute { method: String, path: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<DecodeError> for ApiError {
+    fn from(e: DecodeError) -> Self {
+        Self::Store(StoreError::Invalid(e))
+    }
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
+            Self::InvalidJson(_) => (StatusCode::BAD_REQUEST, "INVALID_JSON"),
+            Self::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
+            }
+            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+            Self::NoRoute { .. } => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            Self::Store(e) => match e {
+                StoreError::Unavailable(_) | StoreError::Timeout(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "REDIS_UNAVAILABLE")
+                }
+                StoreError::Redis(_) | StoreError::Reply(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL")
+                }
+                StoreError::NotFound { .. } => (StatusCode::NOT_FOUND, "MODEL_NOT_FOUND"),
+                StoreError::Exists { .. } => (StatusCode::CONFLICT, "DUPLICATE_ID"),
+                StoreError::IdMismatch { .. } => (StatusCode::BAD_REQUEST, "ID_MISMATCH"),
+                StoreError::Contended { .. } => (StatusCode::CONFLICT, "CONTENDED"),
+                StoreError::Invalid(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
+            },
+        }
+    }
+}
+
+/// The `name` LoopBack's http-errors would give a status.
+fn error_name(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "BadRequestError",
+        StatusCode::NOT_FOUND => "NotFoundError",
+        StatusCode::CONFLICT => "ConflictError",
+        StatusCode::PAYLOAD_TOO_LARGE => "PayloadTooLargeError",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaTypeError",
+        StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailableError",
+        _ => "Error",
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = if status.is_server_error() {
+            tracing::warn!(error = %self, "request failed");
+            match status {
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    "Redis is unavailable; nothing was written".to_owned()
+                }
+                _ => "internal error; nothing was written".to_owned(),
+            }
+        } else {
+            self.to_string()
+        };
+        let body = json!({"error": {
+            "statusCode": status.as_u16(),
+            "name": error_name(status),
+            "code": code,
+            "message": message,
+        }});
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

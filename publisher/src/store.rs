@@ -1,0 +1,265 @@
+//! Record stores: where a mutation and its change event are written together.
+//!
+//! [`Store`] is what the REST API calls. [`RedisStore`] is the production store (one
+//! atomic Lua script per mutation); [`MemoryStore`] is the gateway's embedded single-node
+//! bus with the same semantics and a bounded history. The id rules, record assembly and
+//! patch merge live here, once, for both.
+
+use std::future::Future;
+use std::time::Duration;
+
+use proto::{Change, EventId, Object, RecordId, Topic};
+
+use crate::error::StoreError;
+
+mod memory;
+mod redis_store;
+
+pub use memory::{MemoryStore, Published};
+pub use redis_store::{RedisOptions, RedisStore};
+
+/// Default stream length limit per topic (approximate, see [`Retention`]).
+pub const DEFAULT_STREAM_MAX_LEN: u64 = 10_000;
+/// Default stream age limit per topic.
+pub const DEFAULT_STREAM_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// How much history each topic's stream keeps for replay. Both limits apply; `0` /
+/// `Duration::ZERO` turns one off. Redis trims approximately (`MAXLEN ~`, `MINID ~`):
+/// at least this much is kept, a little more until a whole stream node can be dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub max_len: u64,
+    pub max_age: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_len: DEFAULT_STREAM_MAX_LEN,
+            max_age: DEFAULT_STREAM_MAX_AGE,
+        }
+    }
+}
+
+/// A record written together with its change event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Written {
+    pub id: RecordId,
+    pub record: Object,
+    /// The stream id of the change event.
+    pub event: EventId,
+}
+
+/// A place records and their change events are written to, atomically.
+///
+/// Every mutating method writes the record and appends + publishes its change in one
+/// step, or writes nothing and returns an error.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// Creates a record. Its id is the body's `id`, or the collection's next integer.
+    fn create(
+        &self,
+        topic: &Topic,
+        body: Object,
+    ) -> impl Future<Output = Result<Written, StoreError>> + Send;
+
+    /// Replaces an existing record (HTTP `PUT`).
+    fn replace(
+        &self,
+        topic: &Topic,
+        id: &RecordId,
+        body: Object,
+    ) -> impl Future<Output = Result<Written, StoreError>> + Send;
+
+    /// Merges `body` into an existing record (HTTP `PATCH`); the event carries the whole
+    /// record after the change.
+    fn patch(
+        &self,
+        topic: &Topic,
+        id: &RecordId,
+        body: Object,
+    ) -> impl Future<Output = Result<Written, StoreError>> + Send;
+
+    /// Deletes a record. `None` if it did not exist (no event is published then).
+    fn delete(
+        &self,
+        topic: &Topic,
+        id: &RecordId,
+    ) -> impl Future<Output = Result<Option<EventId>, StoreError>> + Send;
+
+    /// Publishes a change without touching records, for backends with their own database.
+    /// `last` is a removed record's last state, used by gateway filters.
+    fn publish(
+        &self,
+        topic: &Topic,
+        change: &Change,
+        last: Option<&Object>,
+    ) -> impl Future<Output = Result<EventId, StoreError>> + Send;
+
+    /// One record's JSON text.
+    fn get(
+        &self,
+        topic: &Topic,
+        id: &RecordId,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
+    /// Every record's JSON text, integer ids first in numeric order, then string ids.
+    fn list(&self, topic: &Topic) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Whether the store can take writes now (Redis answers PING).
+    fn ready(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// How a create names its record.
+#[derive(Debug)]
+pub(crate) enum NewRecord {
+    /// No id in the body: the store assigns the next integer and appends `id` last.
+    Auto(Object),
+    /// The body names its id; the record is the body as sent.
+    Given(RecordId, Object),
+}
+
+/// Reads the id rules of a create body. `"id": null` counts as no id, as in LoopBack.
+pub(crate) fn plan_create(mut body: Object) -> Result<NewRecord, StoreError> {
+    match body.get("id") {
+        None => Ok(NewRecord::Auto(body)),
+        Some(serde_json::Value::Null) => {
+            body.shift_remove("id");
+            Ok(NewRecord::Auto(body))
+        }
+        Some(v) => Ok(NewRecord::Given(RecordId::from_json(v)?, body)),
+    }
+}
+
+/// Appends `"id": n` to an auto-id record, as the publish script does in Lua.
+pub(crate) fn append_id(mut body: Object, id: &RecordId) -> Object {
+    body.insert("id".into(), id.to_json());
+    body
+}
+
+/// The record a `PUT` stores: the body, with the URL's id appended if the body has none.
+pub(crate) fn replacement(body: Object, id: &RecordId) -> Result<Object, StoreError> {
+    check_body_id(&body, id)?;
+    if body.contains_key("id") {
+        Ok(body)
+    } else {
+        Ok(append_id(body, id))
+    }
+}
+
+/// The record a `PATCH` stores: existing keys keep their place, new keys are appended.
+pub(crate) fn merged(
+    mut current: Object,
+    patch: Object,
+    id: &RecordId,
+) -> Result<Object, StoreError> {
+    check_body_id(&patch, id)?;
+    for (key, value) in patch {
+        current.insert(key, value);
+    }
+    Ok(current)
+}
+
+fn check_body_id(body: &Object, url: &RecordId) -> Result<(), StoreError> {
+    match body.get("id") {
+        None | Some(serde_json::Value::Null) => Ok(()),
+        Some(v) => {
+            let given = RecordId::from_json(v)?;
+            if &given == url {
+                Ok(())
+            } else {
+                Err(StoreError::IdMismatch {
+                    url: url.clone(),
+                    body: given,
+                })
+            }
+        }
+    }
+}
+
+/// Orders `(key, json)` pairs by id: integers numerically, then strings.
+pub(crate) fn in_id_order(mut rows: Vec<(String, String)>) -> Vec<String> {
+    rows.sort_by_cached_key(|(key, _)| match RecordId::from_path(key) {
+        Ok(RecordId::Int(n)) => (0, n, String::new()),
+        _ => (1, 0, key.clone()),
+    });
+    rows.into_iter().map(|(_, json)| json).collect()
+}
+
+/// A record's compact JSON text, keys in their stored order.
+pub(crate) fn json(object: &Object) -> String {
+    // A map of serde_json values always serializes: keys are strings, floats are finite.
+    serde_json::to_string(object).unwrap_or_else(|_| unreachable!("JSON object serializes"))
+}
+
+/// Parses a stored record.
+pub(crate) fn parse_record(text: &str) -> Result<Object, StoreError> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Reply(format!("stored record is not a JSON object: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: serde_json::Value) -> Object {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn create_ids() {
+        assert!(matches!(
+            plan_create(obj(json!({"a":1}))),
+            Ok(NewRecord::Auto(_))
+        ));
+        match plan_create(obj(json!({"a":1,"id":null}))).unwrap() {
+            NewRecord::Auto(body) => {
+                assert_eq!(serde_json::to_string(&body).unwrap(), r#"{"a":1}"#)
+            }
+            other => panic!("{other:?}"),
+        }
+        match plan_create(obj(json!({"id":"x","a":1}))).unwrap() {
+            NewRecord::Given(id, body) => {
+                assert_eq!(id, RecordId::Str("x".into()));
+                assert_eq!(serde_json::to_string(&body).unwrap(), r#"{"id":"x","a":1}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(plan_create(obj(json!({"id":true}))).is_err());
+    }
+
+    #[test]
+    fn replace_and_patch_keep_order() {
+        let id = RecordId::Int(1);
+        let put = replacement(obj(json!({"b":1,"a":2})), &id).unwrap();
+        assert_eq!(
+            serde_json::to_string(&put).unwrap(),
+            r#"{"b":1,"a":2,"id":1}"#
+        );
+        let patched = merged(put, obj(json!({"c":3,"b":9})), &id).unwrap();
+        assert_eq!(
+            serde_json::to_string(&patched).unwrap(),
+            r#"{"b":9,"a":2,"id":1,"c":3}"#
+        );
+        assert!(matches!(
+            replacement(obj(json!({"id":2})), &id),
+            Err(StoreError::IdMismatch { .. })
+        ));
+        assert!(matches!(
+            merged(Object::new(), obj(json!({"id":"1x"})), &id),
+            Err(StoreError::IdMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn list_order() {
+        let rows = vec![
+            ("b".to_owned(), "B".to_owned()),
+            ("10".to_owned(), "10".to_owned()),
+            ("2".to_owned(), "2".to_owned()),
+            ("a".to_owned(), "A".to_owned()),
+            ("-1".to_owned(), "-1".to_owned()),
+        ];
+        assert_eq!(in_id_order(rows), ["-1", "2", "10", "A", "B"]);
+    }
+}

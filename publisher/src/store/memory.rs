@@ -1,0 +1,301 @@
+//! [`MemoryStore`]: the embedded single-node bus. Same semantics as [`super::RedisStore`]
+//! (atomic write + event, stream ids, the id chain), a bounded history per topic, and a
+//! broadcast of every event in publish order for the gateway's hub.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use proto::{Change, Envelope, EventId, Object, RecordId, StreamFields, Topic};
+use tokio::sync::broadcast;
+
+use super::{
+    NewRecord, Retention, Store, Written, append_id, in_id_order, json, merged, parse_record,
+    plan_create, replacement,
+};
+use crate::error::StoreError;
+
+/// Capacity of the event broadcast. A receiver that falls further behind gets `Lagged`
+/// and must refill from [`MemoryStore::range`]: nothing is lost, the history is the buffer.
+pub const EVENT_BROADCAST_CAPACITY: usize = 4096;
+
+/// One event as the bus delivers it.
+#[derive(Clone, Debug)]
+pub struct Published {
+    pub topic: Topic,
+    pub envelope: Arc<Envelope>,
+}
+
+/// In-memory records and change history, for a gateway running without Redis.
+#[derive(Clone, Debug)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+    /// Every event, in publish order. Sent while the lock is held so broadcast order is
+    /// history order. Full: the slowest receiver lags (see [`EVENT_BROADCAST_CAPACITY`]).
+    events_tx: broadcast::Sender<Published>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    topics: HashMap<Topic, TopicState>,
+    last_id: EventId,
+    retention: Retention,
+}
+
+#[derive(Debug, Default)]
+struct TopicState {
+    records: HashMap<String, String>,
+    seq: i64,
+    /// Oldest first; at most `retention.max_len` entries (all, if 0).
+    history: VecDeque<(EventId, StreamFields)>,
+    /// Survives trimming, like a Redis stream's last-generated id.
+    last: EventId,
+}
+
+impl MemoryStore {
+    pub fn new(retention: Retention) -> Self {
+        let (events_tx, _) = broadcast::channel(EVENT_BROADCAST_CAPACITY);
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                topics: HashMap::new(),
+                last_id: EventId::ZERO,
+                retention,
+            })),
+            events_tx,
+        }
+    }
+
+    /// Every event from now on, in publish order.
+    pub fn subscribe(&self) -> broadcast::Receiver<Published> {
+        self.events_tx.subscribe()
+    }
+
+    /// Up to `count` history entries of `topic` after `after`, and the oldest id still
+    /// held (`None` if the topic has no history).
+    pub fn range(
+        &self,
+        topic: &Topic,
+        after: EventId,
+        count: usize,
+    ) -> (Vec<(EventId, StreamFields)>, Option<EventId>) {
+        let inner = self.lock();
+        let Some(state) = inner.topics.get(topic) else {
+            return (Vec::new(), None);
+        };
+        let start = state.history.partition_point(|(id, _)| *id <= after);
+        let entries = state
+            .history
+            .iter()
+            .skip(start)
+            .take(count)
+            .cloned()
+            .collect();
+        (entries, state.history.front().map(|(id, _)| *id))
+    }
+
+    /// The newest id of `topic` (`0-0` if none).
+    pub fn last_id(&self, topic: &Topic) -> EventId {
+        self.lock()
+            .topics
+            .get(topic)
+            .map_or(EventId::ZERO, |s| s.last)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock leaves plain data behind; keep serving.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Appends to history and broadcasts, under the caller's lock.
+    fn emit(
+        &self,
+        inner: &mut Inner,
+        topic: &Topic,
+        change: String,
+        last: Option<String>,
+    ) -> EventId {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let id = if now > inner.last_id.ms {
+            EventId::new(now, 0)
+        } else {
+            EventId::new(inner.last_id.ms, inner.last_id.seq + 1)
+        };
+        inner.last_id = id;
+        let retention = inner.retention;
+        let state = inner.topics.entry(topic.clone()).or_default();
+        let prev = state.last;
+        state.last = id;
+        state.history.push_back((
+            id,
+            StreamFields {
+                change: change.clone(),
+                last: last.clone(),
+            },
+        ));
+        if retention.max_len > 0 {
+            while state.history.len() as u64 > retention.max_len {
+                state.history.pop_front();
+            }
+        }
+        if !retention.max_age.is_zero() {
+            let horizon = now
+                .saturating_sub(u64::try_from(retention.max_age.as_millis()).unwrap_or(u64::MAX));
+            while state.history.front().is_some_and(|(id, _)| id.ms < horizon) {
+                state.history.pop_front();
+            }
+        }
+        // No receivers is fine: nobody is watching yet.
+        let _ = self.events_tx.send(Published {
+            topic: topic.clone(),
+            envelope: Arc::new(Envelope {
+                id,
+                prev,
+                change,
+                last,
+            }),
+        });
+        id
+    }
+}
+
+impl Store for MemoryStore {
+    async fn create(&self, topic: &Topic, body: Object) -> Result<Written, StoreError> {
+        let plan = plan_create(body)?;
+        let mut inner = self.lock();
+        let state = inner.topics.entry(topic.clone()).or_default();
+        let (id, record) = match plan {
+            NewRecord::Auto(body) => {
+                let mut n = state.seq + 1;
+                while state.records.contains_key(&n.to_string()) {
+                    n += 1;
+                }
+                state.seq = n;
+                let id = RecordId::Int(n);
+                let record = append_id(body, &id);
+                (id, record)
+            }
+            NewRecord::Given(id, record) => {
+                if state.records.contains_key(&id.key()) {
+                    return Err(StoreError::Exists {
+                        topic: topic.clone(),
+                        id,
+                    });
+                }
+                if let RecordId::Int(n) = id {
+                    state.seq = state.seq.max(n);
+                }
+                (id, record)
+            }
+        };
+        state.records.insert(id.key(), json(&record));
+        let change = Change::create(id.clone(), record.clone()).to_json();
+        let event = self.emit(&mut inner, topic, change, None);
+        Ok(Written { id, record, event })
+    }
+
+    async fn replace(
+        &self,
+        topic: &Topic,
+        id: &RecordId,
+        body: Object,
+    ) -> Result<Written, StoreError> {
+        let record = replacement(body, id)?;
+        let mut inner = self.lock();
+        let slot = inner
+            .topics
+            .get_mut(topic)
+            .and_then(|s| s.records.get_mut(&id.key()))
+            .ok_or_else(|| StoreError::NotFound {
+                topic: topic.clone(),
+                id: id.clone(),
+            })?;
+        *slot = json(&record);
+        let change = Change::update(id.clone(), record.clone()).to_json();
+        let event = self.emit(&mut inner, topic, change, None);
+        Ok(Written {
+            id: id.clone(),
+            record,
+            event,
+        })
+    }
+
+    async fn patch(
+        &self,
+        topic: &Topic,
+        id: &RecordId,
+        body: Object,
+    ) -> Result<Written, StoreError> {
+        let mut inner = self.lock();
+        let slot = inner
+            .topics
+            .get_mut(topic)
+            .and_then(|s| s.records.get_mut(&id.key()))
+            .ok_or_else(|| StoreError::NotFound {
+                topic: topic.clone(),
+                id: id.clone(),
+            })?;
+        let record = merged(parse_record(slot)?, body, id)?;
+        *slot = json(&record);
+        let change = Change::update(id.clone(), record.clone()).to_json();
+        let event = self.emit(&mut inner, topic, change, None);
+        Ok(Written {
+            id: id.clone(),
+            record,
+            event,
+        })
+    }
+
+    async fn delete(&self, topic: &Topic, id: &RecordId) -> Result<Option<EventId>, StoreError> {
+        let mut inner = self.lock();
+        let Some(last) = inner
+            .topics
+            .get_mut(topic)
+            .and_then(|s| s.records.remove(&id.key()))
+        else {
+            return Ok(None);
+        };
+        let change = Change::remove(id.clone()).to_json();
+        Ok(Some(self.emit(&mut inner, topic, change, Some(last))))
+    }
+
+    async fn publish(
+        &self,
+        topic: &Topic,
+        change: &Change,
+        last: Option<&Object>,
+    ) -> Result<EventId, StoreError> {
+        let mut inner = self.lock();
+        Ok(self.emit(&mut inner, topic, change.to_json(), last.map(json)))
+    }
+
+    async fn get(&self, topic: &Topic, id: &RecordId) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .lock()
+            .topics
+            .get(topic)
+            .and_then(|s| s.records.get(&id.key()).cloned()))
+    }
+
+    async fn list(&self, topic: &Topic) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .lock()
+            .topics
+            .get(topic)
+            .map(|s| {
+                s.records
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(in_id_order(rows))
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,278 @@
+//! [`RedisStore`]: every mutation is one `EVALSHA` of [`proto::script::PUBLISH_SCRIPT`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::script::{OP_CREATE, OP_CREATE_AUTO, OP_DELETE, OP_PATCH, OP_PUBLISH, OP_REPLACE};
+use proto::{Change, EventId, Object, RecordId, Topic};
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::{
+    NewRecord, Retention, Store, Written, in_id_order, json, merged, parse_record, plan_create,
+    replacement,
+};
+use crate::error::StoreError;
+
+/// How many times a PATCH re-reads and retries when the record changed under it, before
+/// answering 409. Each retry means another writer won; eight losses in a row is a hot
+/// record, not bad luck.
+const MAX_PATCH_ATTEMPTS: usize = 8;
+
+/// Connection settings for [`RedisStore`].
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    pub retention: Retention,
+    /// Longest wait for one Redis reply before the request fails with 503.
+    pub response_timeout: Duration,
+    /// Use `SPUBLISH` (Redis Cluster sharded pub/sub) instead of `PUBLISH`.
+    pub sharded: bool,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            retention: Retention::default(),
+            response_timeout: Duration::from_secs(2),
+            sharded: false,
+        }
+    }
+}
+
+/// The production store: records, counters and change streams in Redis.
+///
+/// Cheap to clone: the connection is multiplexed and reconnects on its own
+/// (redis-rs `ConnectionManager`); while Redis is down every call fails fast with
+/// [`StoreError::Unavailable`] and writes nothing.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    script: Arc<redis::Script>,
+    options: RedisOptions,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Prepares a store for `url` without connecting: the first call connects, and a
+    /// Redis that is down at start-up only makes calls fail until it is back.
+    ///
+    /// # Errors
+    /// [`StoreError::Redis`] if the URL is invalid.
+    pub fn connect_lazy(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(StoreError::Redis)?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(options.response_timeout))
+            .set_connection_timeout(Some(options.response_timeout))
+            // Commands wait on a reconnect in progress, retries included. Keep that short
+            // so a request during an outage fails fast with 503; the next request starts
+            // a fresh reconnect, so giving up here never strands the publisher.
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(200));
+        let conn =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(StoreError::Redis)?;
+        Ok(Self {
+            conn,
+            script: Arc::new(redis::Script::new(proto::script::PUBLISH_SCRIPT)),
+            options,
+        })
+    }
+
+    /// Bounds one Redis round trip by the response timeout, connecting included.
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.options.response_timeout, call).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(StoreError::Timeout(self.options.response_timeout)),
+        }
+    }
+
+    /// Runs the publish script for `topic` with the operation's arguments.
+    async fn run(&self, topic: &Topic, op: &str, args: &[&str]) -> Result<Vec<String>, StoreError> {
+        let mut invocation = self.script.key(topic.records_key());
+        invocation
+            .key(topic.seq_key())
+            .key(topic.stream_key())
+            .arg(op)
+            .arg(topic.redis_channel())
+            .arg(if self.options.sharded {
+                "SPUBLISH"
+            } else {
+                "PUBLISH"
+            })
+            .arg(self.options.retention.max_len)
+            .arg(u64::try_from(self.options.retention.max_age.as_millis()).unwrap_or(u64::MAX));
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let mut conn = self.conn.clone();
+        self.bounded(invocation.invoke_async(&mut conn)).await
+    }
+
+    /// Reads the `{"ok", stream_id, ...}` reply, or maps the refusal to an error.
+    fn event_id(reply: &[String], topic: &Topic, id: &RecordId) -> Result<EventId, StoreError> {
+        match reply.first().map(String::as_str) {
+            Some("ok") => {
+                let text = reply
+                    .get(1)
+                    .ok_or_else(|| StoreError::Reply(format!("{reply:?}")))?;
+                EventId::parse(text).map_err(|_| StoreError::Reply(format!("{reply:?}")))
+            }
+            Some("exists") => Err(StoreError::Exists {
+                topic: topic.clone(),
+                id: id.clone(),
+            }),
+            Some("missing") => Err(StoreError::NotFound {
+                topic: topic.clone(),
+                id: id.clone(),
+            }),
+            _ => Err(StoreError::Reply(format!("{reply:?}"))),
+        }
+    }
+}
+
+impl Store for RedisStore {
+    async fn create(&self, topic: &Topic, body: Object) -> Result<Written, StoreError> {
+        match plan_create(body)? {
+            NewRecord::Auto(body) => {
+                let reply = self.run(topic, OP_CREATE_AUTO, &[&json(&body)]).await?;
+                match reply.as_slice() {
+                    [ok, event, key, record] if ok == "ok" => Ok(Written {
+                        id: RecordId::from_path(key)?,
+                        record: parse_record(record)?,
+                        event: EventId::parse(event)
+                            .map_err(|_| StoreError::Reply(format!("{reply:?}")))?,
+                    }),
+                    _ => Err(StoreError::Reply(format!("{reply:?}"))),
+                }
+            }
+            NewRecord::Given(id, record) => {
+                let change = Change::create(id.clone(), record.clone()).to_json();
+                let int = match id {
+                    RecordId::Int(n) => n.to_string(),
+                    RecordId::Str(_) => String::new(),
+                };
+                let reply = self
+                    .run(
+                        topic,
+                        OP_CREATE,
+                        &[&id.key(), &json(&record), &change, &int],
+                    )
+                    .await?;
+                let event = Self::event_id(&reply, topic, &id)?;
+                Ok(Written { id, record, event })
+            }
+        }
+    }
+
+    async fn replace(
+        &self,
+        topic: &Topic,
+        id: &RecordId,
+        body: Object,
+    ) -> Result<Written, StoreError> {
+        let record = replacement(body, id)?;
+        let change = Change::update(id.clone(), record.clone()).to_json();
+        let reply = self
+            .run(topic, OP_REPLACE, &[&id.key(), &json(&record), &change])
+            .await?;
+        let event = Self::event_id(&reply, topic, id)?;
+        Ok(Written {
+            id: id.clone(),
+            record,
+            event,
+        })
+    }
+
+    async fn patch(
+        &self,
+        topic: &Topic,
+        id: &RecordId,
+        body: Object,
+    ) -> Result<Written, StoreError> {
+        // Merge in Rust (key order), then write only if the record is still what was
+        // read: the script compares and sets atomically.
+        for _ in 0..MAX_PATCH_ATTEMPTS {
+            let Some(current) = self.get(topic, id).await? else {
+                return Err(StoreError::NotFound {
+                    topic: topic.clone(),
+                    id: id.clone(),
+                });
+            };
+            let record = merged(parse_record(&current)?, body.clone(), id)?;
+            let change = Change::update(id.clone(), record.clone()).to_json();
+            let reply = self
+                .run(
+                    topic,
+                    OP_PATCH,
+                    &[&id.key(), &current, &json(&record), &change],
+                )
+                .await?;
+            if reply.first().map(String::as_str) == Some("conflict") {
+                continue;
+            }
+            let event = Self::event_id(&reply, topic, id)?;
+            return Ok(Written {
+                id: id.clone(),
+                record,
+                event,
+            });
+        }
+        Err(StoreError::Contended {
+            topic: topic.clone(),
+            id: id.clone(),
+        })
+    }
+
+    async fn delete(&self, topic: &Topic, id: &RecordId) -> Result<Option<EventId>, StoreError> {
+        let change = Change::remove(id.clone()).to_json();
+        let reply = self.run(topic, OP_DELETE, &[&id.key(), &change]).await?;
+        match Self::event_id(&reply, topic, id) {
+            Ok(event) => Ok(Some(event)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn publish(
+        &self,
+        topic: &Topic,
+        change: &Change,
+        last: Option<&Object>,
+    ) -> Result<EventId, StoreError> {
+        let last = last.map(json).unwrap_or_default();
+        let reply = self
+            .run(topic, OP_PUBLISH, &[&change.to_json(), &last])
+            .await?;
+        Self::event_id(&reply, topic, &change.target)
+    }
+
+    async fn get(&self, topic: &Topic, id: &RecordId) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        self.bounded(conn.hget(topic.records_key(), id.key())).await
+    }
+
+    async fn list(&self, topic: &Topic) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let rows: Vec<(String, String)> = self.bounded(conn.hgetall(topic.records_key())).await?;
+        Ok(in_id_order(rows))
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = self
+            .bounded(redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        Ok(())
+    }
+}
