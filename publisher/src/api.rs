@@ -59,8 +59,8 @@ impl<S: Clone> FromRef<ApiState<S>> for BodyLimit {
 /// The REST API routes, with JSON 404/405 fallbacks.
 pub fn router<S: Store>(state: ApiState<S>) -> Router {
     routes()
+        .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
-        .method_not_allowed_fallback(no_route)
         .with_state(state)
 }
 
@@ -80,9 +80,17 @@ pub fn routes<S: Store>() -> Router<ApiState<S>> {
         .route("/readyz", get(readyz::<S>))
 }
 
-/// The JSON 404 for unknown paths (and 405 bodies for known paths, wrong method).
+/// The JSON 404 for unknown paths.
 pub async fn no_route(method: Method, uri: Uri) -> ApiError {
     ApiError::NoRoute {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}
+
+/// The JSON 405 for a known path and a method it does not serve.
+pub async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
         method: method.to_string(),
         path: uri.path().to_owned(),
     }

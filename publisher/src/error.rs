@@ -74,6 +74,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("no route for {method} {path}")]
     NoRoute { method: String, path: String },
+    #[error("{method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -94,6 +96,7 @@ impl ApiError {
             }
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
             Self::NoRoute { .. } => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             Self::Store(e) => match e {
                 StoreError::Unavailable(_) | StoreError::Timeout(_) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "REDIS_UNAVAILABLE")
@@ -116,6 +119,7 @@ fn error_name(status: StatusCode) -> &'static str {
     match status {
         StatusCode::BAD_REQUEST => "BadRequestError",
         StatusCode::NOT_FOUND => "NotFoundError",
+        StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowedError",
         StatusCode::CONFLICT => "ConflictError",
         StatusCode::PAYLOAD_TOO_LARGE => "PayloadTooLargeError",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaTypeError",

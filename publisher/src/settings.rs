@@ -26,13 +26,20 @@ pub enum SettingsError {
     File {
         path: String,
         #[source]
-        source: config::ConfigError,
+        source: Box<config::ConfigError>,
     },
     #[error("settings: {0}")]
-    Layering(#[from] config::ConfigError),
+    Layering(Box<config::ConfigError>),
+}
+
+impl From<config::ConfigError> for SettingsError {
+    fn from(e: config::ConfigError) -> Self {
+        Self::Layering(Box::new(e))
+    }
 }
 
 /// The merged layers of one binary's settings.
+
 #[derive(Debug)]
 pub struct Layers {
     merged: config::Config,
@@ -64,7 +71,7 @@ impl Layers {
                 .build()
                 .map_err(|source| SettingsError::File {
                     path: path.display().to_string(),
-                    source,
+                    source: Box::new(source),
                 })?;
             builder = builder.add_source(source);
         }

@@ -147,19 +147,17 @@ pub(crate) fn replacement(body: Object, id: &RecordId) -> Result<Object, StoreEr
 }
 
 /// The record a `PATCH` stores: existing keys keep their place, new keys are appended.
-pub(crate) fn merged(
-    mut current: Object,
-    patch: Object,
-    id: &RecordId,
-) -> Result<Object, StoreError> {
-    check_body_id(&patch, id)?;
+/// The patch must have passed [`check_body_id`].
+pub(crate) fn merged(mut current: Object, patch: Object) -> Object {
     for (key, value) in patch {
         current.insert(key, value);
     }
-    Ok(current)
+    current
 }
 
-fn check_body_id(body: &Object, url: &RecordId) -> Result<(), StoreError> {
+/// A body's `id`, if any, must be the URL's. Checked before any read, so a bad body is a
+/// 400 whether or not the record exists.
+pub(crate) fn check_body_id(body: &Object, url: &RecordId) -> Result<(), StoreError> {
     match body.get("id") {
         None | Some(serde_json::Value::Null) => Ok(()),
         Some(v) => {
@@ -236,7 +234,7 @@ mod tests {
             serde_json::to_string(&put).unwrap(),
             r#"{"b":1,"a":2,"id":1}"#
         );
-        let patched = merged(put, obj(json!({"c":3,"b":9})), &id).unwrap();
+        let patched = merged(put, obj(json!({"c":3,"b":9})));
         assert_eq!(
             serde_json::to_string(&patched).unwrap(),
             r#"{"b":9,"a":2,"id":1,"c":3}"#
@@ -246,9 +244,10 @@ mod tests {
             Err(StoreError::IdMismatch { .. })
         ));
         assert!(matches!(
-            merged(Object::new(), obj(json!({"id":"1x"})), &id),
+            check_body_id(&obj(json!({"id":"1x"})), &id),
             Err(StoreError::IdMismatch { .. })
         ));
+        assert!(check_body_id(&obj(json!({"id":1})), &id).is_ok());
     }
 
     #[test]

@@ -10,8 +10,8 @@ use proto::{Change, Envelope, EventId, Object, RecordId, StreamFields, Topic};
 use tokio::sync::broadcast;
 
 use super::{
-    NewRecord, Retention, Store, Written, append_id, in_id_order, json, merged, parse_record,
-    plan_create, replacement,
+    NewRecord, Retention, Store, Written, append_id, check_body_id, in_id_order, json, merged,
+    parse_record, plan_create, replacement,
 };
 use crate::error::StoreError;
 
@@ -229,6 +229,7 @@ impl Store for MemoryStore {
         id: &RecordId,
         body: Object,
     ) -> Result<Written, StoreError> {
+        check_body_id(&body, id)?;
         let mut inner = self.lock();
         let slot = inner
             .topics
@@ -238,7 +239,7 @@ impl Store for MemoryStore {
                 topic: topic.clone(),
                 id: id.clone(),
             })?;
-        let record = merged(parse_record(slot)?, body, id)?;
+        let record = merged(parse_record(slot)?, body);
         *slot = json(&record);
         let change = Change::update(id.clone(), record.clone()).to_json();
         let event = self.emit(&mut inner, topic, change, None);

@@ -10,8 +10,8 @@ use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{
-    NewRecord, Retention, Store, Written, in_id_order, json, merged, parse_record, plan_create,
-    replacement,
+    NewRecord, Retention, Store, Written, check_body_id, in_id_order, json, merged, parse_record,
+    plan_create, replacement,
 };
 use crate::error::StoreError;
 
@@ -200,6 +200,7 @@ impl Store for RedisStore {
         id: &RecordId,
         body: Object,
     ) -> Result<Written, StoreError> {
+        check_body_id(&body, id)?;
         // Merge in Rust (key order), then write only if the record is still what was
         // read: the script compares and sets atomically.
         for _ in 0..MAX_PATCH_ATTEMPTS {
@@ -209,7 +210,7 @@ impl Store for RedisStore {
                     id: id.clone(),
                 });
             };
-            let record = merged(parse_record(&current)?, body.clone(), id)?;
+            let record = merged(parse_record(&current)?, body.clone());
             let change = Change::update(id.clone(), record.clone()).to_json();
             let reply = self
                 .run(
