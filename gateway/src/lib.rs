@@ -1,29 +1,129 @@
-//! The gateway: a stateless pod that holds SSE connections and fans change events out
-//! to browsers.
+//! The gateway: a stateless pod that holds SSE connections and pushes LoopBack change
+//! events to browsers.
 //!
-//! This is the skeleton: with no Redis configured it runs single-node on the embedded
-//! in-memory store and serves the publisher's REST API, so one process is a complete
-//! LoopBack-style app. The change-stream endpoints, the Redis subscription and replay
-//! come next (see the issues).
+//! ```text
+//! Redis pub/sub --> redis_sub (reader) --> hub (topic -> broadcast of framed events)
+//!                                           |
+//!   browser <-- sse <-- replay::ClientStream (stream replay, then live; gap refill)
+//!                                           |
+//! Redis stream  <-- bus (XRANGE by id) -----+
+//! ```
+//!
+//! - [`hub`]: per-topic fan-out; each event decoded and framed once; never waits on a client.
+//! - [`redis_sub`]: the pod's single subscription, reconnection, readiness.
+//! - [`replay`]: a client's position; replay from `Last-Event-ID`, exact hand-over to live,
+//!   gap refill by the id chain, `reset` when history is gone.
+//! - [`bus`]: stream reads (Redis, or the embedded [`publisher::MemoryStore`]).
+//! - [`http`], [`sse`]: routes and the SSE response.
+//!
+//! With no Redis configured the gateway runs single-node on the embedded bus and serves the
+//! publisher's REST API too ([`embedded`]).
 
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+pub mod bus;
+pub mod config;
+pub mod embedded;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod redis_sub;
+pub mod replay;
+pub mod sse;
 
+use std::sync::Arc;
+
+pub use config::Config;
+pub use error::RunError;
 pub use publisher::shutdown;
 pub use publisher::telemetry;
 
-/// Serves until `shutdown` is cancelled.
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::{Bus, RedisStreams};
+use crate::hub::Hub;
+use crate::redis_sub::Readiness;
+
+/// Serves until `shutdown` is cancelled; open streams end at once (their clients resume
+/// elsewhere with `Last-Event-ID`), then tasks get the grace period to finish.
 ///
 /// # Errors
-/// If serving on `listener` fails.
-pub async fn run(listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
-    let store = publisher::MemoryStore::new(publisher::Retention::default());
-    let app = publisher::api::router(publisher::api::ApiState::new(
-        store,
-        publisher::api::DEFAULT_BODY_LIMIT,
-    ));
-    tracing::info!(addr = %listener.local_addr()?, "gateway listening (embedded single-node mode)");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+/// [`RunError::Redis`] for an unusable Redis URL, [`RunError::Io`] if serving fails.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let tracker = TaskTracker::new();
+    let (bus, hub, readiness, embedded) = match &config.redis_url {
+        None => {
+            let store = publisher::MemoryStore::new(config.retention);
+            let hub = Hub::new(config.hub_capacity.get(), true);
+            tracker.spawn(embedded::feed(
+                store.clone(),
+                hub.clone(),
+                shutdown.child_token(),
+            ));
+            (
+                Bus::Memory(store.clone()),
+                hub,
+                Readiness::always(),
+                Some(store),
+            )
+        }
+        Some(url) => {
+            let hub = Hub::new(config.hub_capacity.get(), false);
+            let reads = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(config.redis_timeout))
+                .set_connection_timeout(Some(config.redis_timeout))
+                .set_number_of_retries(1);
+            let conn =
+                ConnectionManager::new_lazy_with_config(redis::Client::open(url.as_str())?, reads)?;
+            let bus = Bus::Redis(RedisStreams::new(conn, config.redis_timeout));
+            let readiness = redis_sub::start(
+                &config,
+                url,
+                hub.clone(),
+                bus.clone(),
+                &tracker,
+                shutdown.child_token(),
+            )?;
+            (bus, hub, readiness, None)
+        }
+    };
+    let mode = if embedded.is_some() {
+        "embedded single-node"
+    } else {
+        "redis"
+    };
+    let grace = config.grace_period;
+    let state = http::AppState {
+        hub,
+        bus,
+        config: Arc::new(config),
+        readiness,
+        shutdown: shutdown.clone(),
+    };
+    let app = http::router(state, embedded);
+    tracing::info!(addr = %listener.local_addr()?, mode, "gateway listening");
+    let serve =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let serve = tokio::spawn(async move { serve.await });
+    shutdown.cancelled().await;
+    tracker.close();
+    let drained = tokio::time::timeout(grace, async {
+        let served = serve.await;
+        tracker.wait().await;
+        served
+    })
+    .await;
+    match drained {
+        Ok(served) => served.map_err(std::io::Error::other)??,
+        Err(_) => tracing::warn!(
+            ?grace,
+            "still draining after the grace period; exiting anyway"
+        ),
+    }
+    Ok(())
 }

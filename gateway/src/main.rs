@@ -4,11 +4,15 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     gateway::telemetry::init();
-    let listen = std::env::var("GATEWAY_LISTEN").unwrap_or_else(|_| "0.0.0.0:8080".into());
-    let listener = TcpListener::bind(&listen)
+    let config = match gateway::Config::from_env() {
+        Ok(config) => config,
+        Err(gateway::config::ConfigError::Flags(e)) => e.exit(),
+        Err(e) => return Err(e).context("invalid configuration"),
+    };
+    let listener = TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("bind {listen}"))?;
+        .with_context(|| format!("bind {}", config.listen))?;
     let shutdown = gateway::shutdown::on_signal();
-    gateway::run(listener, shutdown).await?;
+    gateway::run(config, listener, shutdown).await?;
     Ok(())
 }

@@ -23,6 +23,9 @@ pub const FORMAT_VERSION: &str = "1";
 
 /// Stream entry field names.
 pub const FIELD_VERSION: &str = "v";
+/// The topic's previous stream id: lets a reader of the stream tell a trimmed (or lost)
+/// range from a contiguous one, exactly as the pub/sub `prev` does live.
+pub const FIELD_PREV: &str = "prev";
 pub const FIELD_CHANGE: &str = "change";
 pub const FIELD_LAST: &str = "last";
 
@@ -79,7 +82,10 @@ impl Envelope {
 /// The fields of one stream entry, as read back for replay.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamFields {
+    /// The entry before this one when it was written (`0-0` for a topic's first).
+    pub prev: EventId,
     pub change: String,
+
     pub last: Option<String>,
 }
 
@@ -93,11 +99,13 @@ impl StreamFields {
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Self, DecodeError> {
         let mut version = None;
+        let mut prev = None;
         let mut change = None;
         let mut last = None;
         for (field, value) in pairs {
             match field {
                 FIELD_VERSION => version = Some(value),
+                FIELD_PREV => prev = Some(value),
                 FIELD_CHANGE => change = Some(value),
                 FIELD_LAST => last = Some(value),
                 _ => {}
@@ -108,7 +116,13 @@ impl StreamFields {
                 reason: "stream entry has an unknown format version",
             });
         }
+        let prev = prev.ok_or(DecodeError::Envelope {
+            reason: "stream entry has no prev",
+        })?;
         Ok(Self {
+            prev: EventId::parse(prev).map_err(|_| DecodeError::Envelope {
+                reason: "stream entry has a bad prev",
+            })?,
             change: change
                 .ok_or(DecodeError::Envelope {
                     reason: "stream entry has no change",
@@ -162,15 +176,28 @@ mod tests {
 
     #[test]
     fn stream_fields() {
-        let f = StreamFields::from_pairs([("v", "1"), ("change", "{}"), ("x", "y")]).unwrap();
+        let f =
+            StreamFields::from_pairs([("v", "1"), ("prev", "5-0"), ("change", "{}"), ("x", "y")])
+                .unwrap();
         assert_eq!(
             f,
             StreamFields {
+                prev: EventId::new(5, 0),
                 change: "{}".into(),
                 last: None
             }
         );
-        assert!(StreamFields::from_pairs([("change", "{}")]).is_err());
-        assert!(StreamFields::from_pairs([("v", "1")]).is_err());
+        let f = StreamFields::from_pairs([
+            ("v", "1"),
+            ("prev", "0-0"),
+            ("change", "{}"),
+            ("last", "{\"a\":1}"),
+        ])
+        .unwrap();
+        assert_eq!(f.last.as_deref(), Some("{\"a\":1}"));
+        assert!(StreamFields::from_pairs([("v", "1"), ("change", "{}")]).is_err());
+        assert!(StreamFields::from_pairs([("v", "1"), ("prev", "x"), ("change", "{}")]).is_err());
+        assert!(StreamFields::from_pairs([("prev", "0-0"), ("change", "{}")]).is_err());
+        assert!(StreamFields::from_pairs([("v", "1"), ("prev", "0-0")]).is_err());
     }
 }

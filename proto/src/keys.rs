@@ -31,6 +31,12 @@ impl Topic {
         self.key("stream")
     }
 
+    /// The topic whose [`Topic::redis_channel`] is `channel`, if it is one.
+    pub fn from_redis_channel(channel: &str) -> Option<Topic> {
+        let name = channel.strip_prefix("cs:{")?.strip_suffix("}:events")?;
+        Topic::new(name).ok()
+    }
+
     /// The pub/sub channel (or shard channel, in cluster mode) the publish script sends
     /// each event on. The only place a channel name is made.
     pub fn redis_channel(&self) -> String {
@@ -49,5 +55,8 @@ mod tests {
         assert_eq!(t.seq_key(), "cs:{MyModels}:seq");
         assert_eq!(t.stream_key(), "cs:{MyModels}:stream");
         assert_eq!(t.redis_channel(), "cs:{MyModels}:events");
+        assert_eq!(Topic::from_redis_channel(&t.redis_channel()), Some(t));
+        assert_eq!(Topic::from_redis_channel("cs:{a b}:events"), None);
+        assert_eq!(Topic::from_redis_channel("other"), None);
     }
 }

@@ -58,19 +58,16 @@ local function emit(change, last)
   local prev = '0-0'
   local top = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
   if top[1] then prev = top[1][1] end
+  local fields = {'v', '1', 'prev', prev, 'change', change}
+  if last then
+    fields[7] = 'last'
+    fields[8] = last
+  end
   local id
   if maxlen ~= '0' then
-    if last then
-      id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'v', '1', 'change', change, 'last', last)
-    else
-      id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'v', '1', 'change', change)
-    end
+    id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(fields))
   else
-    if last then
-      id = redis.call('XADD', stream, '*', 'v', '1', 'change', change, 'last', last)
-    else
-      id = redis.call('XADD', stream, '*', 'v', '1', 'change', change)
-    end
+    id = redis.call('XADD', stream, '*', unpack(fields))
   end
   if maxage > 0 then
     local t = redis.call('TIME')
@@ -128,15 +125,16 @@ return redis.error_reply('unknown operation ' .. tostring(op))
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{FIELD_CHANGE, FIELD_LAST, FIELD_VERSION, FORMAT_VERSION};
+    use crate::envelope::{FIELD_CHANGE, FIELD_LAST, FIELD_PREV, FIELD_VERSION, FORMAT_VERSION};
 
     #[test]
     fn script_writes_the_format_this_crate_reads() {
         // The Lua text cannot import the Rust constants; pin them together here.
         assert_eq!(FORMAT_VERSION, "1");
-        for field in [FIELD_VERSION, FIELD_CHANGE, FIELD_LAST] {
+        for field in [FIELD_VERSION, FIELD_PREV, FIELD_CHANGE] {
             assert!(PUBLISH_SCRIPT.contains(&format!("'{field}', ")), "{field}");
         }
+        assert!(PUBLISH_SCRIPT.contains(&format!("fields[7] = '{FIELD_LAST}'")));
         for op in [
             OP_CREATE_AUTO,
             OP_CREATE,

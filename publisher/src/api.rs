@@ -59,12 +59,15 @@ impl<S: Clone> FromRef<ApiState<S>> for BodyLimit {
 /// The REST API routes, with JSON 404/405 fallbacks.
 pub fn router<S: Store>(state: ApiState<S>) -> Router {
     routes()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz::<S>))
         .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
         .with_state(state)
 }
 
-/// The routes alone, for a server that mounts more of its own (the embedded gateway).
+/// The data routes alone (no health, no fallbacks), for a server that mounts them beside
+/// its own (the embedded gateway).
 pub fn routes<S: Store>() -> Router<ApiState<S>> {
     Router::new()
         .route("/api/{collection}", post(create::<S>).get(list::<S>))
@@ -76,8 +79,6 @@ pub fn routes<S: Store>() -> Router<ApiState<S>> {
                 .delete(delete::<S>),
         )
         .route("/publish", post(publish::<S>))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz::<S>))
 }
 
 /// The JSON 404 for unknown paths.
@@ -260,7 +261,8 @@ async fn publish<S: Store>(
     Ok(Json(json!({ "id": id.to_string() })))
 }
 
-async fn healthz() -> Json<serde_json::Value> {
+/// Liveness: the process answers.
+pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 

@@ -76,6 +76,11 @@ pub enum ApiError {
     NoRoute { method: String, path: String },
     #[error("{method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
+    #[error("{0}")]
+    NotAcceptable(String),
+    /// A dependency (Redis) cannot serve this request now; the message is safe to show.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -97,6 +102,8 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
             Self::NoRoute { .. } => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+            Self::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "NOT_ACCEPTABLE"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Self::Store(e) => match e {
                 StoreError::Unavailable(_) | StoreError::Timeout(_) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "REDIS_UNAVAILABLE")
@@ -120,6 +127,8 @@ fn error_name(status: StatusCode) -> &'static str {
         StatusCode::BAD_REQUEST => "BadRequestError",
         StatusCode::NOT_FOUND => "NotFoundError",
         StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowedError",
+        StatusCode::NOT_ACCEPTABLE => "NotAcceptableError",
+
         StatusCode::CONFLICT => "ConflictError",
         StatusCode::PAYLOAD_TOO_LARGE => "PayloadTooLargeError",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaTypeError",
@@ -133,8 +142,9 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         let message = if status.is_server_error() {
             tracing::warn!(error = %self, "request failed");
-            match status {
-                StatusCode::SERVICE_UNAVAILABLE => {
+            match (&self, status) {
+                (Self::Unavailable(message), _) => message.clone(),
+                (_, StatusCode::SERVICE_UNAVAILABLE) => {
                     "Redis is unavailable; nothing was written".to_owned()
                 }
                 _ => "internal error; nothing was written".to_owned(),

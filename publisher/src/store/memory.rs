@@ -93,7 +93,13 @@ impl MemoryStore {
         (entries, state.history.front().map(|(id, _)| *id))
     }
 
+    /// The newest history entry of `topic`, if any.
+    pub fn last_entry(&self, topic: &Topic) -> Option<(EventId, StreamFields)> {
+        self.lock().topics.get(topic)?.history.back().cloned()
+    }
+
     /// The newest id of `topic` (`0-0` if none).
+
     pub fn last_id(&self, topic: &Topic) -> EventId {
         self.lock()
             .topics
@@ -132,7 +138,9 @@ impl MemoryStore {
         state.history.push_back((
             id,
             StreamFields {
+                prev,
                 change: change.clone(),
+
                 last: last.clone(),
             },
         ));

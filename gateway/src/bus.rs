@@ -1,0 +1,151 @@
+//! [`Bus`]: where a topic's history is read back from, by id. Redis streams in fleet mode,
+//! the embedded [`MemoryStore`] in single-node mode. Live delivery is the hub's business;
+//! this module only answers "what came after id X" and "what is the newest id".
+
+use std::time::Duration;
+
+use proto::{EventId, StreamFields, Topic};
+use publisher::MemoryStore;
+use redis::aio::ConnectionManager;
+use redis::streams::StreamRangeReply;
+
+use crate::error::BusError;
+
+/// One stream entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub id: EventId,
+    pub fields: StreamFields,
+}
+
+/// A topic history reader. Cheap to clone.
+#[derive(Clone, Debug)]
+pub enum Bus {
+    Memory(MemoryStore),
+    Redis(RedisStreams),
+}
+
+/// Stream reads over a multiplexed, reconnecting connection (not the subscription's).
+#[derive(Clone)]
+pub struct RedisStreams {
+    conn: ConnectionManager,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisStreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStreams")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStreams {
+    pub fn new(conn: ConnectionManager, timeout: Duration) -> Self {
+        Self { conn, timeout }
+    }
+
+    async fn query(&self, cmd: redis::Cmd) -> Result<StreamRangeReply, BusError> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
+            Ok(reply) => Ok(reply?),
+            Err(_) => Err(BusError::Timeout(self.timeout)),
+        }
+    }
+}
+
+impl Bus {
+    /// Up to `count` entries of `topic` strictly after `after`, oldest first.
+    ///
+    /// # Errors
+    /// [`BusError`] if Redis fails or an entry is not in our format.
+    pub async fn range(
+        &self,
+        topic: &Topic,
+        after: EventId,
+        count: usize,
+    ) -> Result<Vec<Entry>, BusError> {
+        match self {
+            Self::Memory(store) => Ok(store
+                .range(topic, after, count)
+                .0
+                .into_iter()
+                .map(|(id, fields)| Entry { id, fields })
+                .collect()),
+            Self::Redis(redis) => {
+                let mut cmd = redis::cmd("XRANGE");
+                cmd.arg(topic.stream_key())
+                    .arg(format!("({after}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(count);
+                entries(redis.query(cmd).await?)
+            }
+        }
+    }
+
+    /// The newest id of `topic`'s stream, `0-0` if it has none.
+    ///
+    /// # Errors
+    /// [`BusError`] if Redis fails.
+    pub async fn last_id(&self, topic: &Topic) -> Result<EventId, BusError> {
+        match self {
+            Self::Memory(store) => Ok(store.last_id(topic)),
+            Self::Redis(redis) => {
+                let mut cmd = redis::cmd("XREVRANGE");
+                cmd.arg(topic.stream_key())
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1);
+                Ok(entries(redis.query(cmd).await?)?
+                    .first()
+                    .map_or(EventId::ZERO, |e| e.id))
+            }
+        }
+    }
+
+    /// The newest entry of `topic`, if any.
+    ///
+    /// # Errors
+    /// [`BusError`] if Redis fails.
+    pub async fn last_entry(&self, topic: &Topic) -> Result<Option<Entry>, BusError> {
+        match self {
+            Self::Memory(store) => Ok(store
+                .last_entry(topic)
+                .map(|(id, fields)| Entry { id, fields })),
+
+            Self::Redis(redis) => {
+                let mut cmd = redis::cmd("XREVRANGE");
+                cmd.arg(topic.stream_key())
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1);
+                Ok(entries(redis.query(cmd).await?)?.pop())
+            }
+        }
+    }
+}
+
+fn entries(reply: StreamRangeReply) -> Result<Vec<Entry>, BusError> {
+    reply
+        .ids
+        .into_iter()
+        .map(|entry| {
+            let decode = |source| BusError::Decode {
+                id: entry.id.clone(),
+                source,
+            };
+            let id = EventId::parse(&entry.id).map_err(decode)?;
+            let mut pairs = Vec::with_capacity(entry.map.len());
+            for (field, value) in &entry.map {
+                let text: String = redis::from_redis_value_ref(value)?;
+                pairs.push((field.as_str(), text));
+            }
+            let fields = StreamFields::from_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str())))
+                .map_err(decode)?;
+            Ok(Entry { id, fields })
+        })
+        .collect()
+}

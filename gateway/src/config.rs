@@ -1,0 +1,279 @@
+//! The gateway's [`Config`]: defaults < config file < `GATEWAY_*` environment < flags.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use publisher::Retention;
+use publisher::settings::{Layers, SettingsError};
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Default interval of the comment heartbeat on an SSE stream (proxies close idle ones).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+/// Default `retry:` hint: how long a browser waits before reconnecting.
+pub const DEFAULT_RETRY: Duration = Duration::from_secs(2);
+/// Default number of stream entries read per replay round trip.
+pub const DEFAULT_REPLAY_PAGE: usize = 500;
+/// Default live events buffered per topic for its slowest local client. A client further
+/// behind is caught up from the stream instead (nothing is dropped).
+pub const DEFAULT_HUB_CAPACITY: usize = 1024;
+/// Default pub/sub messages queued between the Redis connection and the reader task.
+/// Full: a message is dropped, counted and logged; the id chain makes the next event of
+/// its topic refill the gap from the stream.
+pub const DEFAULT_PUSH_QUEUE: usize = 65_536;
+/// Default wait for Redis to confirm a new topic's SUBSCRIBE before answering 503.
+pub const DEFAULT_SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default longest wait for one Redis reply.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default time open streams and tasks get to end after SIGTERM.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "SSE gateway pod: LoopBack change streams over Redis, or single-node with an embedded bus."
+)]
+struct Flags {
+    /// Config file (TOML or YAML); also GATEWAY_CONFIG.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Listen address [env GATEWAY_LISTEN] [default 0.0.0.0:8080]
+    #[arg(long)]
+    listen: Option<String>,
+    /// Redis URL; unset runs single-node on the embedded bus [env GATEWAY_REDIS_URL]
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Comment heartbeat interval [env GATEWAY_HEARTBEAT] [default 15s]
+    #[arg(long)]
+    heartbeat: Option<String>,
+    /// `retry:` hint sent to browsers [env GATEWAY_RETRY] [default 2s]
+    #[arg(long)]
+    retry: Option<String>,
+    /// Stream entries per replay read [env GATEWAY_REPLAY_PAGE] [default 500]
+    #[arg(long)]
+    replay_page: Option<String>,
+    /// Live events buffered per topic [env GATEWAY_HUB_CAPACITY] [default 1024]
+    #[arg(long)]
+    hub_capacity: Option<String>,
+    /// Pub/sub messages queued from Redis [env GATEWAY_PUSH_QUEUE] [default 65536]
+    #[arg(long)]
+    push_queue: Option<String>,
+    /// Wait for a SUBSCRIBE confirmation [env GATEWAY_SUBSCRIBE_TIMEOUT] [default 5s]
+    #[arg(long)]
+    subscribe_timeout: Option<String>,
+    /// Longest wait for a Redis reply [env GATEWAY_REDIS_TIMEOUT] [default 2s]
+    #[arg(long)]
+    redis_timeout: Option<String>,
+    /// Time streams get to end after SIGTERM [env GATEWAY_GRACE_PERIOD] [default 10s]
+    #[arg(long)]
+    grace_period: Option<String>,
+    /// Embedded mode: largest REST body in bytes [env GATEWAY_BODY_LIMIT] [default 102400]
+    #[arg(long)]
+    body_limit: Option<String>,
+    /// Embedded mode: history kept per topic [env GATEWAY_STREAM_MAX_LEN] [default 10000]
+    #[arg(long)]
+    stream_max_len: Option<String>,
+    /// Embedded mode: oldest history kept [env GATEWAY_STREAM_MAX_AGE] [default 24h]
+    #[arg(long)]
+    stream_max_age: Option<String>,
+}
+
+/// Everything the gateway needs to start, parsed and typed.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// `None`: single node on the embedded in-memory bus, serving the REST API too.
+    pub redis_url: Option<String>,
+    pub heartbeat: Duration,
+    pub retry: Duration,
+    pub replay_page: NonZeroUsize,
+    pub hub_capacity: NonZeroUsize,
+    pub push_queue: NonZeroUsize,
+    pub subscribe_timeout: Duration,
+    pub redis_timeout: Duration,
+    pub grace_period: Duration,
+    pub body_limit: usize,
+    pub retention: Retention,
+}
+
+impl Config {
+    /// Reads the real command line and process environment.
+    ///
+    /// # Errors
+    /// See [`Config::load`].
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::load(std::env::args_os(), &std::env::vars().collect())
+    }
+
+    /// Layers defaults, the config file, `env` and `args`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the flag or setting at fault.
+    pub fn load(
+        args: impl IntoIterator<Item = OsString>,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let flags = Flags::try_parse_from(args)?;
+        let file = flags
+            .config
+            .clone()
+            .or_else(|| env.get("GATEWAY_CONFIG").map(PathBuf::from));
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        let retention = Retention::default();
+        let owned = [
+            ("listen", DEFAULT_LISTEN.to_owned()),
+            ("heartbeat", ms(DEFAULT_HEARTBEAT)),
+            ("retry", ms(DEFAULT_RETRY)),
+            ("replay_page", DEFAULT_REPLAY_PAGE.to_string()),
+            ("hub_capacity", DEFAULT_HUB_CAPACITY.to_string()),
+            ("push_queue", DEFAULT_PUSH_QUEUE.to_string()),
+            ("subscribe_timeout", ms(DEFAULT_SUBSCRIBE_TIMEOUT)),
+            ("redis_timeout", ms(DEFAULT_REDIS_TIMEOUT)),
+            ("grace_period", ms(DEFAULT_GRACE_PERIOD)),
+            ("body_limit", publisher::api::DEFAULT_BODY_LIMIT.to_string()),
+            ("stream_max_len", retention.max_len.to_string()),
+            ("stream_max_age", ms(retention.max_age)),
+        ];
+        let defaults: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let overrides = [
+            ("listen", flags.listen),
+            ("redis_url", flags.redis_url),
+            ("heartbeat", flags.heartbeat),
+            ("retry", flags.retry),
+            ("replay_page", flags.replay_page),
+            ("hub_capacity", flags.hub_capacity),
+            ("push_queue", flags.push_queue),
+            ("subscribe_timeout", flags.subscribe_timeout),
+            ("redis_timeout", flags.redis_timeout),
+            ("grace_period", flags.grace_period),
+            ("body_limit", flags.body_limit),
+            ("stream_max_len", flags.stream_max_len),
+            ("stream_max_age", flags.stream_max_age),
+        ];
+        let layers = Layers::build("GATEWAY", &defaults, file.as_deref(), env, &overrides)?;
+        Self::from_layers(&layers).map_err(ConfigError::Settings)
+    }
+
+    fn from_layers(layers: &Layers) -> Result<Self, SettingsError> {
+        let positive = |d: &Duration| {
+            if d.is_zero() {
+                Err("must be more than 0".to_owned())
+            } else {
+                Ok(())
+            }
+        };
+        let heartbeat = layers.duration("heartbeat")?;
+        let redis_url = layers.get_opt::<String>("redis_url")?;
+        if redis_url.is_some() {
+            layers.checked("redis_url", |url: &String| {
+                redis::Client::open(url.as_str())
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })?;
+        }
+        let config = Self {
+            listen: layers.get("listen")?,
+            redis_url,
+            heartbeat,
+            retry: layers.duration("retry")?,
+            replay_page: layers.get("replay_page")?,
+            hub_capacity: layers.get("hub_capacity")?,
+            push_queue: layers.get("push_queue")?,
+            subscribe_timeout: layers.duration("subscribe_timeout")?,
+            redis_timeout: layers.duration("redis_timeout")?,
+            grace_period: layers.duration("grace_period")?,
+            body_limit: layers.checked("body_limit", |n: &usize| {
+                if *n == 0 {
+                    Err("must be at least 1".into())
+                } else {
+                    Ok(())
+                }
+            })?,
+            retention: Retention {
+                max_len: layers.get("stream_max_len")?,
+                max_age: layers.duration("stream_max_age")?,
+            },
+        };
+        // Checked after parsing so the message names the setting.
+        layers.checked("heartbeat", |_: &String| positive(&config.heartbeat))?;
+        layers.checked("redis_timeout", |_: &String| {
+            positive(&config.redis_timeout)
+        })?;
+        Ok(config)
+    }
+
+    /// Defaults only: embedded mode on `127.0.0.1:0`-style listeners chosen by the caller.
+    pub fn embedded() -> Self {
+        Self::load(["gateway"].map(OsString::from), &HashMap::new())
+            .unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
+    }
+}
+
+/// Why the gateway would not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Flags(#[from] clap::Error),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::load(
+            std::iter::once("gateway")
+                .chain(args.iter().copied())
+                .map(OsString::from),
+            &env,
+        )
+    }
+
+    #[test]
+    fn defaults_are_embedded_mode() {
+        let c = load(&[], &[]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.redis_url, None);
+        assert_eq!(c.heartbeat, DEFAULT_HEARTBEAT);
+        assert_eq!(c.replay_page.get(), DEFAULT_REPLAY_PAGE);
+    }
+
+    #[test]
+    fn env_and_flags() {
+        let c = load(
+            &["--heartbeat", "1s"],
+            &[
+                ("GATEWAY_REDIS_URL", "redis://h:1/"),
+                ("GATEWAY_HEARTBEAT", "9s"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.redis_url.as_deref(), Some("redis://h:1/"));
+        assert_eq!(c.heartbeat, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        for (env, key) in [
+            (("GATEWAY_REPLAY_PAGE", "0"), "`replay_page`"),
+            (("GATEWAY_HEARTBEAT", "0s"), "`heartbeat`"),
+            (("GATEWAY_REDIS_URL", "http://x"), "`redis_url`"),
+            (("GATEWAY_LISTEN", "x"), "`listen`"),
+        ] {
+            let err = load(&[], &[env]).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+    }
+}

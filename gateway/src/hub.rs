@@ -1,0 +1,226 @@
+//! [`Hub`]: topic -> local fan-out. Each event is decoded and framed once, then shared
+//! (`Arc`) by every local client of its topic through a bounded broadcast.
+//!
+//! The hub also owns the set of topics this pod needs from Redis: the first client of a
+//! topic adds it, the last one leaving removes it, and the subscription task
+//! ([`crate::redis_sub`]) reconciles Redis with that set, confirming each topic once
+//! Redis has acknowledged the SUBSCRIBE. Delivery never waits on a client: `send` on a
+//! broadcast overwrites the oldest event of a lagging receiver, which that client then
+//! reads back from the stream ([`crate::replay`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use proto::{EventId, Topic};
+use tokio::sync::{Notify, broadcast, watch};
+
+/// One live event of a topic, ready to write.
+#[derive(Debug)]
+pub struct LiveEvent {
+    pub id: EventId,
+    /// The topic's previous id: a client whose last id differs has missed something.
+    pub prev: EventId,
+    /// The single-topic SSE frame (`id:`, `event: data`, `data:`), encoded once.
+    pub frame: Bytes,
+}
+
+impl LiveEvent {
+    pub fn new(id: EventId, prev: EventId, change_json: &str) -> Self {
+        Self {
+            id,
+            prev,
+            frame: Bytes::from(proto::sse::change_frame(id, change_json)),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    /// Fan-out to this topic's local clients. Full: the oldest event is overwritten for a
+    /// lagging client, which gets `Lagged` and catches up from the stream.
+    events_tx: broadcast::Sender<Arc<LiveEvent>>,
+    members: usize,
+    /// True once Redis has confirmed the subscription (always, on the embedded bus).
+    confirmed_tx: watch::Sender<bool>,
+}
+
+/// The local fan-out of every topic this pod's clients watch.
+#[derive(Debug)]
+pub struct Hub {
+    slots: Mutex<HashMap<Topic, Slot>>,
+    /// Wakes the subscription task when the set of wanted topics changes.
+    changed: Notify,
+    capacity: usize,
+    /// Embedded bus: every topic is "subscribed" as soon as it is wanted.
+    auto_confirm: bool,
+}
+
+impl Hub {
+    pub fn new(capacity: usize, auto_confirm: bool) -> Arc<Self> {
+        Arc::new(Self {
+            slots: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+            capacity,
+            auto_confirm,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Topic, Slot>> {
+        // Plain data; a panic elsewhere must not stop delivery.
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds a local client of `topic`. Its receiver sees every event delivered from now.
+    pub fn join(self: &Arc<Self>, topic: &Topic) -> Membership {
+        let mut slots = self.lock();
+        let mut added = false;
+        let slot = slots.entry(topic.clone()).or_insert_with(|| {
+            added = true;
+            let (events_tx, _) = broadcast::channel(self.capacity);
+            let (confirmed_tx, _) = watch::channel(self.auto_confirm);
+            Slot {
+                events_tx,
+                members: 0,
+                confirmed_tx,
+            }
+        });
+        slot.members += 1;
+        let membership = Membership {
+            hub: Arc::clone(self),
+            topic: topic.clone(),
+            events_rx: slot.events_tx.subscribe(),
+            confirmed_rx: slot.confirmed_tx.subscribe(),
+        };
+        drop(slots);
+        if added {
+            self.changed.notify_one();
+        }
+        membership
+    }
+
+    fn leave(&self, topic: &Topic) {
+        let mut slots = self.lock();
+        let Some(slot) = slots.get_mut(topic) else {
+            return;
+        };
+        slot.members -= 1;
+        if slot.members == 0 {
+            slots.remove(topic);
+            drop(slots);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Hands an event to the topic's local clients, if it has any. Never waits.
+    pub fn deliver(&self, topic: &Topic, event: LiveEvent) {
+        let slots = self.lock();
+        if let Some(slot) = slots.get(topic) {
+            // No receiver left is fine: the last client is leaving.
+            let _ = slot.events_tx.send(Arc::new(event));
+        }
+    }
+
+    /// The topics local clients want now.
+    pub fn wanted(&self) -> Vec<Topic> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Marks `topic` as subscribed (or not) in Redis.
+    pub fn confirm(&self, topic: &Topic, confirmed: bool) {
+        if let Some(slot) = self.lock().get(topic) {
+            slot.confirmed_tx.send_replace(confirmed);
+        }
+    }
+
+    /// Whether every wanted topic is confirmed.
+    pub fn all_confirmed(&self) -> bool {
+        self.lock().values().all(|slot| *slot.confirmed_tx.borrow())
+    }
+
+    /// Resolves when the set of wanted topics may have changed.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+/// A local client's place in a topic's fan-out. Dropping it leaves the topic.
+#[derive(Debug)]
+pub struct Membership {
+    hub: Arc<Hub>,
+    topic: Topic,
+    pub events_rx: broadcast::Receiver<Arc<LiveEvent>>,
+    confirmed_rx: watch::Receiver<bool>,
+}
+
+impl Membership {
+    /// Waits until Redis confirmed the topic's subscription; `false` after `timeout`.
+    pub async fn confirmed(&mut self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.confirmed_rx.wait_for(|c| *c))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.hub.leave(&self.topic);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_join_and_last_leave_change_the_wanted_set() {
+        let hub = Hub::new(4, false);
+        let t = Topic::new("A").unwrap();
+        let a = hub.join(&t);
+        let b = hub.join(&t);
+        assert_eq!(hub.wanted(), [t.clone()]);
+        assert!(!hub.all_confirmed());
+        hub.confirm(&t, true);
+        assert!(hub.all_confirmed());
+        drop(a);
+        assert_eq!(hub.wanted(), [t.clone()]);
+        drop(b);
+        assert!(hub.wanted().is_empty());
+    }
+
+    #[tokio::test]
+    async fn delivers_one_shared_frame_to_every_member() {
+        let hub = Hub::new(4, true);
+        let t = Topic::new("A").unwrap();
+        let mut a = hub.join(&t);
+        let mut b = hub.join(&t);
+        assert!(a.confirmed(Duration::from_millis(10)).await);
+        hub.deliver(&t, LiveEvent::new(EventId::new(1, 0), EventId::ZERO, "{}"));
+        let ea = a.events_rx.recv().await.unwrap();
+        let eb = b.events_rx.recv().await.unwrap();
+        assert!(Arc::ptr_eq(&ea, &eb));
+        assert_eq!(&ea.frame[..], b"id: 1-0\nevent: data\ndata: {}\n\n");
+    }
+
+    #[tokio::test]
+    async fn a_lagging_member_is_told_and_others_are_not_slowed() {
+        let hub = Hub::new(2, true);
+        let t = Topic::new("A").unwrap();
+        let mut slow = hub.join(&t);
+        let mut fast = hub.join(&t);
+        for i in 1..=3 {
+            hub.deliver(
+                &t,
+                LiveEvent::new(EventId::new(i, 0), EventId::new(i - 1, 0), "{}"),
+            );
+            assert_eq!(fast.events_rx.recv().await.unwrap().id, EventId::new(i, 0));
+        }
+        assert!(matches!(
+            slow.events_rx.recv().await,
+            Err(broadcast::error::RecvError::Lagged(1))
+        ));
+    }
+}
