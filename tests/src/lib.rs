@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
@@ -277,4 +278,177 @@ pub fn http() -> reqwest::Client {
         .timeout(STEP)
         .build()
         .expect("HTTP client builds")
+}
+
+/// A real gateway server (`gateway::run`) on `127.0.0.1:0`. Stopped on drop.
+#[derive(Debug)]
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), gateway::RunError>>>,
+}
+
+impl Gateway {
+    /// A pod of a fleet on `redis_url`.
+    pub async fn start(redis_url: &str) -> anyhow::Result<Self> {
+        Self::start_with(Some(redis_url), |_| {}).await
+    }
+
+    /// `redis_url: None` is the embedded single-node mode.
+    pub async fn start_with(
+        redis_url: Option<&str>,
+        tweak: impl FnOnce(&mut gateway::Config),
+    ) -> anyhow::Result<Self> {
+        let mut config = gateway::Config::embedded();
+        config.redis_url = redis_url.map(str::to_owned);
+        tweak(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(gateway::run(config, listener, shutdown.clone()));
+        let gateway = Self {
+            addr,
+            shutdown,
+            task: Some(task),
+        };
+        if redis_url.is_some() {
+            let client = http();
+            let url = gateway.url("/readyz");
+            poll_until("gateway ready", Duration::from_secs(10), || async {
+                let res = client.get(&url).send().await.ok()?;
+                (res.status() == 200).then_some(())
+            })
+            .await?;
+        }
+        Ok(gateway)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Cancels and waits for the server to stop.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            within("gateway to stop", task).await???;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// One parsed SSE block (the lines up to a blank line).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Frame {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: Option<String>,
+    pub retry: Option<String>,
+    pub comment: Option<String>,
+    /// The block's exact bytes, blank line included.
+    pub raw: String,
+}
+
+impl Frame {
+    /// A frame carrying an event (not a comment or a bare `retry:`).
+    pub fn is_event(&self) -> bool {
+        self.data.is_some()
+    }
+}
+
+/// A minimal SSE reader over a real HTTP response, every read bounded by [`STEP`].
+pub struct SseClient {
+    pub response_headers: reqwest::header::HeaderMap,
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+    /// Every byte received so far, for exact-bytes checks.
+    pub received: String,
+}
+
+impl std::fmt::Debug for SseClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SseClient")
+            .field("received", &self.received.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SseClient {
+    /// `GET url` as EventSource would (`Accept: text/event-stream`, optional `Last-Event-ID`).
+    pub async fn connect(url: &str, last_event_id: Option<&str>) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder().connect_timeout(STEP).build()?;
+        let mut req = client.get(url).header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let res = within("SSE connect", req.send()).await??;
+        if res.status() != 200 {
+            let status = res.status();
+            let body = res.text().await.unwrap_or_default();
+            bail!("SSE connect to {url}: {status}: {body}");
+        }
+        Ok(Self {
+            response_headers: res.headers().clone(),
+            body: Box::pin(res.bytes_stream()),
+            buffer: String::new(),
+            received: String::new(),
+        })
+    }
+
+    /// The next block; `None` when the server ended the response.
+    pub async fn next_frame(&mut self) -> anyhow::Result<Option<Frame>> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let raw: String = self.buffer.drain(..end + 2).collect();
+                return Ok(Some(parse_frame(raw)));
+            }
+            match within("next SSE bytes", self.body.next()).await? {
+                Some(chunk) => {
+                    let text = String::from_utf8(chunk?.to_vec())?;
+                    self.received.push_str(&text);
+                    self.buffer.push_str(&text);
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The next frame that carries an event, skipping comments and `retry:`.
+    pub async fn next_event(&mut self) -> anyhow::Result<Frame> {
+        loop {
+            match self.next_frame().await? {
+                Some(frame) if frame.is_event() => return Ok(frame),
+                Some(_) => {}
+                None => bail!("stream ended while waiting for an event"),
+            }
+        }
+    }
+}
+
+fn parse_frame(raw: String) -> Frame {
+    let mut frame = Frame::default();
+    for line in raw.lines() {
+        if let Some(comment) = line.strip_prefix(':') {
+            frame.comment = Some(comment.trim_start().to_owned());
+            continue;
+        }
+        let (field, value) = line
+            .split_once(':')
+            .map_or((line, ""), |(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)));
+        match field {
+            "id" => frame.id = Some(value.to_owned()),
+            "event" => frame.event = Some(value.to_owned()),
+            "data" => frame.data = Some(value.to_owned()),
+            "retry" => frame.retry = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+    frame.raw = raw;
+    frame
 }

@@ -99,7 +99,6 @@ impl MemoryStore {
     }
 
     /// The newest id of `topic` (`0-0` if none).
-
     pub fn last_id(&self, topic: &Topic) -> EventId {
         self.lock()
             .topics
