@@ -32,6 +32,14 @@ pub const DEFAULT_SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default time open streams and tasks get to end after SIGTERM.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
+/// Default window over which open streams are ended after SIGTERM, each at a random
+/// moment, so their reconnects do not hit the other pods all at once.
+pub const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_secs(5);
+/// Default most open SSE streams per pod; more get 503 with `Retry-After`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default longest time a write to a client may make no progress before the connection
+/// is dropped (a client that stopped reading; it resumes with `Last-Event-ID`).
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -73,6 +81,15 @@ struct Flags {
     /// Time streams get to end after SIGTERM [env GATEWAY_GRACE_PERIOD] [default 10s]
     #[arg(long)]
     grace_period: Option<String>,
+    /// Window over which streams end after SIGTERM [env GATEWAY_DRAIN_WINDOW] [default 5s]
+    #[arg(long)]
+    drain_window: Option<String>,
+    /// Most open SSE streams [env GATEWAY_MAX_CONNECTIONS] [default 10000]
+    #[arg(long)]
+    max_connections: Option<String>,
+    /// Drop a client whose writes stall this long [env GATEWAY_WRITE_TIMEOUT] [default 30s]
+    #[arg(long)]
+    write_timeout: Option<String>,
     /// Embedded mode: largest REST body in bytes [env GATEWAY_BODY_LIMIT] [default 102400]
     #[arg(long)]
     body_limit: Option<String>,
@@ -98,6 +115,9 @@ pub struct Config {
     pub subscribe_timeout: Duration,
     pub redis_timeout: Duration,
     pub grace_period: Duration,
+    pub drain_window: Duration,
+    pub max_connections: NonZeroUsize,
+    pub write_timeout: Duration,
     pub body_limit: usize,
     pub retention: Retention,
 }
@@ -136,6 +156,9 @@ impl Config {
             ("subscribe_timeout", ms(DEFAULT_SUBSCRIBE_TIMEOUT)),
             ("redis_timeout", ms(DEFAULT_REDIS_TIMEOUT)),
             ("grace_period", ms(DEFAULT_GRACE_PERIOD)),
+            ("drain_window", ms(DEFAULT_DRAIN_WINDOW)),
+            ("max_connections", DEFAULT_MAX_CONNECTIONS.to_string()),
+            ("write_timeout", ms(DEFAULT_WRITE_TIMEOUT)),
             ("body_limit", publisher::api::DEFAULT_BODY_LIMIT.to_string()),
             ("stream_max_len", retention.max_len.to_string()),
             ("stream_max_age", ms(retention.max_age)),
@@ -152,6 +175,9 @@ impl Config {
             ("subscribe_timeout", flags.subscribe_timeout),
             ("redis_timeout", flags.redis_timeout),
             ("grace_period", flags.grace_period),
+            ("drain_window", flags.drain_window),
+            ("max_connections", flags.max_connections),
+            ("write_timeout", flags.write_timeout),
             ("body_limit", flags.body_limit),
             ("stream_max_len", flags.stream_max_len),
             ("stream_max_age", flags.stream_max_age),
@@ -188,6 +214,9 @@ impl Config {
             subscribe_timeout: layers.duration("subscribe_timeout")?,
             redis_timeout: layers.duration("redis_timeout")?,
             grace_period: layers.duration("grace_period")?,
+            drain_window: layers.duration("drain_window")?,
+            max_connections: layers.get("max_connections")?,
+            write_timeout: layers.duration("write_timeout")?,
             body_limit: layers.checked("body_limit", |n: &usize| {
                 if *n == 0 {
                     Err("must be at least 1".into())
@@ -204,6 +233,19 @@ impl Config {
         layers.checked("heartbeat", |_: &String| positive(&config.heartbeat))?;
         layers.checked("redis_timeout", |_: &String| {
             positive(&config.redis_timeout)
+        })?;
+        layers.checked("write_timeout", |_: &String| {
+            positive(&config.write_timeout)
+        })?;
+        layers.checked("drain_window", |_: &String| {
+            if config.drain_window < config.grace_period {
+                Ok(())
+            } else {
+                Err(format!(
+                    "must be shorter than grace_period ({:?})",
+                    config.grace_period
+                ))
+            }
         })?;
         Ok(config)
     }
@@ -271,6 +313,8 @@ mod tests {
             (("GATEWAY_HEARTBEAT", "0s"), "`heartbeat`"),
             (("GATEWAY_REDIS_URL", "http://x"), "`redis_url`"),
             (("GATEWAY_LISTEN", "x"), "`listen`"),
+            (("GATEWAY_DRAIN_WINDOW", "1m"), "`drain_window`"),
+            (("GATEWAY_MAX_CONNECTIONS", "0"), "`max_connections`"),
         ] {
             let err = load(&[], &[env]).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");

@@ -15,7 +15,9 @@ use publisher::MemoryStore;
 use publisher::api::{ApiState, healthz, no_route, wrong_method};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
 use tower_http::cors::{Any, CorsLayer};
 
 use crate::bus::Bus;
@@ -33,8 +35,11 @@ pub struct AppState {
     pub bus: Bus,
     pub config: Arc<Config>,
     pub readiness: Readiness,
-    /// Ends every open SSE response when cancelled.
+    /// Ends every open SSE response when cancelled (each at a random moment of the drain
+    /// window), and turns `/readyz` and new streams away.
     pub shutdown: CancellationToken,
+    /// One permit per open SSE stream (`max_connections`). None left: 503 + Retry-After.
+    pub streams: Arc<Semaphore>,
 }
 
 /// The gateway's routes; `embedded` adds the publisher REST API over the same store.
@@ -80,6 +85,13 @@ fn cors() -> CorsLayer {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
+    if state.shutdown.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "draining", "reason": "shutting down" })),
+        )
+            .into_response();
+    }
     if state.readiness.is_up() && state.hub.all_confirmed() {
         Json(json!({ "status": "ready" })).into_response()
     } else {
@@ -155,6 +167,17 @@ async fn change_stream(
     check_options(options.as_ref())?;
     let resume = resume_position(headers, query.last_event_id.as_deref())?;
 
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::Unavailable(
+            "this gateway is shutting down; reconnect".into(),
+        ));
+    }
+    let Ok(permit) = Arc::clone(&state.streams).try_acquire_owned() else {
+        return Err(ApiError::Unavailable(format!(
+            "this gateway holds its maximum of {} streams; retry shortly",
+            state.config.max_connections
+        )));
+    };
     let mut membership = state.hub.join(&topic);
     if !membership.confirmed(state.config.subscribe_timeout).await {
         return Err(ApiError::Unavailable(
@@ -176,8 +199,9 @@ async fn change_stream(
     })?;
     Ok(sse::response(
         client,
+        permit,
         state.config.retry,
-        state.shutdown.child_token(),
+        sse::drained(state.shutdown.clone(), state.config.drain_window),
     ))
 }
 

@@ -25,6 +25,7 @@ pub mod embedded;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod listener;
 pub mod redis_sub;
 pub mod replay;
 pub mod sse;
@@ -98,15 +99,18 @@ pub async fn run(
         "redis"
     };
     let grace = config.grace_period;
+    let listener = listener::TimedListener::new(listener, config.write_timeout);
     let state = http::AppState {
         hub,
         bus,
+        streams: Arc::new(tokio::sync::Semaphore::new(config.max_connections.get())),
         config: Arc::new(config),
         readiness,
         shutdown: shutdown.clone(),
     };
     let app = http::router(state, embedded);
-    tracing::info!(addr = %listener.local_addr()?, mode, "gateway listening");
+    tracing::info!(addr = %axum::serve::Listener::local_addr(&listener)?, mode, "gateway listening");
+    // On shutdown axum stops accepting at once; open streams end over the drain window.
     let serve =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let serve = tokio::spawn(async move { serve.await });

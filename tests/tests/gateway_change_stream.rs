@@ -303,9 +303,11 @@ async fn embedded_mode_serves_rest_and_change_stream_in_one_process() -> anyhow:
 async fn heartbeats_on_an_idle_stream_and_streams_end_on_shutdown() -> anyhow::Result<()> {
     let redis = RedisServer::start().await?;
     let gateway = Gateway::start_with(Some(&redis.url()), |c| {
-        c.heartbeat = Duration::from_millis(100)
+        c.heartbeat = Duration::from_millis(100);
+        c.drain_window = Duration::from_millis(100);
     })
     .await?;
+
     let mut client = SseClient::connect(&stream_url(&gateway, "Idle"), None).await?;
     let mut heartbeats = 0;
     while heartbeats < 2 {
