@@ -452,3 +452,246 @@ fn parse_frame(raw: String) -> Frame {
     frame.raw = raw;
     frame
 }
+
+/// The `gateway` binary next to this test executable (`target/<profile>/gateway`), built
+/// first if `cargo test` did not build it.
+pub fn gateway_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> -> target/<profile>/gateway
+    let profile_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .context("test executable has no target dir")?;
+    let binary = profile_dir.join("gateway");
+    if !binary.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "gateway", "--bin", "gateway"])
+            .status()?;
+        anyhow::ensure!(status.success(), "cargo build -p gateway failed");
+    }
+    Ok(binary)
+}
+
+/// A real `gateway` process on a loopback port, for faults an in-process server cannot
+/// show (`kill -9`, RSS). Killed on drop.
+#[derive(Debug)]
+pub struct GatewayProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    drain: JoinHandle<()>,
+}
+
+impl GatewayProcess {
+    /// Starts a pod of the fleet on `redis_url` with extra `GATEWAY_*` settings, and waits
+    /// until it is ready.
+    pub async fn start(redis_url: &str, settings: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(gateway_binary()?);
+        cmd.env("GATEWAY_LISTEN", "127.0.0.1:0")
+            .env("GATEWAY_REDIS_URL", redis_url)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (key, value) in settings {
+            cmd.env(key, value);
+        }
+        let mut child = cmd.spawn().context("spawn gateway")?;
+        let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
+        let addr = within("gateway listening line", async {
+            while let Some(line) = lines.next_line().await? {
+                let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if let Some(addr) = entry["addr"].as_str() {
+                    return Ok(addr.parse::<SocketAddr>()?);
+                }
+            }
+            bail!("gateway exited before listening")
+        })
+        .await??;
+        let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let process = Self { child, addr, drain };
+        process.wait_ready().await?;
+        Ok(process)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The HTTP status of `/readyz` (0 if it does not answer).
+    pub async fn ready_status(&self) -> u16 {
+        http()
+            .get(self.url("/readyz"))
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16())
+    }
+
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        poll_until("gateway ready", Duration::from_secs(20), || async {
+            (self.ready_status().await == 200).then_some(())
+        })
+        .await
+    }
+
+    /// Resident memory in KiB, from `/proc/<pid>/status`.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        let pid = self.child.id().context("process gone")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .context("no VmRSS")?;
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .context("VmRSS value")?
+            .parse()?)
+    }
+
+    /// `kill -9`: no drain, no goodbye.
+    pub async fn kill9(mut self) -> anyhow::Result<()> {
+        self.child.start_kill()?;
+        within("gateway to die", self.child.wait()).await??;
+        self.drain.abort();
+        Ok(())
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        self.drain.abort();
+    }
+}
+
+/// What a [`Watcher`] recorded: every `data` and `reset` frame, in arrival order.
+#[derive(Debug, Default)]
+pub struct Watched {
+    pub frames: Vec<Frame>,
+    /// How many times the stream ended or failed and was reopened.
+    pub reconnects: usize,
+}
+
+impl Watched {
+    /// The ids of the `data` events.
+    pub fn data_ids(&self) -> Vec<String> {
+        self.frames
+            .iter()
+            .filter(|f| f.event.as_deref() == Some("data"))
+            .filter_map(|f| f.id.clone())
+            .collect()
+    }
+
+    pub fn resets(&self) -> Vec<&Frame> {
+        self.frames
+            .iter()
+            .filter(|f| f.event.as_deref() == Some("reset"))
+            .collect()
+    }
+}
+
+/// A client that behaves like EventSource: it follows a change stream, and whenever the
+/// stream ends or fails it reconnects (to the next of `urls`, as a Service would send it
+/// elsewhere) with `Last-Event-ID`. It records what it receives until stopped.
+#[derive(Debug)]
+pub struct Watcher {
+    stop: CancellationToken,
+    last_rx: tokio::sync::watch::Receiver<Option<String>>,
+    task: JoinHandle<anyhow::Result<Watched>>,
+}
+
+impl Watcher {
+    /// Connects once (so the caller knows it is positioned), then follows in the background.
+    pub async fn start(urls: Vec<String>, first: usize) -> anyhow::Result<Self> {
+        let client = SseClient::connect(&urls[first % urls.len()], None).await?;
+        let (last_tx, last_rx) = tokio::sync::watch::channel(None);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(follow(urls, first, client, last_tx, stop.clone()));
+        Ok(Self {
+            stop,
+            last_rx,
+            task,
+        })
+    }
+
+    /// Waits until the last id received is `id`.
+    pub async fn wait_for(&mut self, id: &str, deadline: Duration) -> anyhow::Result<()> {
+        let reached = tokio::time::timeout(
+            deadline,
+            self.last_rx.wait_for(|last| last.as_deref() == Some(id)),
+        )
+        .await
+        .map(|r| r.is_ok());
+        match reached {
+            Ok(true) => Ok(()),
+            Ok(false) => bail!("watcher stopped before event {id}"),
+            Err(_) => bail!(
+                "no event {id} within {deadline:?}; last was {:?}",
+                *self.last_rx.borrow()
+            ),
+        }
+    }
+
+    pub async fn stop(self) -> anyhow::Result<Watched> {
+        self.stop.cancel();
+        within("watcher to stop", self.task).await??
+    }
+}
+
+async fn follow(
+    urls: Vec<String>,
+    mut next: usize,
+    first: SseClient,
+    last_tx: tokio::sync::watch::Sender<Option<String>>,
+    stop: CancellationToken,
+) -> anyhow::Result<Watched> {
+    let mut watched = Watched::default();
+    let mut client = Some(first);
+    // EventSource waits `retry` between attempts; a short tick keeps a refused connect
+    // from spinning.
+    let mut retry = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        let mut current = match client.take() {
+            Some(c) => c,
+            None => {
+                retry.tick().await;
+                let last = last_tx.borrow().clone();
+                let connect = SseClient::connect(&urls[next % urls.len()], last.as_deref());
+                tokio::select! {
+                    connected = connect => match connected {
+                        Ok(c) => c,
+                        Err(_) => {
+                            next += 1;
+                            continue;
+                        }
+                    },
+                    () = stop.cancelled() => return Ok(watched),
+                }
+            }
+        };
+        loop {
+            let frame = tokio::select! {
+                frame = current.next_frame() => frame,
+                () = stop.cancelled() => return Ok(watched),
+            };
+            match frame {
+                Ok(Some(frame)) => {
+                    if matches!(frame.event.as_deref(), Some("data" | "reset")) {
+                        let id = frame.id.clone();
+                        watched.frames.push(frame);
+                        if id.is_some() {
+                            last_tx.send_replace(id);
+                        }
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        watched.reconnects += 1;
+        next += 1;
+    }
+}
