@@ -12,7 +12,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use proto::{EventId, Topic};
 use publisher::MemoryStore;
-use publisher::api::{ApiState, healthz, no_route, wrong_method};
+use publisher::api::{ApiState, healthz, metrics_response, no_route, wrong_method};
+use publisher::metrics::PublisherMetrics;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -24,6 +25,7 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::redis_sub::Readiness;
 use crate::replay::ClientStream;
 use crate::sse;
@@ -40,11 +42,16 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// One permit per open SSE stream (`max_connections`). None left: 503 + Retry-After.
     pub streams: Arc<Semaphore>,
+    pub metrics: Metrics,
 }
 
 /// The gateway's routes; `embedded` adds the publisher REST API over the same store.
-pub fn router(state: AppState, embedded: Option<MemoryStore>) -> Router {
+///
+/// # Errors
+/// Only if the embedded publisher's metrics clash with the gateway's (a programming error).
+pub fn router(state: AppState, embedded: Option<MemoryStore>) -> prometheus::Result<Router> {
     let body_limit = state.config.body_limit;
+    let registry = state.metrics.registry.clone();
     let mut app = Router::new()
         .route(
             "/api/{collection}/change-stream",
@@ -54,11 +61,18 @@ pub fn router(state: AppState, embedded: Option<MemoryStore>) -> Router {
         .route("/readyz", get(readyz))
         .with_state(state);
     if let Some(store) = embedded {
-        app = app.merge(publisher::api::routes().with_state(ApiState::new(store, body_limit)));
+        let metrics = PublisherMetrics::register(&registry)?;
+        app = app
+            .merge(publisher::api::routes().with_state(ApiState::new(store, body_limit, metrics)));
     }
-    app.method_not_allowed_fallback(wrong_method)
+    Ok(app
+        .route(
+            "/metrics",
+            get(move || async move { metrics_response(&registry) }),
+        )
+        .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
-        .layer(cors())
+        .layer(cors()))
 }
 
 /// Any origin may read (no credentials yet); the preflight allows `Last-Event-ID`, which
@@ -191,6 +205,7 @@ async fn change_stream(
         resume,
         state.config.replay_page.get(),
         state.config.heartbeat,
+        state.metrics.clone(),
     )
     .await
     .map_err(|e| {

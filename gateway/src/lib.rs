@@ -26,6 +26,7 @@ pub mod error;
 pub mod http;
 pub mod hub;
 pub mod listener;
+pub mod metrics;
 pub mod redis_sub;
 pub mod replay;
 pub mod sse;
@@ -57,6 +58,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let tracker = TaskTracker::new();
+    let metrics = metrics::Metrics::new().map_err(std::io::Error::other)?;
     let (bus, hub, readiness, embedded) = match &config.redis_url {
         None => {
             let store = publisher::MemoryStore::new(config.retention);
@@ -87,6 +89,7 @@ pub async fn run(
                 url,
                 hub.clone(),
                 bus.clone(),
+                metrics.clone(),
                 &tracker,
                 shutdown.child_token(),
             )?;
@@ -99,7 +102,11 @@ pub async fn run(
         "redis"
     };
     let grace = config.grace_period;
-    let listener = listener::TimedListener::new(listener, config.write_timeout);
+    let listener = listener::TimedListener::new(
+        listener,
+        config.write_timeout,
+        metrics.slow_disconnects.clone(),
+    );
     let state = http::AppState {
         hub,
         bus,
@@ -107,8 +114,9 @@ pub async fn run(
         config: Arc::new(config),
         readiness,
         shutdown: shutdown.clone(),
+        metrics,
     };
-    let app = http::router(state, embedded);
+    let app = http::router(state, embedded).map_err(std::io::Error::other)?;
     tracing::info!(addr = %axum::serve::Listener::local_addr(&listener)?, mode, "gateway listening");
     // On shutdown axum stops accepting at once; open streams end over the drain window.
     let serve =

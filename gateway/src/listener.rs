@@ -9,11 +9,10 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
@@ -24,15 +23,15 @@ pub struct TimedListener {
     inner: TcpListener,
     write_timeout: Duration,
     /// Connections closed because a write stalled past the deadline.
-    pub stalled: Arc<AtomicU64>,
+    stalled: IntCounter,
 }
 
 impl TimedListener {
-    pub fn new(inner: TcpListener, write_timeout: Duration) -> Self {
+    pub fn new(inner: TcpListener, write_timeout: Duration, stalled: IntCounter) -> Self {
         Self {
             inner,
             write_timeout,
-            stalled: Arc::default(),
+            stalled,
         }
     }
 }
@@ -63,11 +62,11 @@ pub struct WriteDeadline<T> {
     timeout: Duration,
     /// Armed when a write first returns `Pending`; cleared by any progress.
     deadline: Option<Pin<Box<Sleep>>>,
-    stalled: Arc<AtomicU64>,
+    stalled: IntCounter,
 }
 
 impl<T> WriteDeadline<T> {
-    pub fn new(io: T, timeout: Duration, stalled: Arc<AtomicU64>) -> Self {
+    pub fn new(io: T, timeout: Duration, stalled: IntCounter) -> Self {
         Self {
             io,
             timeout,
@@ -83,7 +82,7 @@ impl<T> WriteDeadline<T> {
             .deadline
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         ready!(deadline.as_mut().poll(cx));
-        self.stalled.fetch_add(1, Ordering::Relaxed);
+        self.stalled.inc();
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,
             "client stopped reading",
@@ -158,20 +157,24 @@ mod tests {
     async fn a_write_that_cannot_progress_fails_after_the_timeout() {
         // A peer that never reads: a duplex pipe with a tiny buffer.
         let (near, _far) = tokio::io::duplex(8);
-        let stalled = Arc::new(AtomicU64::new(0));
+        let stalled = IntCounter::new("stalled", "test").unwrap();
         let mut io = WriteDeadline::new(near, Duration::from_secs(30), stalled.clone());
         io.write_all(b"12345678").await.unwrap();
         let started = tokio::time::Instant::now();
         let err = io.write_all(b"more").await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), Duration::from_secs(30));
-        assert_eq!(stalled.load(Ordering::Relaxed), 1);
+        assert_eq!(stalled.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn progress_resets_the_deadline() {
         let (near, mut far) = tokio::io::duplex(4);
-        let mut io = WriteDeadline::new(near, Duration::from_secs(30), Arc::default());
+        let mut io = WriteDeadline::new(
+            near,
+            Duration::from_secs(30),
+            IntCounter::new("s", "t").unwrap(),
+        );
         let reader = tokio::spawn(async move {
             let mut buf = [0u8; 4];
             let mut total = 0;

@@ -16,7 +16,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use proto::{Envelope, Topic};
@@ -30,6 +30,7 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::error::RunError;
 use crate::hub::{Hub, LiveEvent};
+use crate::metrics::Metrics;
 
 /// How often the control task PINGs Redis (and retries failed subscriptions).
 pub const PING_INTERVAL: Duration = Duration::from_secs(1);
@@ -38,8 +39,6 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Clone, Debug, Default)]
 pub struct Readiness {
     up: Arc<AtomicBool>,
-    /// Pub/sub messages dropped because the reader's queue was full.
-    pub dropped: Arc<AtomicU64>,
 }
 
 impl Readiness {
@@ -78,6 +77,7 @@ pub fn start(
     url: &str,
     hub: Arc<Hub>,
     bus: Bus,
+    metrics: Metrics,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Result<Readiness, RunError> {
@@ -85,12 +85,8 @@ pub fn start(
     // Redis -> reader. Full: the message is dropped and counted; its topic's next event
     // carries a `prev` the clients have not seen, so they refill the gap from the stream.
     let (push_tx, push_rx) = mpsc::channel::<PushInfo>(config.push_queue.get());
-    let dropped = readiness.dropped.clone();
-    let sender = move |info: PushInfo| {
-        push_tx.try_send(info).map_err(|_| {
-            dropped.fetch_add(1, Ordering::Relaxed);
-        })
-    };
+    let dropped = metrics.pubsub_dropped.clone();
+    let sender = move |info: PushInfo| push_tx.try_send(info).map_err(|_| dropped.inc());
     let manager_config = ConnectionManagerConfig::new()
         .set_push_sender(sender)
         .set_automatic_resubscription()
@@ -119,6 +115,7 @@ pub fn start(
         timeout: config.redis_timeout,
         subscribed: HashSet::new(),
         nudge: false,
+        metrics,
     };
     tracker.spawn(control.run(shutdown));
     Ok(readiness)
@@ -186,6 +183,7 @@ struct Control {
     subscribed: HashSet<Topic>,
     /// After a reconnect: tell every topic's clients the newest id, so they refill.
     nudge: bool,
+    metrics: Metrics,
 }
 
 impl Control {
@@ -269,11 +267,20 @@ impl Control {
             tracing::info!(topics = wanted.len(), "redis subscription restored");
         }
         self.readiness.set(true);
+        self.metrics.subscription_up.set(1);
+        self.metrics
+            .subscribed_topics
+            .set(i64::try_from(self.subscribed.len()).unwrap_or(i64::MAX));
     }
 
     /// The connection (and with it every subscription) is gone.
     fn lost(&mut self) {
+        if self.readiness.is_up() {
+            self.metrics.redis_reconnects.inc();
+        }
         self.readiness.set(false);
+        self.metrics.subscription_up.set(0);
+        self.metrics.subscribed_topics.set(0);
         for topic in self.subscribed.drain() {
             self.hub.confirm(&topic, false);
         }

@@ -27,6 +27,10 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use crate::bus::Bus;
 use crate::error::BusError;
 use crate::hub::Membership;
+use crate::metrics::Metrics;
+
+/// The `endpoint` label of this kind of stream.
+const ENDPOINT: &str = "change-stream";
 
 /// Why a client was reset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +66,10 @@ pub struct ClientStream {
     heartbeat: Interval,
     /// A stream read failed: send what is pending, then end (the client resumes).
     ended: bool,
+    metrics: Metrics,
+    /// Change events sent, for the close log line.
+    sent: u64,
+    opened: Instant,
 }
 
 impl ClientStream {
@@ -76,6 +84,7 @@ impl ClientStream {
         resume: Option<EventId>,
         page: usize,
         heartbeat: Duration,
+        metrics: Metrics,
     ) -> Result<Self, BusError> {
         let newest = bus.last_id(&topic).await?;
         let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
@@ -90,7 +99,21 @@ impl ClientStream {
             pending: VecDeque::new(),
             heartbeat,
             ended: false,
+            metrics,
+            sent: 0,
+            opened: Instant::now(),
         };
+        client
+            .metrics
+            .connections
+            .with_label_values(&[ENDPOINT])
+            .inc();
+        client
+            .metrics
+            .connections_total
+            .with_label_values(&[ENDPOINT])
+            .inc();
+        tracing::info!(topic = %client.topic, resume = ?resume.map(|id| id.to_string()), "stream opened");
         match resume {
             Some(from) if from > newest => client.reset(ResetReason::Unknown, from, newest),
             Some(from) => {
@@ -120,6 +143,10 @@ impl ClientStream {
         )));
         self.last = continue_at;
         self.catching_up = false;
+        self.metrics
+            .resets
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
     /// The next chunk to write; `None` ends the response.
@@ -145,11 +172,18 @@ impl ClientStream {
                         if event.prev == self.last {
                             self.last = event.id;
                             self.heartbeat.reset();
+                            self.sent += 1;
+                            self.metrics.delivered.inc();
+                            self.metrics.observe_delivery(event.id);
                             return Some(event.frame.clone());
                         }
+                        self.metrics.gap_refills.inc();
                         self.catching_up = true;
                     }
-                    Err(RecvError::Lagged(_)) => self.catching_up = true,
+                    Err(RecvError::Lagged(_)) => {
+                        self.metrics.catchups.inc();
+                        self.catching_up = true;
+                    }
                     Err(RecvError::Closed) => return None,
                 },
                 _ = self.heartbeat.tick() => return Some(Bytes::from_static(proto::sse::HEARTBEAT.as_bytes())),
@@ -178,6 +212,9 @@ impl ClientStream {
                 &entry.fields.change,
             )));
             self.last = entry.id;
+            self.sent += 1;
+            self.metrics.delivered.inc();
+            self.metrics.replayed.inc();
         }
         if !full {
             self.catching_up = false;
@@ -188,6 +225,22 @@ impl ClientStream {
         // End the response: the browser reconnects with the last id it got and resumes.
         tracing::warn!(topic = %self.topic, last = %self.last, %error, "stream read failed; ending the response");
         self.ended = true;
+    }
+}
+
+impl Drop for ClientStream {
+    fn drop(&mut self) {
+        self.metrics
+            .connections
+            .with_label_values(&[ENDPOINT])
+            .dec();
+        tracing::info!(
+            topic = %self.topic,
+            events = self.sent,
+            last = %self.last,
+            duration_ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "stream closed"
+        );
     }
 }
 
@@ -252,6 +305,7 @@ mod tests {
             Some(ids_published[1]),
             2,
             Duration::from_secs(60),
+            Metrics::new().unwrap(),
         )
         .await
         .unwrap();
@@ -288,6 +342,7 @@ mod tests {
             Some(first),
             10,
             Duration::from_secs(60),
+            Metrics::new().unwrap(),
         )
         .await
         .unwrap();
@@ -315,6 +370,7 @@ mod tests {
             None,
             10,
             Duration::from_secs(60),
+            Metrics::new().unwrap(),
         )
         .await
         .unwrap();
@@ -339,6 +395,7 @@ mod tests {
             None,
             10,
             Duration::from_secs(15),
+            Metrics::new().unwrap(),
         )
         .await
         .unwrap();

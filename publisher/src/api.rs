@@ -23,8 +23,12 @@ use axum::{Json, Router};
 use proto::{Change, Object, RecordId, Topic};
 use serde::Deserialize;
 use serde_json::json;
+use std::time::Instant;
 
 use crate::error::{ApiError, StoreError};
+use crate::metrics::PublisherMetrics;
+use prometheus::Registry;
+
 use crate::store::Store;
 
 /// Default largest request body, in bytes: body-parser's `100kb`, which LoopBack uses.
@@ -35,14 +39,28 @@ pub const DEFAULT_BODY_LIMIT: usize = 100 * 1024;
 pub struct ApiState<S> {
     pub store: S,
     pub body_limit: BodyLimit,
+    pub metrics: PublisherMetrics,
 }
 
 impl<S> ApiState<S> {
-    pub fn new(store: S, body_limit: usize) -> Self {
+    pub fn new(store: S, body_limit: usize, metrics: PublisherMetrics) -> Self {
         Self {
             store,
             body_limit: BodyLimit(body_limit),
+            metrics,
         }
+    }
+
+    /// Runs one store call of `kind`, counting its outcome and duration.
+    async fn measured<T>(
+        &self,
+        kind: &str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = call.await;
+        self.metrics.record(kind, started.elapsed(), &result);
+        result
     }
 }
 
@@ -56,11 +74,15 @@ impl<S: Clone> FromRef<ApiState<S>> for BodyLimit {
     }
 }
 
-/// The REST API routes, with JSON 404/405 fallbacks.
-pub fn router<S: Store>(state: ApiState<S>) -> Router {
+/// The REST API routes, `/metrics` from `registry`, and JSON 404/405 fallbacks.
+pub fn router<S: Store>(state: ApiState<S>, registry: Registry) -> Router {
     routes()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<S>))
+        .route(
+            "/metrics",
+            get(move || async move { metrics_response(&registry) }),
+        )
         .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
         .with_state(state)
@@ -79,6 +101,18 @@ pub fn routes<S: Store>() -> Router<ApiState<S>> {
                 .delete(delete::<S>),
         )
         .route("/publish", post(publish::<S>))
+}
+
+/// Prometheus text exposition of `registry`.
+pub fn metrics_response(registry: &Registry) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::encode(registry),
+    )
+        .into_response()
 }
 
 /// The JSON 404 for unknown paths.
@@ -178,7 +212,12 @@ async fn create<S: Store>(
     JsonObject(body): JsonObject,
 ) -> Result<Json<Object>, ApiError> {
     let topic = topic(&path.map_err(path_error)?.0)?;
-    Ok(Json(state.store.create(&topic, body).await?.record))
+    Ok(Json(
+        state
+            .measured("create", state.store.create(&topic, body))
+            .await?
+            .record,
+    ))
 }
 
 async fn list<S: Store>(
@@ -214,7 +253,12 @@ async fn replace<S: Store>(
     JsonObject(body): JsonObject,
 ) -> Result<Json<Object>, ApiError> {
     let (topic, id) = item(path)?;
-    Ok(Json(state.store.replace(&topic, &id, body).await?.record))
+    Ok(Json(
+        state
+            .measured("replace", state.store.replace(&topic, &id, body))
+            .await?
+            .record,
+    ))
 }
 
 async fn patch<S: Store>(
@@ -223,7 +267,12 @@ async fn patch<S: Store>(
     JsonObject(body): JsonObject,
 ) -> Result<Json<Object>, ApiError> {
     let (topic, id) = item(path)?;
-    Ok(Json(state.store.patch(&topic, &id, body).await?.record))
+    Ok(Json(
+        state
+            .measured("patch", state.store.patch(&topic, &id, body))
+            .await?
+            .record,
+    ))
 }
 
 async fn delete<S: Store>(
@@ -231,7 +280,12 @@ async fn delete<S: Store>(
     path: ItemPath,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let (topic, id) = item(path)?;
-    let count = u8::from(state.store.delete(&topic, &id).await?.is_some());
+    let count = u8::from(
+        state
+            .measured("delete", state.store.delete(&topic, &id))
+            .await?
+            .is_some(),
+    );
     Ok(Json(json!({ "count": count })))
 }
 
@@ -255,9 +309,12 @@ async fn publish<S: Store>(
     let change = Change::deserialize(request.change)
         .map_err(|e| ApiError::BadRequest(format!("change: {e}")))?;
     let id = state
-        .store
-        .publish(&topic, &change, request.last.as_ref())
+        .measured(
+            "publish",
+            state.store.publish(&topic, &change, request.last.as_ref()),
+        )
         .await?;
+
     Ok(Json(json!({ "id": id.to_string() })))
 }
 

@@ -17,6 +17,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod settings;
 pub mod shutdown;
 pub mod store;
@@ -49,7 +50,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let store = RedisStore::connect_lazy(&config.redis_url, config.redis_options())?;
-    let app = api::router(api::ApiState::new(store, config.body_limit));
+    let registry = prometheus::Registry::new();
+    let metrics = metrics::PublisherMetrics::register(&registry).map_err(std::io::Error::other)?;
+    let app = api::router(
+        api::ApiState::new(store, config.body_limit, metrics),
+        registry,
+    );
+
     tracing::info!(addr = %listener.local_addr()?, "publisher listening");
     let grace = config.grace_period;
     let serve =

@@ -1,0 +1,80 @@
+//! Publisher metrics: mutations by type and outcome, and how long they take.
+//!
+//! Registered into a caller's [`Registry`] so the embedded gateway serves them beside its
+//! own on one `/metrics`.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+use crate::error::StoreError;
+
+/// Latency buckets in seconds, from a fast local Redis to a struggling one.
+const BUCKETS: &[f64] = &[
+    0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// The publisher's series.
+#[derive(Clone, Debug)]
+pub struct PublisherMetrics {
+    /// `publisher_mutations_total{type, outcome}`.
+    pub mutations: IntCounterVec,
+    /// `publisher_mutation_duration_seconds{type}`.
+    pub duration: HistogramVec,
+}
+
+impl PublisherMetrics {
+    /// Creates the series and registers them in `registry`.
+    ///
+    /// # Errors
+    /// If a series of the same name is already registered.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let mutations = IntCounterVec::new(
+            Opts::new(
+                "publisher_mutations_total",
+                "Mutations and raw publishes, by type and outcome.",
+            ),
+            &["type", "outcome"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "publisher_mutation_duration_seconds",
+                "Time to write a mutation and its event.",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["type"],
+        )?;
+        registry.register(Box::new(mutations.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        Ok(Self {
+            mutations,
+            duration,
+        })
+    }
+
+    /// Counts one mutation of `kind` (`create`, `replace`, `patch`, `delete`, `publish`).
+    pub fn record<T>(&self, kind: &str, took: Duration, result: &Result<T, StoreError>) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(StoreError::Unavailable(_) | StoreError::Timeout(_)) => "unavailable",
+            Err(StoreError::NotFound { .. }) => "not_found",
+            Err(StoreError::Exists { .. } | StoreError::Contended { .. }) => "conflict",
+            Err(StoreError::IdMismatch { .. } | StoreError::Invalid(_)) => "invalid",
+            Err(StoreError::Redis(_) | StoreError::Reply(_)) => "error",
+        };
+        self.mutations.with_label_values(&[kind, outcome]).inc();
+        self.duration
+            .with_label_values(&[kind])
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// Prometheus text exposition of everything in `registry`.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = Vec::new();
+    // Encoding gathered families into a Vec cannot fail for the text format.
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
