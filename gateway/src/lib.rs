@@ -47,6 +47,25 @@ use crate::bus::{Bus, RedisStreams};
 use crate::hub::Hub;
 use crate::redis_sub::Readiness;
 
+/// The effective configuration, one line, secrets redacted.
+fn log_config(config: &Config) {
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    tracing::info!(
+        listen = %config.listen,
+        redis_url = config.redis_url.as_deref().map(publisher::settings::redact_url),
+        heartbeat_ms = ms(config.heartbeat),
+        retry_ms = ms(config.retry),
+        replay_page = config.replay_page.get(),
+        hub_capacity = config.hub_capacity.get(),
+        push_queue = config.push_queue.get(),
+        max_connections = config.max_connections.get(),
+        write_timeout_ms = ms(config.write_timeout),
+        drain_window_ms = ms(config.drain_window),
+        grace_period_ms = ms(config.grace_period),
+        "configuration"
+    );
+}
+
 /// Serves until `shutdown` is cancelled; open streams end at once (their clients resume
 /// elsewhere with `Last-Event-ID`), then tasks get the grace period to finish.
 ///
@@ -57,6 +76,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    log_config(&config);
     let tracker = TaskTracker::new();
     let metrics = metrics::Metrics::new().map_err(std::io::Error::other)?;
     let (bus, hub, readiness, embedded) = match &config.redis_url {

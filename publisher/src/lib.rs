@@ -49,6 +49,17 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    tracing::info!(
+        listen = %config.listen,
+        redis_url = %settings::redact_url(&config.redis_url),
+        body_limit = config.body_limit,
+        stream_max_len = config.retention.max_len,
+        stream_max_age_ms = ms(config.retention.max_age),
+        redis_timeout_ms = ms(config.redis_timeout),
+        grace_period_ms = ms(config.grace_period),
+        "configuration"
+    );
     let store = RedisStore::connect_lazy(&config.redis_url, config.redis_options())?;
     let registry = prometheus::Registry::new();
     let metrics = metrics::PublisherMetrics::register(&registry).map_err(std::io::Error::other)?;

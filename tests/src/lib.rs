@@ -168,11 +168,14 @@ impl RedisServer {
         redis::Client::open(self.url()).expect("valid URL")
     }
 
-    /// A connection for checking what the server holds.
+    /// A connection for checking what the server holds. Replies may be large (a whole
+    /// stream), so each may take up to [`STEP`], not redis-rs's default 500 ms.
     pub async fn connection(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(STEP));
         within(
             "connect to redis",
-            self.client().get_multiplexed_async_connection(),
+            self.client()
+                .get_multiplexed_async_connection_with_config(&config),
         )
         .await?
         .context("connect")
@@ -456,19 +459,25 @@ fn parse_frame(raw: String) -> Frame {
 /// The `gateway` binary next to this test executable (`target/<profile>/gateway`), built
 /// first if `cargo test` did not build it.
 pub fn gateway_binary() -> anyhow::Result<PathBuf> {
+    workspace_binary("gateway")
+}
+
+/// A workspace binary (`gateway` or `publisher`) next to this test executable, built
+/// first if `cargo test` did not build it.
+pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test> -> target/<profile>/gateway
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
     let profile_dir = exe
         .parent()
         .and_then(std::path::Path::parent)
         .context("test executable has no target dir")?;
-    let binary = profile_dir.join("gateway");
+    let binary = profile_dir.join(name);
     if !binary.exists() {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = std::process::Command::new(cargo)
-            .args(["build", "-p", "gateway", "--bin", "gateway"])
+            .args(["build", "-p", name, "--bin", name])
             .status()?;
-        anyhow::ensure!(status.success(), "cargo build -p gateway failed");
+        anyhow::ensure!(status.success(), "cargo build -p {name} failed");
     }
     Ok(binary)
 }
