@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use publisher::Retention;
+pub use publisher::settings::ConfigError;
 use publisher::settings::{Layers, SettingsError};
 
 /// Default listen address.
@@ -195,35 +196,22 @@ impl Config {
             }
         };
         let heartbeat = layers.duration("heartbeat")?;
-        let redis_url = layers.get_opt::<String>("redis_url")?;
-        if redis_url.is_some() {
-            layers.checked("redis_url", |url: &String| {
-                redis::Client::open(url.as_str())
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            })?;
-        }
+        let redis_url = layers.redis_url("redis_url")?;
         let config = Self {
             listen: layers.get("listen")?,
             redis_url,
             heartbeat,
             retry: layers.duration("retry")?,
-            replay_page: layers.get("replay_page")?,
-            hub_capacity: layers.get("hub_capacity")?,
-            push_queue: layers.get("push_queue")?,
+            replay_page: layers.non_zero("replay_page")?,
+            hub_capacity: layers.non_zero("hub_capacity")?,
+            push_queue: layers.non_zero("push_queue")?,
             subscribe_timeout: layers.duration("subscribe_timeout")?,
             redis_timeout: layers.duration("redis_timeout")?,
             grace_period: layers.duration("grace_period")?,
             drain_window: layers.duration("drain_window")?,
-            max_connections: layers.get("max_connections")?,
+            max_connections: layers.non_zero("max_connections")?,
             write_timeout: layers.duration("write_timeout")?,
-            body_limit: layers.checked("body_limit", |n: &usize| {
-                if *n == 0 {
-                    Err("must be at least 1".into())
-                } else {
-                    Ok(())
-                }
-            })?,
+            body_limit: layers.non_zero("body_limit")?.get(),
             retention: Retention {
                 max_len: layers.get("stream_max_len")?,
                 max_age: layers.duration("stream_max_age")?,
@@ -255,15 +243,6 @@ impl Config {
         Self::load(["gateway"].map(OsString::from), &HashMap::new())
             .unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
     }
-}
-
-/// Why the gateway would not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error(transparent)]
-    Flags(#[from] clap::Error),
-    #[error(transparent)]
-    Settings(#[from] SettingsError),
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::api::DEFAULT_BODY_LIMIT;
+pub use crate::settings::ConfigError;
 use crate::settings::{Layers, SettingsError};
 use crate::store::{DEFAULT_STREAM_MAX_AGE, DEFAULT_STREAM_MAX_LEN, RedisOptions, Retention};
 
@@ -118,18 +119,10 @@ impl Config {
     fn from_layers(layers: &Layers) -> Result<Self, SettingsError> {
         Ok(Self {
             listen: layers.get("listen")?,
-            redis_url: layers.checked("redis_url", |url: &String| {
-                redis::Client::open(url.as_str())
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            })?,
-            body_limit: layers.checked("body_limit", |n: &usize| {
-                if *n == 0 {
-                    Err("must be at least 1".into())
-                } else {
-                    Ok(())
-                }
-            })?,
+            redis_url: layers
+                .redis_url("redis_url")?
+                .unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()),
+            body_limit: layers.non_zero("body_limit")?.get(),
             retention: Retention {
                 max_len: layers.get("stream_max_len")?,
                 max_age: layers.duration("stream_max_age")?,
@@ -146,15 +139,6 @@ impl Config {
             sharded: false,
         }
     }
-}
-
-/// Why the publisher would not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error(transparent)]
-    Flags(#[from] clap::Error),
-    #[error(transparent)]
-    Settings(#[from] SettingsError),
 }
 
 #[cfg(test)]

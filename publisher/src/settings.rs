@@ -38,6 +38,15 @@ impl From<config::ConfigError> for SettingsError {
     }
 }
 
+/// Why a binary would not start: a bad flag, or a setting that does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Flags(#[from] clap::Error),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+}
+
 /// The merged layers of one binary's settings.
 
 #[derive(Debug)]
@@ -132,6 +141,28 @@ impl Layers {
         T::Err: Display,
     {
         self.raw(key).map(|_| self.get(key)).transpose()
+    }
+
+    /// Parses `key` as a count of at least 1.
+    ///
+    /// # Errors
+    /// [`SettingsError::Invalid`] if it does not parse or is 0.
+    pub fn non_zero(&self, key: &str) -> Result<std::num::NonZeroUsize, SettingsError> {
+        let n: usize = self.get(key)?;
+        std::num::NonZeroUsize::new(n)
+            .ok_or_else(|| self.invalid(key, &n.to_string(), "must be at least 1"))
+    }
+
+    /// A Redis URL that redis-rs accepts, if some layer set `key`.
+    ///
+    /// # Errors
+    /// [`SettingsError::Invalid`] if it is set and not a usable Redis URL.
+    pub fn redis_url(&self, key: &str) -> Result<Option<String>, SettingsError> {
+        let Some(url) = self.raw(key) else {
+            return Ok(None);
+        };
+        redis::Client::open(url.as_str()).map_err(|e| self.invalid(key, &url, e))?;
+        Ok(Some(url))
     }
 
     /// Parses `key` as a duration: `500ms`, `15s`, `2m`, `1h`, `1d`, or plain seconds.
