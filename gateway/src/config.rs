@@ -188,6 +188,7 @@ impl Config {
     }
 
     fn from_layers(layers: &Layers) -> Result<Self, SettingsError> {
+        layers.refuse_unsupported(&["jwt_secret", "jwt_public_key_file", "public_topics", "redis_cluster"])?;
         let positive = |d: &Duration| {
             if d.is_zero() {
                 Err("must be more than 0".to_owned())
@@ -294,6 +295,8 @@ mod tests {
             (("GATEWAY_LISTEN", "x"), "`listen`"),
             (("GATEWAY_DRAIN_WINDOW", "1m"), "`drain_window`"),
             (("GATEWAY_MAX_CONNECTIONS", "0"), "`max_connections`"),
+            (("GATEWAY_JWT_SECRET", "x"), "`jwt_secret`"),
+            (("GATEWAY_REDIS_CLUSTER", "redis://a:1"), "`redis_cluster`"),
         ] {
             let err = load(&[], &[env]).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");

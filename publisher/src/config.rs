@@ -117,6 +117,7 @@ impl Config {
     }
 
     fn from_layers(layers: &Layers) -> Result<Self, SettingsError> {
+        layers.refuse_unsupported(&["jwt_secret", "jwt_public_key_file", "redis_cluster"])?;
         Ok(Self {
             listen: layers.get("listen")?,
             redis_url: layers

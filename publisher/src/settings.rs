@@ -143,6 +143,22 @@ impl Layers {
         self.raw(key).map(|_| self.get(key)).transpose()
     }
 
+    /// Refuses settings this build does not implement yet, so a deployment that asks for
+    /// them (authentication, Redis Cluster) fails to start instead of silently running
+    /// without them.
+    ///
+    /// # Errors
+    /// [`SettingsError::Invalid`] naming the first such setting that is set.
+    pub fn refuse_unsupported(&self, keys: &[&str]) -> Result<(), SettingsError> {
+        for key in keys {
+            if let Some(value) = self.raw(key) {
+                let shown = if key.contains("secret") { "***".to_owned() } else { value };
+                return Err(self.invalid(key, &shown, "not supported by this version; unset it"));
+            }
+        }
+        Ok(())
+    }
+
     /// Parses `key` as a count of at least 1.
     ///
     /// # Errors
