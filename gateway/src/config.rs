@@ -188,7 +188,12 @@ impl Config {
     }
 
     fn from_layers(layers: &Layers) -> Result<Self, SettingsError> {
-        layers.refuse_unsupported(&["jwt_secret", "jwt_public_key_file", "public_topics", "redis_cluster"])?;
+        layers.refuse_unsupported(&[
+            "jwt_secret",
+            "jwt_public_key_file",
+            "public_topics",
+            "redis_cluster",
+        ])?;
         let positive = |d: &Duration| {
             if d.is_zero() {
                 Err("must be more than 0".to_owned())

@@ -152,7 +152,11 @@ impl Layers {
     pub fn refuse_unsupported(&self, keys: &[&str]) -> Result<(), SettingsError> {
         for key in keys {
             if let Some(value) = self.raw(key) {
-                let shown = if key.contains("secret") { "***".to_owned() } else { value };
+                let shown = if key.contains("secret") {
+                    "***".to_owned()
+                } else {
+                    value
+                };
                 return Err(self.invalid(key, &shown, "not supported by this version; unset it"));
             }
         }
