@@ -55,6 +55,9 @@ struct Flags {
     /// Listen address [env GATEWAY_LISTEN] [default 0.0.0.0:8080]
     #[arg(long)]
     listen: Option<String>,
+    /// Serve /metrics (and health) on this address instead of the main one [env GATEWAY_ADMIN_LISTEN]
+    #[arg(long)]
+    admin_listen: Option<String>,
     /// Redis URL; unset runs single-node on the embedded bus [env GATEWAY_REDIS_URL]
     #[arg(long)]
     redis_url: Option<String>,
@@ -106,6 +109,8 @@ struct Flags {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `Some`: `/metrics` moves from `listen` to this address (health is on both).
+    pub admin_listen: Option<SocketAddr>,
     /// `None`: single node on the embedded in-memory bus, serving the REST API too.
     pub redis_url: Option<String>,
     pub heartbeat: Duration,
@@ -167,6 +172,7 @@ impl Config {
         let defaults: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let overrides = [
             ("listen", flags.listen),
+            ("admin_listen", flags.admin_listen),
             ("redis_url", flags.redis_url),
             ("heartbeat", flags.heartbeat),
             ("retry", flags.retry),
@@ -205,6 +211,7 @@ impl Config {
         let redis_url = layers.redis_url("redis_url")?;
         let config = Self {
             listen: layers.get("listen")?,
+            admin_listen: layers.get_opt("admin_listen")?,
             redis_url,
             heartbeat,
             retry: layers.duration("retry")?,

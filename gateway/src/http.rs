@@ -12,7 +12,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use proto::{EventId, Topic};
 use publisher::MemoryStore;
-use publisher::api::{ApiState, healthz, metrics_response, no_route, wrong_method};
+use publisher::admin::metrics_route;
+use publisher::api::{ApiState, healthz, no_route, wrong_method};
 use publisher::metrics::PublisherMetrics;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -47,9 +48,16 @@ pub struct AppState {
 
 /// The gateway's routes; `embedded` adds the publisher REST API over the same store.
 ///
+/// `/metrics` is on this router unless `metrics_here` is false (it is then on the admin
+/// port, [`admin_router`]).
+///
 /// # Errors
 /// Only if the embedded publisher's metrics clash with the gateway's (a programming error).
-pub fn router(state: AppState, embedded: Option<MemoryStore>) -> prometheus::Result<Router> {
+pub fn router(
+    state: AppState,
+    embedded: Option<MemoryStore>,
+    metrics_here: bool,
+) -> prometheus::Result<Router> {
     let body_limit = state.config.body_limit;
     let registry = state.metrics.registry.clone();
     let mut app = Router::new()
@@ -57,22 +65,36 @@ pub fn router(state: AppState, embedded: Option<MemoryStore>) -> prometheus::Res
             "/api/{collection}/change-stream",
             get(change_stream_get).post(change_stream_post),
         )
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .merge(health_routes())
         .with_state(state);
     if let Some(store) = embedded {
         let metrics = PublisherMetrics::register(&registry)?;
         app = app
             .merge(publisher::api::routes().with_state(ApiState::new(store, body_limit, metrics)));
     }
+    if metrics_here {
+        app = app.merge(metrics_route(registry));
+    }
     Ok(app
-        .route(
-            "/metrics",
-            get(move || async move { metrics_response(&registry) }),
-        )
         .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
         .layer(cors()))
+}
+
+/// What the admin port serves: health and `/metrics`.
+pub fn admin_router(state: AppState) -> Router {
+    let registry = state.metrics.registry.clone();
+    health_routes()
+        .with_state(state)
+        .merge(metrics_route(registry))
+        .method_not_allowed_fallback(wrong_method)
+        .fallback(no_route)
+}
+
+fn health_routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
 }
 
 /// Any origin may read (no credentials yet); the preflight allows `Last-Event-ID`, which

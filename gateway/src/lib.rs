@@ -52,6 +52,7 @@ fn log_config(config: &Config) {
     let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     tracing::info!(
         listen = %config.listen,
+        admin_listen = config.admin_listen.map(|a| a.to_string()),
         redis_url = config.redis_url.as_deref().map(publisher::settings::redact_url),
         heartbeat_ms = ms(config.heartbeat),
         retry_ms = ms(config.retry),
@@ -122,6 +123,7 @@ pub async fn run(
         "redis"
     };
     let grace = config.grace_period;
+    let config_admin = config.admin_listen;
     let listener = listener::TimedListener::new(
         listener,
         config.write_timeout,
@@ -136,7 +138,15 @@ pub async fn run(
         shutdown: shutdown.clone(),
         metrics,
     };
-    let app = http::router(state, embedded).map_err(std::io::Error::other)?;
+    let metrics_here = match config_admin {
+        None => true,
+        Some(addr) => {
+            publisher::admin::serve(addr, http::admin_router(state.clone()), shutdown.clone())
+                .await?;
+            false
+        }
+    };
+    let app = http::router(state, embedded, metrics_here).map_err(std::io::Error::other)?;
     tracing::info!(addr = %axum::serve::Listener::local_addr(&listener)?, mode, "gateway listening");
     // On shutdown axum stops accepting at once; open streams end over the drain window.
     let serve =

@@ -25,6 +25,7 @@ use serde::Deserialize;
 use serde_json::json;
 use std::time::Instant;
 
+use crate::admin;
 use crate::error::{ApiError, StoreError};
 use crate::metrics::PublisherMetrics;
 use prometheus::Registry;
@@ -74,18 +75,31 @@ impl<S: Clone> FromRef<ApiState<S>> for BodyLimit {
     }
 }
 
-/// The REST API routes, `/metrics` from `registry`, and JSON 404/405 fallbacks.
-pub fn router<S: Store>(state: ApiState<S>, registry: Registry) -> Router {
-    routes()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz::<S>))
-        .route(
-            "/metrics",
-            get(move || async move { metrics_response(&registry) }),
-        )
+/// The REST API routes, health, `/metrics` from `registry` unless it is served on the
+/// admin port (`None`), and JSON 404/405 fallbacks.
+pub fn router<S: Store>(state: ApiState<S>, registry: Option<Registry>) -> Router {
+    let mut app = routes().merge(health_routes());
+    if let Some(registry) = registry {
+        app = app.merge(admin::metrics_route(registry));
+    }
+    app.method_not_allowed_fallback(wrong_method)
+        .fallback(no_route)
+        .with_state(state)
+}
+
+/// What the admin port serves: health and `/metrics`.
+pub fn admin_router<S: Store>(state: ApiState<S>, registry: Registry) -> Router {
+    health_routes()
+        .merge(admin::metrics_route(registry))
         .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
         .with_state(state)
+}
+
+fn health_routes<S: Store>() -> Router<ApiState<S>> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz::<S>))
 }
 
 /// The data routes alone (no health, no fallbacks), for a server that mounts them beside

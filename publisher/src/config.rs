@@ -36,6 +36,9 @@ struct Flags {
     /// Listen address [env PUBLISHER_LISTEN] [default 0.0.0.0:8081]
     #[arg(long)]
     listen: Option<String>,
+    /// Serve /metrics (and health) on this address instead of the main one [env PUBLISHER_ADMIN_LISTEN]
+    #[arg(long)]
+    admin_listen: Option<String>,
     /// Redis URL [env PUBLISHER_REDIS_URL] [default redis://127.0.0.1:6379/]
     #[arg(long)]
     redis_url: Option<String>,
@@ -60,6 +63,8 @@ struct Flags {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `Some`: `/metrics` moves from `listen` to this address (health is on both).
+    pub admin_listen: Option<SocketAddr>,
     pub redis_url: String,
     pub body_limit: usize,
     pub retention: Retention,
@@ -105,6 +110,7 @@ impl Config {
         ];
         let overrides = [
             ("listen", flags.listen),
+            ("admin_listen", flags.admin_listen),
             ("redis_url", flags.redis_url),
             ("body_limit", flags.body_limit),
             ("stream_max_len", flags.stream_max_len),
@@ -120,6 +126,7 @@ impl Config {
         layers.refuse_unsupported(&["jwt_secret", "jwt_public_key_file", "redis_cluster"])?;
         Ok(Self {
             listen: layers.get("listen")?,
+            admin_listen: layers.get_opt("admin_listen")?,
             redis_url: layers
                 .redis_url("redis_url")?
                 .unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()),

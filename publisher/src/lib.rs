@@ -14,6 +14,7 @@
 //!
 //! What it does not own: SSE, subscriptions, replay (the gateway's).
 
+pub mod admin;
 pub mod api;
 pub mod config;
 pub mod error;
@@ -52,6 +53,7 @@ pub async fn run(
     let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     tracing::info!(
         listen = %config.listen,
+        admin_listen = config.admin_listen.map(|a| a.to_string()),
         redis_url = %settings::redact_url(&config.redis_url),
         body_limit = config.body_limit,
         stream_max_len = config.retention.max_len,
@@ -63,10 +65,15 @@ pub async fn run(
     let store = RedisStore::connect_lazy(&config.redis_url, config.redis_options())?;
     let registry = prometheus::Registry::new();
     let metrics = metrics::PublisherMetrics::register(&registry).map_err(std::io::Error::other)?;
-    let app = api::router(
-        api::ApiState::new(store, config.body_limit, metrics),
-        registry,
-    );
+    let state = api::ApiState::new(store, config.body_limit, metrics);
+    let app = match config.admin_listen {
+        None => api::router(state, Some(registry)),
+        Some(addr) => {
+            let admin_app = api::admin_router(state.clone(), registry);
+            admin::serve(addr, admin_app, shutdown.clone()).await?;
+            api::router(state, None)
+        }
+    };
 
     tracing::info!(addr = %listener.local_addr()?, "publisher listening");
     let grace = config.grace_period;

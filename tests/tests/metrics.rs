@@ -197,3 +197,98 @@ async fn the_embedded_gateway_exports_gateway_and_publisher_series() -> anyhow::
     );
     gateway.stop().await
 }
+
+/// Starts `binary` with its metrics on a separate admin port; returns the process and the
+/// main and admin addresses from its log.
+async fn with_admin_port(
+    binary: &str,
+    prefix: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(tokio::process::Child, String, String)> {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = tokio::process::Command::new(system_tests::workspace_binary(binary)?);
+    cmd.env(format!("{prefix}_LISTEN"), "127.0.0.1:0")
+        .env(format!("{prefix}_ADMIN_LISTEN"), "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let mut child = cmd.spawn()?;
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let (main, admin) = system_tests::within("listening lines", async {
+        let (mut main, mut admin) = (None, None);
+        while let Some(line) = lines.next_line().await? {
+            let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if let Some(a) = entry["admin_addr"].as_str() {
+                admin = Some(a.to_owned());
+            }
+            if let Some(a) = entry["addr"].as_str() {
+                main = Some(a.to_owned());
+            }
+            if let (Some(main), Some(admin)) = (&main, &admin) {
+                return anyhow::Ok((main.clone(), admin.clone()));
+            }
+        }
+        anyhow::bail!("{binary} exited before listening on both ports")
+    })
+    .await??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, main, admin))
+}
+
+#[tokio::test]
+async fn admin_port_serves_metrics_and_the_main_port_does_not() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let client = http();
+    for (binary, prefix, series, env) in [
+        (
+            "gateway",
+            "GATEWAY",
+            "gateway_events_delivered_total",
+            vec![],
+        ),
+        (
+            "publisher",
+            "PUBLISHER",
+            "publisher_mutations_total",
+            vec![("PUBLISHER_REDIS_URL", redis.url())],
+        ),
+    ] {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (_child, main, admin) = with_admin_port(binary, prefix, &env).await?;
+        assert_ne!(main, admin);
+        // One write through the main port (embedded mode serves the REST API too).
+        client
+            .post(format!("http://{main}/api/Admin"))
+            .json(&json!({"foo": "bar"}))
+            .send()
+            .await?
+            .error_for_status()?;
+        let text = scrape(&format!("http://{admin}/metrics")).await?;
+        assert!(
+            text.contains(series),
+            "{binary}: no {series} on the admin port"
+        );
+        let on_main = client.get(format!("http://{main}/metrics")).send().await?;
+        assert_eq!(
+            on_main.status(),
+            404,
+            "{binary}: /metrics still on the main port"
+        );
+        for addr in [&main, &admin] {
+            let health = client.get(format!("http://{addr}/healthz")).send().await?;
+            assert_eq!(health.status(), 200, "{binary}: /healthz on {addr}");
+        }
+        let unknown = client.get(format!("http://{admin}/api/X")).send().await?;
+        assert_eq!(
+            unknown.status(),
+            404,
+            "{binary}: the admin port serves only ops routes"
+        );
+    }
+    Ok(())
+}
