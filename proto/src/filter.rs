@@ -291,3 +291,6 @@ fn type_error(at: &str, expected: &'static str, found: &Value) -> FilterError {
         found: kind(found),
     }
 }
+
+#[cfg(test)]
+mod tests;
