@@ -9,7 +9,8 @@
 //! - [`Envelope`]: what the publish script puts on pub/sub (id, previous id, change,
 //!   the removed record's last state);
 //! - [`sse`]: the exact SSE frame bytes;
-//! - [`script`]: the Lua text of the one atomic publish script.
+//! - [`script`]: the Lua text of the one atomic publish script;
+//! - [`Filter`]: a LoopBack change-stream filter (`where`, `fields`), parsed and applied.
 //!
 //! It does no I/O and depends on no runtime: a golden-fixture test in each module fails if
 //! the wire format changes.
@@ -18,6 +19,7 @@ mod change;
 mod envelope;
 mod error;
 mod event_id;
+mod filter;
 mod keys;
 mod record_id;
 pub mod script;
@@ -26,8 +28,12 @@ mod topic;
 
 pub use change::{Change, ChangeType};
 pub use envelope::{Envelope, StreamFields};
-pub use error::DecodeError;
+pub use error::{DecodeError, FilterError};
 pub use event_id::EventId;
+pub use filter::{
+    DEFAULT_MAX_FILTER_BYTES, DEFAULT_MAX_FILTER_CONDITIONS, DEFAULT_MAX_FILTER_DEPTH,
+    DEFAULT_MAX_PATTERN_BYTES, Filter, FilterLimits,
+};
 pub use record_id::RecordId;
 pub use topic::{MAX_TOPIC_LEN, Topic};
 
