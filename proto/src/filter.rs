@@ -29,9 +29,9 @@
 //!   is `.*` and `_` is `.`, matched anywhere in the value (`"St"` matches "Ringo Starr";
 //!   anchor with `^J%`); `\%` and `\_` are literal. `ilike`/`nilike` or `"options": "i"`
 //!   ignore case. `regexp` takes `"^T"` or a literal with flags `"/^t/i"` (flags `i`, `m`,
-//!   `g`). Patterns are compiled once, by the linear-time `regex` crate, so look-around and
-//!   back-references are refused. Numbers and booleans are matched as their text; null,
-//!   missing values and objects never match.
+//!   `g`). Patterns are compiled once, by the linear-time `regex` crate, with JavaScript's
+//!   ASCII `\d`, `\w` and `\b`; look-around and back-references are refused. Numbers and
+//!   booleans are matched as their text; null, missing values and objects never match.
 //! - **Paths and arrays.** `"address.city"` walks nested objects; a missing step is a
 //!   missing value. An array value matches if any element does (`{"tags": "a"}` matches
 //!   `["a", "b"]`), and a path through an array of objects tries each (`"items.name"`);

@@ -4,8 +4,9 @@
 //! The memory connector turns every one of them into a JavaScript `RegExp`. Here they
 //! become a [`Regex`] from the `regex` crate, which matches in time linear in the input
 //! (no backtracking), so a client's pattern cannot stall the gateway. Its syntax is
-//! JavaScript's for everyday patterns; look-around and back-references are refused when
-//! the filter is parsed.
+//! JavaScript's for everyday patterns, and [`javascript_semantics`] rewrites the few
+//! places where the same text means something else; look-around and back-references are
+//! refused when the filter is parsed.
 
 use regex::{Regex, RegexBuilder};
 
@@ -93,6 +94,81 @@ pub(super) fn split_literal(operand: &str) -> (&str, &str) {
         .unwrap_or((operand, ""))
 }
 
+/// Rewrites what means something else in JavaScript than in the regex crate, so a pattern
+/// matches what it matched in LoopBack:
+/// - `\d`, `\w`, `\b` and their negations are ASCII in JavaScript and Unicode here, which
+///   is also a far bigger program (`\w{20}` alone passes the size limit); they become
+///   `[0-9]`, `[0-9A-Za-z_]` and `(?-u:\b)`. Inside a class `\b` is a backspace.
+/// - Inside a class, `[` and the `&&`, `~~`, `--` of class set operations are literal in
+///   JavaScript; they are escaped. `[]` matches nothing and `[^]` any character.
+///
+/// Every other escape is kept as written.
+fn javascript_semantics(source: &str) -> String {
+    const DIGIT: &str = "0-9";
+    const WORD: &str = "0-9A-Za-z_";
+    const ANY: &str = r"\x00-\x{10FFFF}";
+    let mut out = String::with_capacity(source.len() + 16);
+    let mut in_class = false;
+    let mut chars = source.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(class @ ('d' | 'w' | 'D' | 'W')) => {
+                    let set = if class.eq_ignore_ascii_case(&'d') {
+                        DIGIT
+                    } else {
+                        WORD
+                    };
+                    let negated = class.is_ascii_uppercase();
+                    // A negated set inside a class is a nested class, which the crate allows.
+                    if in_class && !negated {
+                        out.push_str(set);
+                    } else {
+                        out.push_str(if negated { "[^" } else { "[" });
+                        out.push_str(set);
+                        out.push(']');
+                    }
+                }
+                Some('b') if in_class => out.push_str(r"\x08"),
+                Some(boundary @ ('b' | 'B')) => {
+                    out.push_str("(?-u:\\");
+                    out.push(boundary);
+                    out.push(')');
+                }
+                Some(escaped) => {
+                    out.push('\\');
+                    out.push(escaped);
+                }
+                None => out.push('\\'),
+            },
+            '[' if in_class => out.push_str(r"\["),
+            '[' => {
+                let negated = chars.next_if_eq(&'^').is_some();
+                if chars.next_if_eq(&']').is_some() {
+                    let set = if negated { "[" } else { "[^" };
+                    out.push_str(set);
+                    out.push_str(ANY);
+                    out.push(']');
+                } else {
+                    in_class = true;
+                    out.push_str(if negated { "[^" } else { "[" });
+                }
+            }
+            ']' if in_class => {
+                in_class = false;
+                out.push(']');
+            }
+            '&' | '~' if in_class => {
+                out.push('\\');
+                out.push(c);
+            }
+            '-' if in_class && chars.peek() == Some(&'-') => out.push_str(r"\-"),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// Compiles `source` with `flags` (from a regex literal) and `options` (the operator's
 /// `options` key) combined.
 ///
@@ -101,7 +177,7 @@ pub(super) fn split_literal(operand: &str) -> (&str, &str) {
 /// supported`) or that the pattern compiles too big.
 pub(super) fn compile(source: &str, flags: Flags, options: Flags) -> Result<Regex, String> {
     let flags = flags.union(options);
-    RegexBuilder::new(source)
+    RegexBuilder::new(&javascript_semantics(source))
         .case_insensitive(flags.case_insensitive)
         .multi_line(flags.multi_line)
         .size_limit(COMPILED_SIZE_LIMIT)
@@ -182,6 +258,46 @@ mod tests {
             "look-around, including look-ahead and look-behind, is not supported"
         );
         assert_eq!(err(r"(a)\1"), "backreferences are not supported");
-        assert_eq!(err(r"\w{1000}"), "the pattern compiles too big");
+        assert_eq!(err(r"\p{L}{100}"), "the pattern compiles too big");
+    }
+
+    #[test]
+    fn javascript_classes_are_ascii() {
+        assert_eq!(javascript_semantics(r"\d{3}-\w+"), "[0-9]{3}-[0-9A-Za-z_]+");
+        assert_eq!(javascript_semantics(r"[\w.+-]"), "[0-9A-Za-z_.+-]");
+        assert_eq!(javascript_semantics(r"[^\D]"), "[^[^0-9]]");
+        assert_eq!(javascript_semantics(r"\bcat\B"), r"(?-u:\b)cat(?-u:\B)");
+        assert_eq!(javascript_semantics(r"[\b]"), r"[\x08]");
+        assert_eq!(javascript_semantics(r"\\d\."), r"\\d\.");
+        assert_eq!(
+            javascript_semantics("[[a&&b~~c--d]"),
+            r"[\[a\&\&b\~\~c\--d]"
+        );
+        assert_eq!(
+            javascript_semantics("a[]b[^]"),
+            r"a[^\x00-\x{10FFFF}]b[\x00-\x{10FFFF}]"
+        );
+
+        let js = |source: &str, text: &str| matches(source, Flags::default(), text);
+        assert!(js(r"^\w+$", "abc_1"));
+        assert!(!js(r"^\w+$", "é"));
+        assert!(!js(r"\d", "٣"));
+        assert!(js(r"\bcat\b", "a cat!"));
+        assert!(!js(r"\bcat\b", "concat"));
+        assert!(js("[&]", "&"));
+        assert!(js("[[]", "["));
+        assert!(!js("a[]", "a"));
+        assert!(js("a[^]b", "a\nb"));
+        assert!(js(r"^[\w.+-]+@example\.com$", "j.l+1@example.com"));
+        // Large but sensible patterns stay within the size limit.
+        assert!(compile(r"\w{50}", Flags::default().insensitive(), Flags::default()).is_ok());
+        assert!(
+            compile(
+                &like_to_regex(&"_".repeat(256)),
+                Flags::default(),
+                Flags::default()
+            )
+            .is_ok()
+        );
     }
 }

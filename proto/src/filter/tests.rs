@@ -697,7 +697,7 @@ fn pattern_limit() {
         "where.n.like: pattern is longer than 256 bytes"
     );
     assert_eq!(
-        error(json!({"where": {"n": {"regexp": r"\w{200}"}}})),
+        error(json!({"where": {"n": {"regexp": r"\p{L}{100}"}}})),
         "where.n.regexp: invalid regular expression: the pattern compiles too big"
     );
 }
@@ -894,4 +894,11 @@ fn odd_input_is_an_error_or_a_filter_never_a_panic() {
             }
         }
     }
+}
+
+#[test]
+fn a_filter_can_be_shared_between_tasks() {
+    fn shared<T: Send + Sync + Clone + 'static>() {}
+    shared::<Filter>();
+    shared::<FilterError>();
 }
