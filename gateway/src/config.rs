@@ -42,6 +42,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// is dropped (a client that stopped reading; it resumes with `Last-Event-ID`).
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Default most topics on one `/events` stream.
+pub const DEFAULT_MAX_TOPICS: usize = 16;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "gateway",
@@ -94,6 +97,18 @@ struct Flags {
     /// Drop a client whose writes stall this long [env GATEWAY_WRITE_TIMEOUT] [default 30s]
     #[arg(long)]
     write_timeout: Option<String>,
+    /// Most topics on one /events stream [env GATEWAY_MAX_TOPICS] [default 16]
+    #[arg(long)]
+    max_topics: Option<String>,
+    /// Largest filter (`options`) in bytes [env GATEWAY_FILTER_MAX_BYTES] [default 4096]
+    #[arg(long)]
+    filter_max_bytes: Option<String>,
+    /// Deepest and/or nesting of a filter [env GATEWAY_FILTER_MAX_DEPTH] [default 8]
+    #[arg(long)]
+    filter_max_depth: Option<String>,
+    /// Most conditions in a filter's where [env GATEWAY_FILTER_MAX_CONDITIONS] [default 64]
+    #[arg(long)]
+    filter_max_conditions: Option<String>,
     /// Embedded mode: largest REST body in bytes [env GATEWAY_BODY_LIMIT] [default 102400]
     #[arg(long)]
     body_limit: Option<String>,
@@ -124,6 +139,10 @@ pub struct Config {
     pub drain_window: Duration,
     pub max_connections: NonZeroUsize,
     pub write_timeout: Duration,
+    pub max_topics: NonZeroUsize,
+    pub filter_max_bytes: NonZeroUsize,
+    pub filter_max_depth: NonZeroUsize,
+    pub filter_max_conditions: NonZeroUsize,
     pub body_limit: usize,
     pub retention: Retention,
 }
@@ -165,6 +184,19 @@ impl Config {
             ("drain_window", ms(DEFAULT_DRAIN_WINDOW)),
             ("max_connections", DEFAULT_MAX_CONNECTIONS.to_string()),
             ("write_timeout", ms(DEFAULT_WRITE_TIMEOUT)),
+            ("max_topics", DEFAULT_MAX_TOPICS.to_string()),
+            (
+                "filter_max_bytes",
+                proto::DEFAULT_MAX_FILTER_BYTES.to_string(),
+            ),
+            (
+                "filter_max_depth",
+                proto::DEFAULT_MAX_FILTER_DEPTH.to_string(),
+            ),
+            (
+                "filter_max_conditions",
+                proto::DEFAULT_MAX_FILTER_CONDITIONS.to_string(),
+            ),
             ("body_limit", publisher::api::DEFAULT_BODY_LIMIT.to_string()),
             ("stream_max_len", retention.max_len.to_string()),
             ("stream_max_age", ms(retention.max_age)),
@@ -185,6 +217,10 @@ impl Config {
             ("drain_window", flags.drain_window),
             ("max_connections", flags.max_connections),
             ("write_timeout", flags.write_timeout),
+            ("max_topics", flags.max_topics),
+            ("filter_max_bytes", flags.filter_max_bytes),
+            ("filter_max_depth", flags.filter_max_depth),
+            ("filter_max_conditions", flags.filter_max_conditions),
             ("body_limit", flags.body_limit),
             ("stream_max_len", flags.stream_max_len),
             ("stream_max_age", flags.stream_max_age),
@@ -224,6 +260,10 @@ impl Config {
             drain_window: layers.duration("drain_window")?,
             max_connections: layers.non_zero("max_connections")?,
             write_timeout: layers.duration("write_timeout")?,
+            max_topics: layers.non_zero("max_topics")?,
+            filter_max_bytes: layers.non_zero("filter_max_bytes")?,
+            filter_max_depth: layers.non_zero("filter_max_depth")?,
+            filter_max_conditions: layers.non_zero("filter_max_conditions")?,
             body_limit: layers.non_zero("body_limit")?.get(),
             retention: Retention {
                 max_len: layers.get("stream_max_len")?,
@@ -249,6 +289,16 @@ impl Config {
             }
         })?;
         Ok(config)
+    }
+
+    /// What a client's filter may cost.
+    pub fn filter_limits(&self) -> proto::FilterLimits {
+        proto::FilterLimits {
+            max_bytes: self.filter_max_bytes.get(),
+            max_depth: self.filter_max_depth.get(),
+            max_conditions: self.filter_max_conditions.get(),
+            ..proto::FilterLimits::default()
+        }
     }
 
     /// Defaults only: embedded mode on `127.0.0.1:0`-style listeners chosen by the caller.

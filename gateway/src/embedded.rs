@@ -19,7 +19,12 @@ pub async fn feed(store: MemoryStore, hub: Arc<Hub>, shutdown: CancellationToken
         match received {
             Ok(p) => hub.deliver(
                 &p.topic,
-                LiveEvent::new(p.envelope.id, p.envelope.prev, &p.envelope.change),
+                LiveEvent::new(
+                    p.envelope.id,
+                    p.envelope.prev,
+                    &p.envelope.change,
+                    p.envelope.last.as_deref(),
+                ),
             ),
             // The feed fell behind the store: hand every topic its newest entry, whose
             // `prev` tells each client whether to refill from history.
@@ -27,7 +32,10 @@ pub async fn feed(store: MemoryStore, hub: Arc<Hub>, shutdown: CancellationToken
                 tracing::warn!(missed, "embedded feed lagged; clients refill from history");
                 for topic in hub.wanted() {
                     if let Some((id, fields)) = store.last_entry(&topic) {
-                        hub.deliver(&topic, LiveEvent::new(id, fields.prev, &fields.change));
+                        hub.deliver(
+                            &topic,
+                            LiveEvent::new(id, fields.prev, &fields.change, fields.last.as_deref()),
+                        );
                     }
                 }
             }

@@ -1,5 +1,6 @@
-//! Routes: LoopBack's change stream (`GET`/`POST /api/{collection}/change-stream`),
-//! health, readiness and, in embedded mode, the publisher's REST API.
+//! Routes: LoopBack's change stream (`GET`/`POST /api/{collection}/change-stream`), the
+//! multi-topic stream (`GET /events?topic=A&topic=B`), health, readiness and, in embedded
+//! mode, the publisher's REST API.
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use proto::{EventId, Topic};
+use proto::{Cursor, EventId, Filter, Topic};
 use publisher::MemoryStore;
 use publisher::admin::metrics_route;
 use publisher::api::{ApiState, healthz, no_route, wrong_method};
@@ -28,7 +29,7 @@ use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::redis_sub::Readiness;
-use crate::replay::ClientStream;
+use crate::replay::{ClientStream, Shape, Subscription};
 use crate::sse;
 
 /// What every handler shares.
@@ -65,6 +66,7 @@ pub fn router(
             "/api/{collection}/change-stream",
             get(change_stream_get).post(change_stream_post),
         )
+        .route("/events", get(events))
         .merge(health_routes())
         .with_state(state);
     if let Some(store) = embedded {
@@ -200,9 +202,113 @@ async fn change_stream(
     let Path(collection) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let topic = Topic::new(&collection)?;
     negotiate(query.format.as_deref(), headers)?;
-    check_options(options.as_ref())?;
-    let resume = resume_position(headers, query.last_event_id.as_deref())?;
+    let filter = parse_filter(&state.config, options.as_ref(), "options")?;
+    let resume = match resume_text(headers, query.last_event_id.as_deref())? {
+        Some(id) => Some(EventId::parse(id)?),
+        None => None,
+    };
+    open_stream(state, Shape::ChangeStream, vec![(topic, resume, filter)]).await
+}
 
+/// `GET /events?topic=A&topic=B`: one stream for several topics (repeated `topic`, or
+/// comma-separated). `options` filters every topic; `options.<topic>` one topic (and
+/// wins over `options`). The id is a [`Cursor`] over all the topics.
+async fn events(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Query(pairs) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let mut topics = Vec::new();
+    let mut format = None;
+    let mut last_event_id = None;
+    let mut common = None;
+    let mut per_topic = Vec::new();
+    for (key, value) in &pairs {
+        match key.as_str() {
+            "topic" => {
+                for name in value.split(',').filter(|n| !n.is_empty()) {
+                    topics.push(Topic::new(name)?);
+                }
+            }
+            "_format" => format = Some(value.as_str()),
+            "last_event_id" => last_event_id = Some(value.as_str()),
+            "options" => common = Some(parse_options(value)?),
+            key => {
+                if let Some(name) = key.strip_prefix("options.") {
+                    per_topic.push((Topic::new(name)?, parse_options(value)?));
+                }
+                // Other parameters are ignored, as on the change stream (cache busters).
+            }
+        }
+    }
+    negotiate(format, &headers)?;
+    let topics = Cursor::canonical(topics);
+    if topics.is_empty() {
+        return Err(ApiError::BadRequest(
+            "name at least one topic: /events?topic=A&topic=B".into(),
+        ));
+    }
+    let max = state.config.max_topics.get();
+    if topics.len() > max {
+        return Err(ApiError::BadRequest(format!(
+            "{} topics asked for; a stream may carry at most {max}",
+            topics.len()
+        )));
+    }
+    if let Some((topic, _)) = per_topic.iter().find(|(t, _)| !topics.contains(t)) {
+        return Err(ApiError::BadRequest(format!(
+            "options.{topic} names a topic this stream does not subscribe to"
+        )));
+    }
+    let common = parse_filter(&state.config, common.as_ref(), "options")?;
+    let resume = match resume_text(&headers, last_event_id)? {
+        None => vec![None; topics.len()],
+        // One topic: a plain stream id works too (as on its change stream).
+        Some(text) if topics.len() == 1 && !text.starts_with("c1.") => {
+            vec![Some(EventId::parse(text)?)]
+        }
+        Some(text) => Cursor::parse(text, &topics)?
+            .positions
+            .into_iter()
+            .map(|(_, id)| Some(id))
+            .collect(),
+    };
+    let mut subscriptions = Vec::with_capacity(topics.len());
+    for (topic, resume) in topics.into_iter().zip(resume) {
+        let filter = match per_topic.iter().find(|(t, _)| *t == topic) {
+            Some((_, options)) => {
+                parse_filter(&state.config, Some(options), &format!("options.{topic}"))?
+            }
+            None => common.clone(),
+        };
+        subscriptions.push((topic, resume, filter));
+    }
+    open_stream(state, Shape::Events, subscriptions).await
+}
+
+/// A LoopBack filter from `options`; `None` when there is none. `name` is where it came
+/// from, for the error message.
+fn parse_filter(
+    config: &Config,
+    options: Option<&Value>,
+    name: &str,
+) -> Result<Option<Arc<Filter>>, ApiError> {
+    let Some(options) = options else {
+        return Ok(None);
+    };
+    let filter = Filter::parse(options, &config.filter_limits())
+        .map_err(|e| ApiError::BadRequest(format!("{name}: {e}")))?;
+    Ok((!filter.is_empty()).then(|| Arc::new(filter)))
+}
+
+/// Joins every topic, waits for Redis to confirm each subscription, positions the client
+/// and answers with the SSE response.
+async fn open_stream(
+    state: AppState,
+    shape: Shape,
+    topics: Vec<(Topic, Option<EventId>, Option<Arc<Filter>>)>,
+) -> Result<Response, ApiError> {
     if state.shutdown.is_cancelled() {
         return Err(ApiError::Unavailable(
             "this gateway is shutting down; reconnect".into(),
@@ -214,24 +320,38 @@ async fn change_stream(
             state.config.max_connections
         )));
     };
-    let mut membership = state.hub.join(&topic);
-    if !membership.confirmed(state.config.subscribe_timeout).await {
-        return Err(ApiError::Unavailable(
-            "the gateway could not subscribe to Redis; retry shortly".into(),
-        ));
+    // Join all first, so the subscriptions are confirmed concurrently.
+    let mut subscriptions: Vec<Subscription> = topics
+        .into_iter()
+        .map(|(topic, resume, filter)| Subscription {
+            membership: state.hub.join(&topic),
+            topic,
+            resume,
+            filter,
+        })
+        .collect();
+    for sub in &mut subscriptions {
+        if !sub
+            .membership
+            .confirmed(state.config.subscribe_timeout)
+            .await
+        {
+            return Err(ApiError::Unavailable(
+                "the gateway could not subscribe to Redis; retry shortly".into(),
+            ));
+        }
     }
     let client = ClientStream::open(
-        topic,
+        shape,
+        subscriptions,
         state.bus.clone(),
-        membership,
-        resume,
         state.config.replay_page.get(),
         state.config.heartbeat,
         state.metrics.clone(),
     )
     .await
     .map_err(|e| {
-        tracing::warn!(error = %e, "cannot open change stream");
+        tracing::warn!(error = %e, "cannot open stream");
         ApiError::Unavailable("Redis is unavailable; retry shortly".into())
     })?;
     Ok(sse::response(
@@ -280,28 +400,12 @@ fn negotiate(format: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> 
     }
 }
 
-/// Filters arrive with a later release; until then a filter is refused, never silently
-/// ignored (that would be a match-all).
-fn check_options(options: Option<&Value>) -> Result<(), ApiError> {
-    let Some(options) = options else {
-        return Ok(());
-    };
-    let Value::Object(object) = options else {
-        return Err(ApiError::BadRequest("options must be a JSON object".into()));
-    };
-    for key in ["where", "fields"] {
-        if object.get(key).is_some_and(|v| !v.is_null()) {
-            return Err(ApiError::BadRequest(format!(
-                "options.{key} is not supported yet; subscribe without it"
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// `Last-Event-ID` header, else the `last_event_id` query parameter (EventSource cannot
 /// set headers on its first connection). The header wins. Empty means none.
-fn resume_position(headers: &HeaderMap, query: Option<&str>) -> Result<Option<EventId>, ApiError> {
+fn resume_text<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+) -> Result<Option<&'a str>, ApiError> {
     let header = match headers.get("last-event-id") {
         Some(v) => Some(
             v.to_str()
@@ -309,10 +413,7 @@ fn resume_position(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Ev
         ),
         None => None,
     };
-    match header.or(query).map(str::trim).filter(|s| !s.is_empty()) {
-        Some(id) => Ok(Some(EventId::parse(id)?)),
-        None => Ok(None),
-    }
+    Ok(header.or(query).map(str::trim).filter(|s| !s.is_empty()))
 }
 
 #[cfg(test)]
@@ -344,17 +445,11 @@ mod tests {
     #[test]
     fn resume_header_wins_over_query() {
         let mut h = HeaderMap::new();
-        assert_eq!(resume_position(&h, None).unwrap(), None);
-        assert_eq!(
-            resume_position(&h, Some("5-1")).unwrap(),
-            Some(EventId::new(5, 1))
-        );
+        assert_eq!(resume_text(&h, None).unwrap(), None);
+        assert_eq!(resume_text(&h, Some(" 5-1 ")).unwrap(), Some("5-1"));
         h.insert("last-event-id", HeaderValue::from_static("7-0"));
-        assert_eq!(
-            resume_position(&h, Some("5-1")).unwrap(),
-            Some(EventId::new(7, 0))
-        );
-        h.insert("last-event-id", HeaderValue::from_static("nope"));
-        assert!(resume_position(&h, Some("5-1")).is_err());
+        assert_eq!(resume_text(&h, Some("5-1")).unwrap(), Some("7-0"));
+        h.insert("last-event-id", HeaderValue::from_static(""));
+        assert_eq!(resume_text(&h, Some("5-1")).unwrap(), None);
     }
 }

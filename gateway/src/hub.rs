@@ -9,11 +9,11 @@
 //! reads back from the stream ([`crate::replay`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use proto::{EventId, Topic};
+use proto::{EventId, Object, Topic};
 use tokio::sync::{Notify, broadcast, watch};
 
 /// One live event of a topic, ready to write.
@@ -24,15 +24,64 @@ pub struct LiveEvent {
     pub prev: EventId,
     /// The single-topic SSE frame (`id:`, `event: data`, `data:`), encoded once.
     pub frame: Bytes,
+    /// Where the change JSON starts in `frame` (it ends before the final blank line).
+    change_at: usize,
+    /// A removed record's last state (JSON), which filters test a `remove` against.
+    pub last: Option<Box<str>>,
+    /// The change parsed, for clients with a filter: once per pod, on first use.
+    parsed: OnceLock<Option<ParsedChange>>,
+    /// The multi-topic `data:` JSON, for `/events` clients: once per pod, on first use.
+    topic_change: OnceLock<Box<str>>,
 }
 
 impl LiveEvent {
-    pub fn new(id: EventId, prev: EventId, change_json: &str) -> Self {
+    pub fn new(id: EventId, prev: EventId, change_json: &str, last: Option<&str>) -> Self {
+        let frame = proto::sse::change_frame(id, change_json);
+        let change_at = frame.len() - change_json.len() - 2;
         Self {
             id,
             prev,
-            frame: Bytes::from(proto::sse::change_frame(id, change_json)),
+            frame: Bytes::from(frame),
+            change_at,
+            last: last.map(Box::from),
+            parsed: OnceLock::new(),
+            topic_change: OnceLock::new(),
         }
+    }
+
+    /// The change object's JSON, as published.
+    pub fn change(&self) -> &str {
+        // The frame was built from a `&str` at these offsets.
+        std::str::from_utf8(&self.frame[self.change_at..self.frame.len() - 2]).unwrap_or("{}")
+    }
+
+    /// The change parsed for filtering; `None` if it is not a JSON object.
+    pub fn parsed(&self) -> Option<&ParsedChange> {
+        self.parsed
+            .get_or_init(|| ParsedChange::parse(self.change(), self.last.as_deref()))
+            .as_ref()
+    }
+
+    /// The change with its topic first, for the multi-topic stream.
+    pub fn topic_change(&self, topic: &Topic) -> &str {
+        self.topic_change
+            .get_or_init(|| proto::sse::topic_change(topic, self.change()).into())
+    }
+}
+
+/// A change object parsed once, for filters.
+#[derive(Debug)]
+pub struct ParsedChange {
+    pub change: Object,
+    /// A removed record's last state.
+    pub last: Option<Object>,
+}
+
+impl ParsedChange {
+    pub fn parse(change_json: &str, last: Option<&str>) -> Option<Self> {
+        let change = serde_json::from_str(change_json).ok()?;
+        let last = last.and_then(|l| serde_json::from_str(l).ok());
+        Some(Self { change, last })
     }
 }
 
@@ -90,8 +139,10 @@ impl Hub {
         });
         slot.members += 1;
         let membership = Membership {
-            hub: Arc::clone(self),
-            topic: topic.clone(),
+            guard: TopicGuard {
+                hub: Arc::clone(self),
+                topic: topic.clone(),
+            },
             events_rx: slot.events_tx.subscribe(),
             confirmed_rx: slot.confirmed_tx.subscribe(),
         };
@@ -147,11 +198,10 @@ impl Hub {
     }
 }
 
-/// A local client's place in a topic's fan-out. Dropping it leaves the topic.
+/// A local client's place in a topic's fan-out. Dropping it (its `guard`) leaves the topic.
 #[derive(Debug)]
 pub struct Membership {
-    hub: Arc<Hub>,
-    topic: Topic,
+    pub guard: TopicGuard,
     pub events_rx: broadcast::Receiver<Arc<LiveEvent>>,
     confirmed_rx: watch::Receiver<bool>,
 }
@@ -165,7 +215,14 @@ impl Membership {
     }
 }
 
-impl Drop for Membership {
+/// Keeps a topic wanted by this pod while a client holds it.
+#[derive(Debug)]
+pub struct TopicGuard {
+    hub: Arc<Hub>,
+    topic: Topic,
+}
+
+impl Drop for TopicGuard {
     fn drop(&mut self) {
         self.hub.leave(&self.topic);
     }
@@ -198,7 +255,10 @@ mod tests {
         let mut a = hub.join(&t);
         let mut b = hub.join(&t);
         assert!(a.confirmed(Duration::from_millis(10)).await);
-        hub.deliver(&t, LiveEvent::new(EventId::new(1, 0), EventId::ZERO, "{}"));
+        hub.deliver(
+            &t,
+            LiveEvent::new(EventId::new(1, 0), EventId::ZERO, "{}", None),
+        );
         let ea = a.events_rx.recv().await.unwrap();
         let eb = b.events_rx.recv().await.unwrap();
         assert!(Arc::ptr_eq(&ea, &eb));
@@ -214,7 +274,7 @@ mod tests {
         for i in 1..=3 {
             hub.deliver(
                 &t,
-                LiveEvent::new(EventId::new(i, 0), EventId::new(i - 1, 0), "{}"),
+                LiveEvent::new(EventId::new(i, 0), EventId::new(i - 1, 0), "{}", None),
             );
             assert_eq!(fast.events_rx.recv().await.unwrap().id, EventId::new(i, 0));
         }

@@ -60,6 +60,8 @@ fn log_config(config: &Config) {
         hub_capacity = config.hub_capacity.get(),
         push_queue = config.push_queue.get(),
         max_connections = config.max_connections.get(),
+        max_topics = config.max_topics.get(),
+        filter_max_bytes = config.filter_max_bytes.get(),
         write_timeout_ms = ms(config.write_timeout),
         drain_window_ms = ms(config.drain_window),
         grace_period_ms = ms(config.grace_period),

@@ -139,7 +139,12 @@ async fn read(
                 if let Some((topic, envelope)) = decode_message(&info) {
                     hub.deliver(
                         &topic,
-                        LiveEvent::new(envelope.id, envelope.prev, &envelope.change),
+                        LiveEvent::new(
+                            envelope.id,
+                            envelope.prev,
+                            &envelope.change,
+                            envelope.last.as_deref(),
+                        ),
                     );
                 }
             }
@@ -254,7 +259,12 @@ impl Control {
                 match self.bus.last_entry(topic).await {
                     Ok(Some(entry)) => self.hub.deliver(
                         topic,
-                        LiveEvent::new(entry.id, entry.fields.prev, &entry.fields.change),
+                        LiveEvent::new(
+                            entry.id,
+                            entry.fields.prev,
+                            &entry.fields.change,
+                            entry.fields.last.as_deref(),
+                        ),
                     ),
                     Ok(None) => {}
                     Err(e) => {

@@ -1,36 +1,61 @@
-//! [`ClientStream`]: one SSE client's position in its topic, and the hand-over between
-//! reading the topic's stream and following live events.
+//! [`ClientStream`]: one SSE client's position in each of its topics, and the hand-over
+//! between reading a topic's stream and following its live events.
 //!
-//! The client joins the hub *before* reading the stream, so nothing published meanwhile
-//! can fall between the two. It then keeps one number, `last` (the id of the last event
-//! it was sent), and three rules make delivery exact:
-//! - a live event with `id <= last` was already sent (replay overlapped live): skip it;
-//! - a live event whose `prev == last` is the next one: send it;
+//! A client has one [`Lane`] per topic. Each lane joins the hub *before* reading the
+//! stream, so nothing published meanwhile can fall between the two. It then keeps one
+//! number, `last` (the id of the last event of its topic it has passed: sent, or skipped
+//! by the client's filter), and three rules make delivery exact:
+//! - a live event with `id <= last` was already passed (replay overlapped live): skip it;
+//! - a live event whose `prev == last` is the next one: send it (if the filter lets it);
 //! - anything else (a `prev` it has not seen, a lagged receiver) means it missed
 //!   something: read the stream from `last` in pages until caught up, then follow live
 //!   again.
 //!
 //! A stream entry whose `prev` is not `last` means the range was trimmed (or lost with a
-//! Redis that restarted empty): the client gets `event: reset` carrying the id it
-//! continues from, never a silent skip. Memory per client is one broadcast cursor plus at
-//! most one page of frames.
+//! Redis that restarted empty): the client gets `event: reset` carrying the position it
+//! continues from, never a silent skip. Memory per client is one broadcast cursor per
+//! topic plus at most one page of frames.
+//!
+//! Two shapes share this logic: the LoopBack change stream (one topic, `id:` the stream
+//! id, `event: data`) and the multi-topic `/events` stream (`id:` a [`Cursor`] with every
+//! topic's `last`, default event name, the topic inside the JSON).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use proto::{EventId, Topic};
-use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
+use futures::StreamExt;
+use proto::{Cursor, EventId, Filter, Topic};
+use serde_json::{Value, json};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::bus::Bus;
 use crate::error::BusError;
-use crate::hub::Membership;
+use crate::hub::{LiveEvent, Membership, ParsedChange, TopicGuard};
 use crate::metrics::Metrics;
 
-/// The `endpoint` label of this kind of stream.
-const ENDPOINT: &str = "change-stream";
+/// How events are written for the endpoint a client came in by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// `/api/{collection}/change-stream`: one topic, LoopBack's frames.
+    ChangeStream,
+    /// `/events?topic=..`: several topics, cursor ids, the topic in each JSON.
+    Events,
+}
+
+impl Shape {
+    /// The `endpoint` label of this kind of stream.
+    pub fn endpoint(self) -> &'static str {
+        match self {
+            Self::ChangeStream => "change-stream",
+            Self::Events => "events",
+        }
+    }
+}
 
 /// Why a client was reset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,22 +75,57 @@ impl ResetReason {
     }
 }
 
-/// One client's stream of SSE chunks.
+/// What a client asks of one topic.
 #[derive(Debug)]
-pub struct ClientStream {
+pub struct Subscription {
+    pub topic: Topic,
+    /// Joined (and confirmed) before the stream is opened.
+    pub membership: Membership,
+    /// Where to resume from; `None`: live from now.
+    pub resume: Option<EventId>,
+    /// `None` or an empty filter: every change, whole.
+    pub filter: Option<Arc<Filter>>,
+}
+
+/// One topic of a client.
+#[derive(Debug)]
+struct Lane {
     topic: Topic,
-    bus: Bus,
-    membership: Membership,
-    /// The id of the last event sent (or the position the client started from).
+    /// Keeps the topic wanted while the client is here; dropping it leaves the topic.
+    _guard: TopicGuard,
+    events: BroadcastStream<Arc<LiveEvent>>,
+    /// The id of the last event of this topic passed (or the starting position).
     last: EventId,
     /// Reading the stream rather than following live.
     catching_up: bool,
+    filter: Option<Arc<Filter>>,
+}
+
+/// What the client's filter makes of one change.
+enum Filtered {
+    Skip,
+    AsIs,
+    /// The change with `data` projected by `fields`.
+    Projected(String),
+}
+
+/// One client's stream of SSE chunks.
+#[derive(Debug)]
+pub struct ClientStream {
+    shape: Shape,
+    /// Sorted by topic (the cursor's order).
+    lanes: Vec<Lane>,
+    /// Checksum of the topic set, for cursors.
+    cursor_set: u32,
+    bus: Bus,
     page: usize,
-    /// Chunks ready to send: at most one replay page plus a reset.
+    /// Chunks ready to send: at most one replay page plus resets.
     pending: VecDeque<Bytes>,
     heartbeat: Interval,
     /// A stream read failed: send what is pending, then end (the client resumes).
     ended: bool,
+    /// The lane polled first next time, so a busy topic cannot starve the others.
+    next_lane: usize,
     metrics: Metrics,
     /// Change events sent, for the close log line.
     sent: u64,
@@ -73,32 +133,33 @@ pub struct ClientStream {
 }
 
 impl ClientStream {
-    /// Positions a client that joined `membership`: live from now, or from `resume`.
+    /// Positions a client on each of `subscriptions`: live from now, or from its resume
+    /// position.
     ///
     /// # Errors
-    /// [`BusError`] if the stream cannot be read.
+    /// [`BusError`] if a stream cannot be read.
     pub async fn open(
-        topic: Topic,
+        shape: Shape,
+        mut subscriptions: Vec<Subscription>,
         bus: Bus,
-        membership: Membership,
-        resume: Option<EventId>,
         page: usize,
         heartbeat: Duration,
         metrics: Metrics,
     ) -> Result<Self, BusError> {
-        let newest = bus.last_id(&topic).await?;
+        subscriptions.sort_by(|a, b| a.topic.cmp(&b.topic));
         let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let topics: Vec<Topic> = subscriptions.iter().map(|s| s.topic.clone()).collect();
         let mut client = Self {
-            topic,
+            shape,
+            lanes: Vec::with_capacity(subscriptions.len()),
+            cursor_set: Cursor::checksum(&topics),
             bus,
-            membership,
-            last: newest,
-            catching_up: false,
             page,
             pending: VecDeque::new(),
             heartbeat,
             ended: false,
+            next_lane: 0,
             metrics,
             sent: 0,
             opened: Instant::now(),
@@ -106,43 +167,85 @@ impl ClientStream {
         client
             .metrics
             .connections
-            .with_label_values(&[ENDPOINT])
+            .with_label_values(&[shape.endpoint()])
             .inc();
         client
             .metrics
             .connections_total
-            .with_label_values(&[ENDPOINT])
+            .with_label_values(&[shape.endpoint()])
             .inc();
-        tracing::info!(topic = %client.topic, resume = ?resume.map(|id| id.to_string()), "stream opened");
-        match resume {
-            Some(from) if from > newest => client.reset(ResetReason::Unknown, from, newest),
-            Some(from) => {
-                client.last = from;
-                client.catching_up = true;
+        let resumed: Vec<String> = subscriptions
+            .iter()
+            .filter_map(|s| s.resume.map(|id| format!("{}:{id}", s.topic)))
+            .collect();
+        tracing::info!(topics = %topic_names(&topics), resume = ?resumed, endpoint = shape.endpoint(), "stream opened");
+        let mut resets = Vec::new();
+        for (index, sub) in subscriptions.into_iter().enumerate() {
+            let newest = client.bus.last_id(&sub.topic).await?;
+            let Membership {
+                guard, events_rx, ..
+            } = sub.membership;
+            let mut lane = Lane {
+                topic: sub.topic,
+                _guard: guard,
+                events: BroadcastStream::new(events_rx),
+                last: newest,
+                catching_up: false,
+                filter: sub.filter.filter(|f| !f.is_empty()),
+            };
+            match sub.resume {
+                Some(from) if from > newest => resets.push((index, from, newest)),
+                Some(from) => {
+                    lane.last = from;
+                    lane.catching_up = true;
+                }
+                None => {}
             }
-            None => {}
+            client.lanes.push(lane);
+        }
+        for (index, from, newest) in resets {
+            client.reset(index, ResetReason::Unknown, from, newest);
         }
         Ok(client)
     }
 
-    /// The id of the last event sent.
+    /// The id of the last event passed on the first topic.
     pub fn last(&self) -> EventId {
-        self.last
+        self.lanes.first().map_or(EventId::ZERO, |l| l.last)
     }
 
-    fn reset(&mut self, reason: ResetReason, from: EventId, continue_at: EventId) {
-        tracing::info!(topic = %self.topic, %from, %continue_at, reason = reason.as_str(), "client reset");
-        let data = json!({
+    /// The `id:` of the next frame: the stream id on a change stream, else the cursor of
+    /// every topic's position.
+    fn id_line(&self, id: EventId) -> String {
+        match self.shape {
+            Shape::ChangeStream => id.to_string(),
+            Shape::Events => Cursor::encode_ids(self.cursor_set, self.lanes.iter().map(|l| l.last)),
+        }
+    }
+
+    fn reset(&mut self, index: usize, reason: ResetReason, from: EventId, continue_at: EventId) {
+        let lane = &mut self.lanes[index];
+        tracing::info!(topic = %lane.topic, %from, %continue_at, reason = reason.as_str(), "client reset");
+        lane.last = continue_at;
+        lane.catching_up = false;
+        let mut data = json!({
             "reason": reason.as_str(),
             "lastEventId": from.to_string(),
             "resumeFrom": continue_at.to_string(),
         });
+        if self.shape == Shape::Events {
+            data = json!({
+                "topic": lane.topic.as_str(),
+                "reason": reason.as_str(),
+                "lastEventId": from.to_string(),
+                "resumeFrom": continue_at.to_string(),
+            });
+        }
+        let id = self.id_line(continue_at);
         self.pending.push_back(Bytes::from(proto::sse::reset_frame(
-            Some(&continue_at.to_string()),
+            Some(&id),
             &data.to_string(),
         )));
-        self.last = continue_at;
-        self.catching_up = false;
         self.metrics
             .resets
             .with_label_values(&[reason.as_str()])
@@ -159,72 +262,163 @@ impl ClientStream {
             if self.ended {
                 return None;
             }
-            if self.catching_up {
-                self.catch_up_page().await;
+            if let Some(index) = self.lanes.iter().position(|l| l.catching_up) {
+                self.catch_up_page(index).await;
                 continue;
             }
+            let start = self.next_lane;
+            let lanes = &mut self.lanes;
+            let received = std::future::poll_fn(|cx| {
+                let n = lanes.len();
+                for k in 0..n {
+                    let index = (start + k) % n;
+                    if let Poll::Ready(item) = lanes[index].events.poll_next_unpin(cx) {
+                        return Poll::Ready((index, item));
+                    }
+                }
+                Poll::Pending
+            });
             tokio::select! {
-                received = self.membership.events_rx.recv() => match received {
-                    Ok(event) => {
-                        if event.id <= self.last {
-                            continue;
+                (index, item) = received => {
+                    self.next_lane = (index + 1) % self.lanes.len();
+                    match item {
+                        Some(Ok(event)) => self.live(index, &event),
+                        Some(Err(BroadcastStreamRecvError::Lagged(_))) => {
+                            self.metrics.catchups.inc();
+                            self.lanes[index].catching_up = true;
                         }
-                        if event.prev == self.last {
-                            self.last = event.id;
-                            self.heartbeat.reset();
-                            self.sent += 1;
-                            self.metrics.delivered.inc();
-                            self.metrics.observe_delivery(event.id);
-                            return Some(event.frame.clone());
-                        }
-                        self.metrics.gap_refills.inc();
-                        self.catching_up = true;
+                        None => return None,
                     }
-                    Err(RecvError::Lagged(_)) => {
-                        self.metrics.catchups.inc();
-                        self.catching_up = true;
-                    }
-                    Err(RecvError::Closed) => return None,
-                },
+                }
                 _ = self.heartbeat.tick() => return Some(Bytes::from_static(proto::sse::HEARTBEAT.as_bytes())),
             }
         }
     }
 
-    /// Reads one page of the stream after `last` into `pending`.
-    async fn catch_up_page(&mut self) {
-        let entries = match self.bus.range(&self.topic, self.last, self.page).await {
+    /// A live event of lane `index`: sent, skipped, or the sign of a gap.
+    fn live(&mut self, index: usize, event: &LiveEvent) {
+        let lane = &mut self.lanes[index];
+        if event.id <= lane.last {
+            return;
+        }
+        if event.prev != lane.last {
+            self.metrics.gap_refills.inc();
+            lane.catching_up = true;
+            return;
+        }
+        lane.last = event.id;
+        let filtered = match &lane.filter {
+            None => Filtered::AsIs,
+            Some(filter) => event.parsed().map_or(Filtered::AsIs, |p| apply(filter, p)),
+        };
+        let chunk = match (&filtered, self.shape) {
+            (Filtered::Skip, _) => return,
+            (Filtered::AsIs, Shape::ChangeStream) => event.frame.clone(),
+            (Filtered::AsIs, Shape::Events) => {
+                let data = event.topic_change(&self.lanes[index].topic);
+                Bytes::from(proto::sse::events_frame(&self.id_line(event.id), data))
+            }
+            (Filtered::Projected(change), _) => self.frame(index, event.id, change),
+        };
+        self.sent += 1;
+        self.metrics.delivered.inc();
+        self.metrics.observe_delivery(event.id);
+        self.pending.push_back(chunk);
+    }
+
+    /// A frame of `change` (JSON) of lane `index`, encoded for this client alone.
+    fn frame(&self, index: usize, id: EventId, change: &str) -> Bytes {
+        Bytes::from(match self.shape {
+            Shape::ChangeStream => proto::sse::change_frame(id, change),
+            Shape::Events => proto::sse::events_frame(
+                &self.id_line(id),
+                &proto::sse::topic_change(&self.lanes[index].topic, change),
+            ),
+        })
+    }
+
+    /// Reads one page of lane `index`'s stream after its `last` into `pending`.
+    async fn catch_up_page(&mut self, index: usize) {
+        let (topic, after) = (self.lanes[index].topic.clone(), self.lanes[index].last);
+        let entries = match self.bus.range(&topic, after, self.page).await {
             Ok(entries) => entries,
-            Err(e) => return self.fail(&e),
+            Err(e) => return self.fail(&topic, &e),
         };
         let full = entries.len() == self.page;
         for entry in entries {
-            if entry.fields.prev != self.last {
-                let newest = match self.bus.last_id(&self.topic).await {
+            if entry.fields.prev != self.lanes[index].last {
+                let newest = match self.bus.last_id(&topic).await {
                     Ok(id) => id,
-                    Err(e) => return self.fail(&e),
+                    Err(e) => return self.fail(&topic, &e),
                 };
-                let from = self.last;
-                return self.reset(ResetReason::Trimmed, from, newest);
+                let from = self.lanes[index].last;
+                return self.reset(index, ResetReason::Trimmed, from, newest);
             }
-            self.pending.push_back(Bytes::from(proto::sse::change_frame(
-                entry.id,
-                &entry.fields.change,
-            )));
-            self.last = entry.id;
+            self.lanes[index].last = entry.id;
+            let filtered = match &self.lanes[index].filter {
+                None => Filtered::AsIs,
+                Some(filter) => {
+                    ParsedChange::parse(&entry.fields.change, entry.fields.last.as_deref())
+                        .map_or(Filtered::AsIs, |p| apply(filter, &p))
+                }
+            };
+            let chunk = match filtered {
+                Filtered::Skip => continue,
+                Filtered::AsIs => self.frame(index, entry.id, &entry.fields.change),
+                Filtered::Projected(change) => self.frame(index, entry.id, &change),
+            };
+            self.pending.push_back(chunk);
             self.sent += 1;
             self.metrics.delivered.inc();
             self.metrics.replayed.inc();
         }
         if !full {
-            self.catching_up = false;
+            self.lanes[index].catching_up = false;
         }
     }
 
-    fn fail(&mut self, error: &BusError) {
+    fn fail(&mut self, topic: &Topic, error: &BusError) {
         // End the response: the browser reconnects with the last id it got and resumes.
-        tracing::warn!(topic = %self.topic, last = %self.last, %error, "stream read failed; ending the response");
+        tracing::warn!(%topic, %error, "stream read failed; ending the response");
         self.ended = true;
+    }
+}
+
+fn topic_names(topics: &[Topic]) -> String {
+    topics
+        .iter()
+        .map(Topic::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Applies `filter` to a change: `where` is tested on the change's `data`, or for a
+/// `remove` on the record's last state (a remove without one passes: the client may hold
+/// the record); `fields` projects `data` (a `remove` has none and passes untouched).
+fn apply(filter: &Filter, parsed: &ParsedChange) -> Filtered {
+    let data = parsed.change.get("data").and_then(Value::as_object);
+    let is_remove = parsed.change.get("type").and_then(Value::as_str) == Some("remove");
+    let subject = if is_remove {
+        parsed.last.as_ref()
+    } else {
+        data
+    };
+    let empty = proto::Object::new();
+    let matched = match subject {
+        Some(record) => filter.matches(record),
+        None if is_remove => true,
+        None => filter.matches(&empty),
+    };
+    if !matched {
+        return Filtered::Skip;
+    }
+    match data {
+        Some(data) if filter.projects() => {
+            let mut change = parsed.change.clone();
+            change.insert("data".into(), Value::Object(filter.project(data)));
+            Filtered::Projected(Value::Object(change).to_string())
+        }
+        _ => Filtered::AsIs,
     }
 }
 
@@ -232,12 +426,17 @@ impl Drop for ClientStream {
     fn drop(&mut self) {
         self.metrics
             .connections
-            .with_label_values(&[ENDPOINT])
+            .with_label_values(&[self.shape.endpoint()])
             .dec();
+        let positions: Vec<String> = self
+            .lanes
+            .iter()
+            .map(|l| format!("{}:{}", l.topic, l.last))
+            .collect();
         tracing::info!(
-            topic = %self.topic,
+            endpoint = self.shape.endpoint(),
             events = self.sent,
-            last = %self.last,
+            last = ?positions,
             duration_ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX),
             "stream closed"
         );
@@ -247,7 +446,7 @@ impl Drop for ClientStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::{Hub, LiveEvent};
+    use crate::hub::Hub;
     use proto::{Change, Object, RecordId};
     use publisher::{MemoryStore, Retention, Store};
     use serde_json::Value;
@@ -276,6 +475,33 @@ mod tests {
             .unwrap()
     }
 
+    /// A change-stream client of `topic` on the embedded bus.
+    async fn open_one(
+        topic: &Topic,
+        store: MemoryStore,
+        membership: Membership,
+        resume: Option<EventId>,
+        page: usize,
+        heartbeat: Duration,
+    ) -> ClientStream {
+        let subscription = Subscription {
+            topic: topic.clone(),
+            membership,
+            resume,
+            filter: None,
+        };
+        ClientStream::open(
+            Shape::ChangeStream,
+            vec![subscription],
+            Bus::Memory(store),
+            page,
+            heartbeat,
+            Metrics::new().unwrap(),
+        )
+        .await
+        .unwrap()
+    }
+
     async fn take(client: &mut ClientStream, n: usize) -> Vec<Bytes> {
         let mut out = Vec::new();
         while out.len() < n {
@@ -298,24 +524,22 @@ mod tests {
             ids_published.push(publish(&store, &topic, n).await);
         }
         let membership = hub.join(&topic);
-        let mut client = ClientStream::open(
-            topic.clone(),
-            Bus::Memory(store.clone()),
+        let mut client = open_one(
+            &topic,
+            store.clone(),
             membership,
             Some(ids_published[1]),
             2,
             Duration::from_secs(60),
-            Metrics::new().unwrap(),
         )
-        .await
-        .unwrap();
+        .await;
         // Live events 6 and 7 arrive while the client is still replaying; 5 arrives live
         // too (overlap) and must not be sent twice.
         for n in 6..=7 {
             let prev = *ids_published.last().unwrap();
             let id = publish(&store, &topic, n).await;
             ids_published.push(id);
-            hub.deliver(&topic, LiveEvent::new(id, prev, "{}"));
+            hub.deliver(&topic, LiveEvent::new(id, prev, "{}", None));
         }
         let chunks = take(&mut client, 5).await;
         let expected: Vec<String> = ids_published[2..].iter().map(ToString::to_string).collect();
@@ -335,17 +559,15 @@ mod tests {
             publish(&store, &topic, n).await;
         }
         let newest = store.last_id(&topic);
-        let mut client = ClientStream::open(
-            topic.clone(),
-            Bus::Memory(store.clone()),
+        let mut client = open_one(
+            &topic,
+            store.clone(),
             hub.join(&topic),
             Some(first),
             10,
             Duration::from_secs(60),
-            Metrics::new().unwrap(),
         )
-        .await
-        .unwrap();
+        .await;
         let reset = text(&take(&mut client, 1).await[0]);
         assert_eq!(
             reset,
@@ -354,7 +576,7 @@ mod tests {
             )
         );
         let id = publish(&store, &topic, 7).await;
-        hub.deliver(&topic, LiveEvent::new(id, newest, "{}"));
+        hub.deliver(&topic, LiveEvent::new(id, newest, "{}", None));
         assert_eq!(ids(&take(&mut client, 1).await), [id.to_string()]);
     }
 
@@ -363,20 +585,18 @@ mod tests {
         let store = MemoryStore::new(Retention::default());
         let topic = Topic::new("T").unwrap();
         let hub = Hub::new(8, true);
-        let mut client = ClientStream::open(
-            topic.clone(),
-            Bus::Memory(store.clone()),
+        let mut client = open_one(
+            &topic,
+            store.clone(),
             hub.join(&topic),
             None,
             10,
             Duration::from_secs(60),
-            Metrics::new().unwrap(),
         )
-        .await
-        .unwrap();
+        .await;
         let a = publish(&store, &topic, 1).await; // never delivered live: "lost"
         let b = publish(&store, &topic, 2).await;
-        hub.deliver(&topic, LiveEvent::new(b, a, "{}"));
+        hub.deliver(&topic, LiveEvent::new(b, a, "{}", None));
         assert_eq!(
             ids(&take(&mut client, 2).await),
             [a.to_string(), b.to_string()]
@@ -388,17 +608,15 @@ mod tests {
         let store = MemoryStore::new(Retention::default());
         let topic = Topic::new("T").unwrap();
         let hub = Hub::new(8, true);
-        let mut client = ClientStream::open(
-            topic.clone(),
-            Bus::Memory(store),
+        let mut client = open_one(
+            &topic,
+            store,
             hub.join(&topic),
             None,
             10,
             Duration::from_secs(15),
-            Metrics::new().unwrap(),
         )
-        .await
-        .unwrap();
+        .await;
         let started = Instant::now();
         let chunk = client.next_chunk().await.unwrap();
         assert_eq!(&chunk[..], b":\n\n");

@@ -24,6 +24,8 @@ pub enum DecodeError {
     ChangeType { found: String },
     #[error("malformed change: {reason}")]
     Change { reason: String },
+    #[error("malformed cursor (Last-Event-ID of a multi-topic stream): {reason}")]
+    Cursor { reason: String },
     #[error("malformed pub/sub envelope: {reason}")]
     Envelope { reason: &'static str },
 }

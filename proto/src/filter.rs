@@ -183,6 +183,11 @@ impl Filter {
         self.where_.as_ref().is_none_or(|w| w.matches(record))
     }
 
+    /// Whether `fields` drops any key (else [`Filter::project`] is a copy).
+    pub fn projects(&self) -> bool {
+        self.fields != Fields::All
+    }
+
     /// `record` with only the keys `fields` selects, in the record's order.
     pub fn project(&self, record: &Object) -> Object {
         let keep = |key: &String| match &self.fields {

@@ -5,7 +5,8 @@
 //!   (one hash tag per topic, so all of a topic's keys live on one Redis Cluster shard);
 //! - [`Change`]: LoopBack's change object, byte-compatible (`target`, `where`, `data`,
 //!   `type`, absent keys left out);
-//! - [`EventId`]: a Redis stream id, parsed and ordered;
+//! - [`EventId`]: a Redis stream id, parsed and ordered; [`Cursor`]: one per topic, the id
+//!   of a multi-topic stream;
 //! - [`Envelope`]: what the publish script puts on pub/sub (id, previous id, change,
 //!   the removed record's last state);
 //! - [`sse`]: the exact SSE frame bytes;
@@ -16,6 +17,7 @@
 //! the wire format changes.
 
 mod change;
+mod cursor;
 mod envelope;
 mod error;
 mod event_id;
@@ -27,6 +29,7 @@ pub mod sse;
 mod topic;
 
 pub use change::{Change, ChangeType};
+pub use cursor::{Cursor, max_cursor_len};
 pub use envelope::{Envelope, StreamFields};
 pub use error::{DecodeError, FilterError};
 pub use event_id::EventId;

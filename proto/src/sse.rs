@@ -51,6 +51,26 @@ pub fn change_frame(id: EventId, change_json: &str) -> String {
     frame(Some(&id.to_string()), Some(EVENT_DATA), change_json)
 }
 
+/// The JSON of a change on the multi-topic stream (`GET /events`): LoopBack's change
+/// object with the topic first, `{"topic":"A","target":1,...}`. `change_json` is a JSON
+/// object as the publish script stores it; a topic needs no escaping (its characters are
+/// restricted).
+pub fn topic_change(topic: &crate::Topic, change_json: &str) -> String {
+    let rest = change_json.trim_start().strip_prefix('{').unwrap_or("}");
+    let sep = if rest.trim_start().starts_with('}') {
+        ""
+    } else {
+        ","
+    };
+    format!("{{\"topic\":\"{topic}\"{sep}{rest}")
+}
+
+/// A frame of the multi-topic stream: default event name (so `onmessage` sees it), the
+/// cursor as `id:`.
+pub fn events_frame(cursor: &str, data_json: &str) -> String {
+    frame(Some(cursor), None, data_json)
+}
+
 /// History was trimmed past the client's position. `id` is where the client continues
 /// from, so a reconnect after the reset does not ask for the lost range again.
 pub fn reset_frame(id: Option<&str>, reason_json: &str) -> String {
@@ -93,5 +113,21 @@ mod tests {
             "event: error\ndata: {\"message\":\"bad \\\"x\\\"\\n\"}\n\n"
         );
         assert_eq!(end_frame(), "event: end\ndata: null\n\n");
+    }
+
+    #[test]
+    fn golden_multi_topic_frames() {
+        let topic = crate::Topic::new("MyModels").unwrap();
+        let change = r#"{"target":1,"data":{"foo":"bar","id":1},"type":"create"}"#;
+        let data = topic_change(&topic, change);
+        assert_eq!(
+            data,
+            r#"{"topic":"MyModels","target":1,"data":{"foo":"bar","id":1},"type":"create"}"#
+        );
+        assert_eq!(topic_change(&topic, "{}"), r#"{"topic":"MyModels"}"#);
+        assert_eq!(
+            events_frame("c1.0000abcd.1-0", &data),
+            format!("id: c1.0000abcd.1-0\ndata: {data}\n\n")
+        );
     }
 }
