@@ -4,7 +4,10 @@
 //!   "Ready to accept connections" line, killed on drop; restartable on the same port and
 //!   data directory (for AOF persistence tests).
 //! - [`Publisher`]: `publisher::run` on `127.0.0.1:0`, stopped on drop.
+//! - [`load`]: pieces of the load tools (release gateway processes, a lean SSE client).
 //! - [`within`]: every network await in a test goes through it, so failures are fast.
+
+pub mod load;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
