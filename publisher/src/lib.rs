@@ -9,12 +9,14 @@
 //! - [`store`]: the [`Store`] trait, [`RedisStore`] (production) and [`MemoryStore`] (the
 //!   gateway's embedded bus). Rust backends use a store directly as a library.
 //! - [`api`]: the HTTP routes; one [`ApiError`] decides every error status.
+//! - [`auth`]: JWT verification and topic grants, shared with the gateway.
 //! - [`config`], [`settings`]: layered configuration. [`telemetry`], [`shutdown`]: process
 //!   plumbing shared with the gateway.
 //!
 //! What it does not own: SSE, subscriptions, replay (the gateway's).
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod metrics;
