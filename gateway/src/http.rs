@@ -1,9 +1,16 @@
 //! Routes: LoopBack's change stream (`GET`/`POST /api/{collection}/change-stream`),
 //! health, readiness and, in embedded mode, the publisher's REST API.
+//!
+//! Auth ([`publisher::auth`]): a presented token is verified by the [`Caller`] extractor
+//! (401 if bad); each topic is then checked with [`Auth::authorize_subscribe`] (401 without
+//! a token, 403 without a grant; public topics need none), and the stream ends when
+//! [`Auth::access_ends`] says. `/healthz` and `/readyz` never need a token, `/metrics`
+//! only with `metrics_public = false`.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::FromRef;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
@@ -12,7 +19,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use proto::{EventId, Topic};
 use publisher::MemoryStore;
-use publisher::api::{ApiState, healthz, metrics_response, no_route, wrong_method};
+use publisher::api::{ApiState, healthz, metrics_route, no_route, wrong_method};
+use publisher::auth::{Auth, Caller};
 use publisher::metrics::PublisherMetrics;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -45,12 +53,20 @@ pub struct AppState {
     pub metrics: Metrics,
 }
 
+/// What [`Caller`] verifies tokens with.
+impl FromRef<AppState> for Auth {
+    fn from_ref(state: &AppState) -> Self {
+        state.config.auth.clone()
+    }
+}
+
 /// The gateway's routes; `embedded` adds the publisher REST API over the same store.
 ///
 /// # Errors
 /// Only if the embedded publisher's metrics clash with the gateway's (a programming error).
 pub fn router(state: AppState, embedded: Option<MemoryStore>) -> prometheus::Result<Router> {
     let body_limit = state.config.body_limit;
+    let auth = state.config.auth.clone();
     let registry = state.metrics.registry.clone();
     let mut app = Router::new()
         .route(
@@ -59,19 +75,18 @@ pub fn router(state: AppState, embedded: Option<MemoryStore>) -> prometheus::Res
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", metrics_route(registry.clone()))
         .with_state(state);
     if let Some(store) = embedded {
         let metrics = PublisherMetrics::register(&registry)?;
-        app = app
-            .merge(publisher::api::routes().with_state(ApiState::new(store, body_limit, metrics)));
+        app = app.merge(
+            publisher::api::routes().with_state(ApiState::new(store, body_limit, metrics, auth)),
+        );
     }
     Ok(app
-        .route(
-            "/metrics",
-            get(move || async move { metrics_response(&registry) }),
-        )
         .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
+        .layer(publisher::telemetry::http_trace())
         .layer(cors()))
 }
 
@@ -128,17 +143,19 @@ pub struct StreamQuery {
 
 async fn change_stream_get(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<StreamQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let options = query.options.as_deref().map(parse_options).transpose()?;
-    change_stream(state, path, query, options, &headers).await
+    change_stream(state, &caller, path, query, options, &headers).await
 }
 
 async fn change_stream_post(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<StreamQuery>, QueryRejection>,
     headers: HeaderMap,
@@ -159,7 +176,7 @@ async fn change_stream_post(
             options = Some(o);
         }
     }
-    change_stream(state, path, query, options, &headers).await
+    change_stream(state, &caller, path, query, options, &headers).await
 }
 
 /// `options` as LoopBack takes it: a JSON object (in the query, as JSON text).
@@ -170,6 +187,7 @@ fn parse_options(text: &str) -> Result<Value, ApiError> {
 
 async fn change_stream(
     state: AppState,
+    caller: &Caller,
     path: Result<Path<String>, PathRejection>,
     query: StreamQuery,
     options: Option<Value>,
@@ -177,6 +195,13 @@ async fn change_stream(
 ) -> Result<Response, ApiError> {
     let Path(collection) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let topic = Topic::new(&collection)?;
+    // Before anything else about the request, resume included: a refused client learns
+    // nothing about the topic's history.
+    state
+        .config
+        .auth
+        .authorize_subscribe(caller.claims(), &topic)?;
+    let access_ends = state.config.auth.access_ends(caller.claims(), &topic);
     negotiate(query.format.as_deref(), headers)?;
     check_options(options.as_ref())?;
     let resume = resume_position(headers, query.last_event_id.as_deref())?;
@@ -199,7 +224,7 @@ async fn change_stream(
         ));
     }
     let client = ClientStream::open(
-        topic,
+        topic.clone(),
         state.bus.clone(),
         membership,
         resume,
@@ -212,11 +237,16 @@ async fn change_stream(
         tracing::warn!(error = %e, "cannot open change stream");
         ApiError::Unavailable("Redis is unavailable; retry shortly".into())
     })?;
+    let drained = sse::drained(state.shutdown.clone(), state.config.drain_window);
+    let expired = async move {
+        sse::expired(access_ends).await;
+        tracing::info!(%topic, "access token expired; ending the stream");
+    };
     Ok(sse::response(
         client,
         permit,
         state.config.retry,
-        sse::drained(state.shutdown.clone(), state.config.drain_window),
+        sse::until_either(drained, expired),
     ))
 }
 

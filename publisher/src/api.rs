@@ -12,6 +12,11 @@
 //! | `GET` | `/healthz`, `/readyz` | liveness; readiness (the store answers) |
 //!
 //! Every error is LoopBack's JSON shape (see [`ApiError`]) and writes nothing.
+//!
+//! With auth on ([`Auth`]), every data route needs a token (a bad one is a 401 before the
+//! body is read): mutations and `/publish` a `publish` grant on the topic, reads a
+//! `subscribe` or `publish` grant. `/healthz` and `/readyz` never need one; `/metrics`
+//! only with `metrics_public = false`.
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -25,6 +30,7 @@ use serde::Deserialize;
 use serde_json::json;
 use std::time::Instant;
 
+use crate::auth::{Auth, Authenticated};
 use crate::error::{ApiError, StoreError};
 use crate::metrics::PublisherMetrics;
 use prometheus::Registry;
@@ -40,14 +46,17 @@ pub struct ApiState<S> {
     pub store: S,
     pub body_limit: BodyLimit,
     pub metrics: PublisherMetrics,
+    /// Who may publish and read which topic ([`Auth::off`] in development).
+    pub auth: Auth,
 }
 
 impl<S> ApiState<S> {
-    pub fn new(store: S, body_limit: usize, metrics: PublisherMetrics) -> Self {
+    pub fn new(store: S, body_limit: usize, metrics: PublisherMetrics, auth: Auth) -> Self {
         Self {
             store,
             body_limit: BodyLimit(body_limit),
             metrics,
+            auth,
         }
     }
 
@@ -74,18 +83,41 @@ impl<S: Clone> FromRef<ApiState<S>> for BodyLimit {
     }
 }
 
+impl<S: Clone> FromRef<ApiState<S>> for Auth {
+    fn from_ref(state: &ApiState<S>) -> Self {
+        state.auth.clone()
+    }
+}
+
 /// The REST API routes, `/metrics` from `registry`, and JSON 404/405 fallbacks.
 pub fn router<S: Store>(state: ApiState<S>, registry: Registry) -> Router {
     routes()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<S>))
-        .route(
-            "/metrics",
-            get(move || async move { metrics_response(&registry) }),
-        )
+        .route("/metrics", metrics_route(registry))
         .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
         .with_state(state)
+        .layer(crate::telemetry::http_trace())
+}
+
+/// `GET /metrics`: Prometheus text of `registry`. With auth on and `metrics_public =
+/// false` it needs a valid token (any grants); otherwise tokens are not looked at.
+pub fn metrics_route<St>(registry: Registry) -> axum::routing::MethodRouter<St>
+where
+    St: Clone + Send + Sync + 'static,
+    Auth: FromRef<St>,
+{
+    get(
+        move |State(auth): State<Auth>, headers: HeaderMap, uri: Uri| async move {
+            if !auth.metrics_public() {
+                let token = crate::auth::find_token(&headers, uri.query())?;
+                let claims = auth.authenticate(token.as_deref())?;
+                auth.authorize_metrics(claims.as_ref())?;
+            }
+            Ok::<_, ApiError>(metrics_response(&registry))
+        },
+    )
 }
 
 /// The data routes alone (no health, no fallbacks), for a server that mounts them beside
@@ -208,10 +240,12 @@ fn raw_json(text: String) -> Response {
 
 async fn create<S: Store>(
     State(state): State<ApiState<S>>,
+    caller: Authenticated,
     path: Result<Path<String>, PathRejection>,
     JsonObject(body): JsonObject,
 ) -> Result<Json<Object>, ApiError> {
     let topic = topic(&path.map_err(path_error)?.0)?;
+    state.auth.authorize_publish(caller.claims(), &topic)?;
     Ok(Json(
         state
             .measured("create", state.store.create(&topic, body))
@@ -222,9 +256,11 @@ async fn create<S: Store>(
 
 async fn list<S: Store>(
     State(state): State<ApiState<S>>,
+    caller: Authenticated,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let topic = topic(&path.map_err(path_error)?.0)?;
+    state.auth.authorize_read(caller.claims(), &topic)?;
     let records = state.store.list(&topic).await?;
     Ok(raw_json(format!("[{}]", records.join(","))))
 }
@@ -238,9 +274,11 @@ fn item(path: ItemPath) -> Result<(Topic, RecordId), ApiError> {
 
 async fn find<S: Store>(
     State(state): State<ApiState<S>>,
+    caller: Authenticated,
     path: ItemPath,
 ) -> Result<Response, ApiError> {
     let (topic, id) = item(path)?;
+    state.auth.authorize_read(caller.claims(), &topic)?;
     match state.store.get(&topic, &id).await? {
         Some(record) => Ok(raw_json(record)),
         None => Err(StoreError::NotFound { topic, id }.into()),
@@ -249,10 +287,12 @@ async fn find<S: Store>(
 
 async fn replace<S: Store>(
     State(state): State<ApiState<S>>,
+    caller: Authenticated,
     path: ItemPath,
     JsonObject(body): JsonObject,
 ) -> Result<Json<Object>, ApiError> {
     let (topic, id) = item(path)?;
+    state.auth.authorize_publish(caller.claims(), &topic)?;
     Ok(Json(
         state
             .measured("replace", state.store.replace(&topic, &id, body))
@@ -263,10 +303,12 @@ async fn replace<S: Store>(
 
 async fn patch<S: Store>(
     State(state): State<ApiState<S>>,
+    caller: Authenticated,
     path: ItemPath,
     JsonObject(body): JsonObject,
 ) -> Result<Json<Object>, ApiError> {
     let (topic, id) = item(path)?;
+    state.auth.authorize_publish(caller.claims(), &topic)?;
     Ok(Json(
         state
             .measured("patch", state.store.patch(&topic, &id, body))
@@ -277,9 +319,11 @@ async fn patch<S: Store>(
 
 async fn delete<S: Store>(
     State(state): State<ApiState<S>>,
+    caller: Authenticated,
     path: ItemPath,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let (topic, id) = item(path)?;
+    state.auth.authorize_publish(caller.claims(), &topic)?;
     let count = u8::from(
         state
             .measured("delete", state.store.delete(&topic, &id))
@@ -301,11 +345,13 @@ struct PublishRequest {
 
 async fn publish<S: Store>(
     State(state): State<ApiState<S>>,
+    caller: Authenticated,
     JsonObject(body): JsonObject,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let request: PublishRequest = serde_json::from_value(serde_json::Value::Object(body))
         .map_err(|e| ApiError::BadRequest(format!("publish body: {e}")))?;
     let topic = topic(&request.topic)?;
+    state.auth.authorize_publish(caller.claims(), &topic)?;
     let change = Change::deserialize(request.change)
         .map_err(|e| ApiError::BadRequest(format!("change: {e}")))?;
     let id = state

@@ -60,13 +60,17 @@ pub async fn run(
         stream_max_age_ms = ms(config.retention.max_age),
         redis_timeout_ms = ms(config.redis_timeout),
         grace_period_ms = ms(config.grace_period),
+        auth = if config.auth.is_on() { "on" } else { "off" },
+        jwt_algorithms = ?config.auth.algorithms(),
+        jwt_leeway_ms = ms(config.auth.leeway()),
+        metrics_public = config.auth.metrics_public(),
         "configuration"
     );
     let store = RedisStore::connect_lazy(&config.redis_url, config.redis_options())?;
     let registry = prometheus::Registry::new();
     let metrics = metrics::PublisherMetrics::register(&registry).map_err(std::io::Error::other)?;
     let app = api::router(
-        api::ApiState::new(store, config.body_limit, metrics),
+        api::ApiState::new(store, config.body_limit, metrics, config.auth.clone()),
         registry,
     );
 
