@@ -382,3 +382,92 @@ async fn readyz<S: Store>(State(state): State<ApiState<S>>) -> Response {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::AuthOptions;
+    use crate::store::{MemoryStore, Retention};
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    const SECRET: &str = "api-tests-secret-of-at-least-32-bytes";
+
+    fn app(store: MemoryStore) -> Router {
+        let auth = Auth::new(AuthOptions {
+            jwt_secret: Some(SECRET.to_owned()),
+            ..AuthOptions::default()
+        })
+        .unwrap();
+        let registry = Registry::new();
+        let metrics = PublisherMetrics::register(&registry).unwrap();
+        router(
+            ApiState::new(store, DEFAULT_BODY_LIMIT, metrics, auth),
+            registry,
+        )
+    }
+
+    fn token(publish: &[&str]) -> String {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 60;
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &json!({"exp": exp, "topics": {"publish": publish}}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    async fn status(app: &Router, request: Request) -> (StatusCode, Option<String>) {
+        let res = app.clone().oneshot(request).await.unwrap();
+        let challenge = res
+            .headers()
+            .get(header::WWW_AUTHENTICATE)
+            .map(|v| v.to_str().unwrap().to_owned());
+        (res.status(), challenge)
+    }
+
+    fn create(token: Option<&str>, body: &'static str) -> Request {
+        let mut req = Request::post("/api/Things").header(header::CONTENT_TYPE, "application/json");
+        if let Some(token) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        req.body(Body::from(body)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn refusals_come_first_and_write_nothing() {
+        let store = MemoryStore::new(Retention::default());
+        let app = app(store.clone());
+        let (s, challenge) = status(&app, create(None, "{\"a\":1}")).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert_eq!(challenge.as_deref(), Some("Bearer"));
+        // 401 before the body is looked at.
+        assert_eq!(
+            status(&app, create(None, "{nope")).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        let (s, challenge) = status(&app, create(Some("a.b.c"), "{\"a\":1}")).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert_eq!(challenge.as_deref(), Some("Bearer error=\"invalid_token\""));
+        let other = token(&["Other"]);
+        let (s, challenge) = status(&app, create(Some(&other), "{\"a\":1}")).await;
+        assert_eq!((s, challenge), (StatusCode::FORBIDDEN, None));
+        let topic = Topic::new("Things").unwrap();
+        assert!(store.list(&topic).await.unwrap().is_empty());
+
+        let mine = token(&["Thing*"]);
+        assert_eq!(
+            status(&app, create(Some(&mine), "{\"a\":1}")).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(store.list(&topic).await.unwrap().len(), 1);
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            let req = Request::get(path).body(Body::empty()).unwrap();
+            assert_eq!(status(&app, req).await.0, StatusCode::OK, "{path}");
+        }
+    }
+}

@@ -62,10 +62,14 @@ pub struct Claims {
     pub topics: TopicGrants,
 }
 
+/// The latest `exp` taken at its word (9999-12-31T23:59:59Z); later ones count as this, so
+/// time arithmetic on a far-future `exp` cannot overflow.
+const LATEST_EXP: u64 = 253_402_300_799;
+
 impl Claims {
-    /// The moment `exp` names.
+    /// The moment `exp` names (at most the year 9999).
     pub fn expires_at(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(self.exp)
+        UNIX_EPOCH + Duration::from_secs(self.exp.min(LATEST_EXP))
     }
 }
 
@@ -598,6 +602,14 @@ mod tests {
 
     fn topic(name: &str) -> Topic {
         Topic::new(name).unwrap()
+    }
+
+    #[test]
+    fn a_far_future_exp_does_not_overflow() {
+        let auth = auth(&[]);
+        let token = hs256(&json!({"exp": u64::MAX, "topics": {"subscribe": ["A"]}}));
+        let claims = auth.authenticate(Some(&token)).unwrap();
+        assert!(auth.access_ends(claims.as_ref(), &topic("A")).is_some());
     }
 
     #[test]
