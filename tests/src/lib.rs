@@ -3,11 +3,15 @@
 //! - [`RedisServer`]: a `redis-server` on a free port, started and awaited on its
 //!   "Ready to accept connections" line, killed on drop; restartable on the same port and
 //!   data directory (for AOF persistence tests).
+//! - [`cluster::RedisCluster`]: a Redis Cluster of 3 masters and 3 replicas.
 //! - [`Publisher`]: `publisher::run` on `127.0.0.1:0`, stopped on drop.
 //! - [`load`]: pieces of the load tools (release gateway processes, a lean SSE client).
 //! - [`within`]: every network await in a test goes through it, so failures are fast.
 
+pub mod cluster;
 pub mod load;
+
+pub use cluster::RedisCluster;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
