@@ -316,7 +316,15 @@ impl Config {
     }
 
     fn from_layers(layers: &Layers) -> Result<Self, SettingsError> {
-        layers.refuse_unsupported(&["redis_cluster"])?;
+        if let Some(publisher::RedisTarget::Cluster(_)) =
+            layers.redis_target("redis_url", "redis_cluster")?
+        {
+            return Err(layers.invalid(
+                "redis_cluster",
+                "..",
+                "not supported by the gateway yet; unset it",
+            ));
+        }
         let positive = |d: &Duration| {
             if d.is_zero() {
                 Err("must be more than 0".to_owned())

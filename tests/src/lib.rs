@@ -256,13 +256,28 @@ impl Publisher {
         Self::start_configured(redis_url, settings, |_| {}).await
     }
 
+    /// Starts in cluster mode (`PUBLISHER_REDIS_CLUSTER`) on `cluster`'s seed nodes.
+    pub async fn start_cluster(cluster: &RedisCluster) -> anyhow::Result<Self> {
+        let env = [("PUBLISHER_REDIS_CLUSTER", cluster.seed_list())];
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Self::start_from(&env, |_| {}).await
+    }
+
     async fn start_configured(
         redis_url: &str,
         settings: &[(&str, &str)],
         tweak: impl FnOnce(&mut publisher::Config),
     ) -> anyhow::Result<Self> {
-        let mut env: std::collections::HashMap<String, String> =
-            [("PUBLISHER_REDIS_URL".to_owned(), redis_url.to_owned())].into();
+        let mut env = vec![("PUBLISHER_REDIS_URL", redis_url)];
+        env.extend_from_slice(settings);
+        Self::start_from(&env, tweak).await
+    }
+
+    async fn start_from(
+        settings: &[(&str, &str)],
+        tweak: impl FnOnce(&mut publisher::Config),
+    ) -> anyhow::Result<Self> {
+        let mut env = std::collections::HashMap::<String, String>::new();
         env.extend(
             settings
                 .iter()
