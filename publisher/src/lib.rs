@@ -30,7 +30,9 @@ pub mod telemetry;
 
 pub use config::Config;
 pub use error::{ApiError, StoreError};
-pub use store::{MemoryStore, RedisOptions, RedisStore, RedisTarget, Retention, Store, Written};
+pub use store::{
+    MemoryStore, RedisConnection, RedisOptions, RedisStore, RedisTarget, Retention, Store, Written,
+};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

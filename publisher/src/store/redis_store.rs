@@ -91,19 +91,28 @@ impl Default for RedisOptions {
     }
 }
 
-/// The store's connection: one Redis, or every master of a cluster.
+/// A command connection to one Redis or to a Redis Cluster, usable wherever redis-rs
+/// takes a connection (`query_async`, `Script::invoke_async`). Cheap to clone. The
+/// gateway reads streams over one too.
 #[derive(Clone)]
-enum Connection {
+pub enum RedisConnection {
     /// Multiplexed, reconnecting on its own.
     Single(ConnectionManager),
     /// Routes each command to the master of its keys' slot and follows the cluster's
-    /// topology. Built with no retries of its own: redis-rs would resend a script after a
-    /// dropped connection, and the script is not idempotent (a create would happen twice).
-    /// [`RedisStore::run_cluster`] resends only after refusals that prove nothing ran.
+    /// topology (`MOVED`, `ASK`, failovers).
     Cluster(ClusterConnection),
 }
 
-impl ConnectionLike for Connection {
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Single(_) => "RedisConnection::Single",
+            Self::Cluster(_) => "RedisConnection::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
         match self {
             Self::Single(conn) => conn.req_packed_command(cmd),
@@ -155,7 +164,10 @@ fn refused_before_running(error: &redis::RedisError) -> bool {
 /// call fails fast with [`StoreError::Unavailable`] and writes nothing.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: Connection,
+    /// In a cluster, built with no retries of its own: redis-rs would resend a script
+    /// after a dropped connection, and the script is not idempotent (a create would happen
+    /// twice). [`RedisStore::run_cluster`] resends only after refusals that prove nothing ran.
+    conn: RedisConnection,
     script: Arc<redis::Script>,
     options: RedisOptions,
 }
@@ -196,7 +208,7 @@ impl RedisStore {
                     .set_connection_timeout(options.response_timeout)
                     .set_response_timeout(options.response_timeout);
                 return Ok(Self {
-                    conn: Connection::Cluster(
+                    conn: RedisConnection::Cluster(
                         client.get_pending_async_connection_with_config(config),
                     ),
                     script: Arc::new(redis::Script::new(proto::script::PUBLISH_SCRIPT)),
@@ -217,7 +229,7 @@ impl RedisStore {
         let conn =
             ConnectionManager::new_lazy_with_config(client, config).map_err(StoreError::Redis)?;
         Ok(Self {
-            conn: Connection::Single(conn),
+            conn: RedisConnection::Single(conn),
             script: Arc::new(redis::Script::new(proto::script::PUBLISH_SCRIPT)),
             options,
         })
@@ -254,8 +266,8 @@ impl RedisStore {
         }
         let mut conn = self.conn.clone();
         match conn {
-            Connection::Single(_) => self.bounded(invocation.invoke_async(&mut conn)).await,
-            Connection::Cluster(_) => {
+            RedisConnection::Single(_) => self.bounded(invocation.invoke_async(&mut conn)).await,
+            RedisConnection::Cluster(_) => {
                 self.bounded(Self::run_cluster(&invocation, &mut conn))
                     .await
             }
@@ -270,7 +282,7 @@ impl RedisStore {
     /// after the script was sent, is returned as is: it may have run.
     async fn run_cluster(
         invocation: &redis::ScriptInvocation<'_>,
-        conn: &mut Connection,
+        conn: &mut RedisConnection,
     ) -> redis::RedisResult<Vec<String>> {
         let mut pause = CLUSTER_RETRY_PAUSE;
         loop {
@@ -437,14 +449,14 @@ impl Store for RedisStore {
 
     async fn ready(&self) -> Result<(), StoreError> {
         match self.conn.clone() {
-            Connection::Single(mut conn) => {
+            RedisConnection::Single(mut conn) => {
                 let _: String = self
                     .bounded(redis::cmd("PING").query_async(&mut conn))
                     .await?;
             }
             // Every master must answer: a topic on a master that is down (before its
             // replica takes over) cannot be written. Replicas do not matter here.
-            Connection::Cluster(mut conn) => {
+            RedisConnection::Cluster(mut conn) => {
                 let routing = RoutingInfo::MultiNode((
                     MultipleNodeRoutingInfo::AllMasters,
                     Some(ResponsePolicy::AllSucceeded),
