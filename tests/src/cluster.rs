@@ -411,6 +411,84 @@ impl RedisCluster {
         Ok((master.port, replica))
     }
 
+    /// Moves `slot` to the master of shard `to_shard` the way `redis-cli --cluster
+    /// reshard` does, keys and all: `SETSLOT IMPORTING`/`MIGRATING`, `MIGRATE` of every
+    /// key in the slot, then `SETSLOT NODE` on both ends and every other master. Writes
+    /// may go on meanwhile (they get `ASK`/`TRYAGAIN` for the moment the keys move). Waits
+    /// until every node agrees on the new owner.
+    pub async fn migrate_slot(&self, slot: u16, to_shard: usize) -> anyhow::Result<()> {
+        let topology = self.topology().await?;
+        let source = topology
+            .iter()
+            .find(|n| n.master && n.serves(slot))
+            .with_context(|| format!("no master serves slot {slot}"))?
+            .clone();
+        let target_port = *self.masters().await?.get(&to_shard).context("shard")?;
+        let target = topology
+            .iter()
+            .find(|n| n.port == target_port)
+            .context("target node")?
+            .clone();
+        ensure!(source.port != target.port, "slot {slot} is already there");
+        let setslot = |port: u16, state: &'static str, id: String| async move {
+            node_query::<String>(
+                port,
+                redis::cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg(state)
+                    .arg(id),
+            )
+            .await
+        };
+        setslot(target.port, "IMPORTING", source.id.clone()).await?;
+        setslot(source.port, "MIGRATING", target.id.clone()).await?;
+        loop {
+            let keys: Vec<String> = node_query(
+                source.port,
+                redis::cmd("CLUSTER")
+                    .arg("GETKEYSINSLOT")
+                    .arg(slot)
+                    .arg(1000),
+            )
+            .await?;
+            if keys.is_empty() {
+                break;
+            }
+            // One MIGRATE for every key: a topic's keys move together.
+            let _: String = node_query(
+                source.port,
+                redis::cmd("MIGRATE")
+                    .arg("127.0.0.1")
+                    .arg(target.port)
+                    .arg("")
+                    .arg(0)
+                    .arg(STEP.as_millis().to_string())
+                    .arg("KEYS")
+                    .arg(&keys),
+            )
+            .await?;
+        }
+        setslot(target.port, "NODE", target.id.clone()).await?;
+        setslot(source.port, "NODE", target.id.clone()).await?;
+        for node in topology.iter().filter(|n| n.master && !n.failing) {
+            if node.port != source.port && node.port != target.port {
+                setslot(node.port, "NODE", target.id.clone()).await?;
+            }
+        }
+        poll_until("slot migrated everywhere", CONVERGE, || async {
+            for node in self.nodes.iter().filter(|n| n.alive()) {
+                let view = self.nodes_seen_by(node.port).await.ok()?;
+                let owner = view.iter().find(|n| n.master && n.serves(slot))?;
+                if owner.port != target.port {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await
+    }
+
     /// Like [`Self::wait_healthy`], after a kill: live nodes agree, the killed one is
     /// flagged failing and serves nothing.
     async fn wait_healthy_without(&self, killed: u16) -> anyhow::Result<()> {
@@ -513,6 +591,14 @@ async fn node_connection(port: u16) -> anyhow::Result<redis::aio::MultiplexedCon
 
 /// Runs `cmd` on node `port` and reads the reply as text.
 async fn node_command(port: u16, cmd: &mut redis::Cmd) -> anyhow::Result<String> {
+    node_query(port, cmd).await
+}
+
+/// Runs `cmd` on node `port`.
+async fn node_query<T: redis::FromRedisValue>(
+    port: u16,
+    cmd: &mut redis::Cmd,
+) -> anyhow::Result<T> {
     let mut conn = node_connection(port).await?;
     Ok(within("cluster node command", cmd.query_async(&mut conn)).await??)
 }
