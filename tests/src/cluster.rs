@@ -32,6 +32,8 @@ pub const SLOTS: u16 = 16384;
 #[derive(Debug)]
 struct Node {
     port: u16,
+    /// SIGSTOPped: alive but not answering, so left out of every query.
+    stopped: bool,
     child: Option<Child>,
     drain: Option<JoinHandle<()>>,
 }
@@ -83,6 +85,7 @@ impl Node {
                     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
                 Ok(Self {
                     port,
+                    stopped: false,
                     child: Some(child),
                     drain: Some(drain),
                 })
@@ -96,7 +99,7 @@ impl Node {
     }
 
     fn alive(&self) -> bool {
-        self.child.is_some()
+        self.child.is_some() && !self.stopped
     }
 
     fn pid(&self) -> Option<u32> {
@@ -383,6 +386,14 @@ impl RedisCluster {
     /// (every live node sees a healthy cluster with the replica as the slot's master).
     /// Returns the killed port and the new master's port.
     pub async fn kill_master_of(&mut self, slot: u16) -> anyhow::Result<(u16, u16)> {
+        let (killed, replica) = self.kill_master(slot).await?;
+        self.wait_failover(slot, killed, replica).await?;
+        Ok((killed, replica))
+    }
+
+    /// SIGKILLs the master serving `slot` and returns its port and its replica's, without
+    /// waiting for anything (see [`Self::wait_failover`]).
+    pub async fn kill_master(&mut self, slot: u16) -> anyhow::Result<(u16, u16)> {
         let topology = self.topology().await?;
         let master = topology
             .iter()
@@ -400,6 +411,12 @@ impl RedisCluster {
             .find(|n| n.port == master.port)
             .context("master is not one of ours")?;
         node.kill().await?;
+        Ok((master.port, replica))
+    }
+
+    /// Waits until `replica` serves `slot` as a master and the cluster is healthy without
+    /// the `killed` node.
+    pub async fn wait_failover(&self, slot: u16, killed: u16, replica: u16) -> anyhow::Result<()> {
         poll_until("replica promoted", CONVERGE, || async {
             let view = self.nodes_seen_by(replica).await.ok()?;
             view.iter()
@@ -407,8 +424,59 @@ impl RedisCluster {
                 .then_some(())
         })
         .await?;
-        self.wait_healthy_without(master.port).await?;
-        Ok((master.port, replica))
+        self.wait_healthy_without(killed).await
+    }
+
+    /// Cuts the replica of the master serving `slot` off its replication stream: SIGSTOP
+    /// it (so it cannot reconnect), then `CLIENT KILL TYPE replica` on the master. The
+    /// master goes on acknowledging writes (replication is asynchronous) that the replica
+    /// will never get. Kill the master, then [`Self::resume`] the replica, and it takes
+    /// over without them: acknowledged events that Redis itself lost. Returns the
+    /// replica's port.
+    pub async fn cut_off_replica_of(&mut self, slot: u16) -> anyhow::Result<u16> {
+        let topology = self.topology().await?;
+        let master = topology
+            .iter()
+            .find(|n| n.master && n.serves(slot))
+            .with_context(|| format!("no master serves slot {slot}"))?;
+        let replica = topology
+            .iter()
+            .find(|n| n.master_id.as_deref() == Some(master.id.as_str()))
+            .context("no replica")?
+            .port;
+        self.signal(replica, "-STOP").await?;
+        let killed: u64 = node_query(
+            master.port,
+            redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("replica"),
+        )
+        .await?;
+        ensure!(killed == 1, "expected one replica link, killed {killed}");
+        Ok(replica)
+    }
+
+    /// SIGCONTs a node stopped by [`Self::cut_off_replica_of`].
+    pub async fn resume(&mut self, port: u16) -> anyhow::Result<()> {
+        self.signal(port, "-CONT").await
+    }
+
+    async fn signal(&mut self, port: u16, signal: &str) -> anyhow::Result<()> {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .context("no such node")?;
+        let pid = node.pid().context("node is not running")?;
+        node.stopped = signal == "-STOP";
+        let status = within(
+            "kill",
+            Command::new("kill")
+                .arg(signal)
+                .arg(pid.to_string())
+                .status(),
+        )
+        .await??;
+        ensure!(status.success(), "kill {signal} {pid} failed");
+        Ok(())
     }
 
     /// Moves `slot` to the master of shard `to_shard` the way `redis-cli --cluster
