@@ -246,8 +246,10 @@ affinity:
 
 {{/* The gateway's config file (GATEWAY_CONFIG). */}}
 {{- define "changestream.gatewayConfig" -}}
-{{- if hasKey .Values.gateway.config "redis_url" }}
-{{- fail "gateway.config.redis_url: Redis is set by redis.url, redis.existingSecret or redis.cluster" }}
+{{- range $key := list "redis_url" "redis_cluster" }}
+{{- if hasKey $.Values.gateway.config $key }}
+{{- fail (printf "gateway.config.%s: Redis is set by redis.url, redis.existingSecret or redis.cluster" $key) }}
+{{- end }}
 {{- end }}
 {{- $owned := dict "listen" "0.0.0.0:8080" "grace_period" (printf "%ds" (int .Values.gateway.gracePeriodSeconds)) "drain_window" (printf "%ds" (int .Values.gateway.drainWindowSeconds)) -}}
 # Read by the gateway via GATEWAY_CONFIG. GATEWAY_* variables override these keys.
@@ -256,8 +258,10 @@ affinity:
 
 {{/* The publisher's config file (PUBLISHER_CONFIG). */}}
 {{- define "changestream.publisherConfig" -}}
-{{- if hasKey .Values.publisher.config "redis_url" }}
-{{- fail "publisher.config.redis_url: Redis is set by redis.url, redis.existingSecret or redis.cluster" }}
+{{- range $key := list "redis_url" "redis_cluster" }}
+{{- if hasKey $.Values.publisher.config $key }}
+{{- fail (printf "publisher.config.%s: Redis is set by redis.url, redis.existingSecret or redis.cluster" $key) }}
+{{- end }}
 {{- end }}
 {{- $owned := dict "listen" "0.0.0.0:8081" "grace_period" (printf "%ds" (int .Values.publisher.gracePeriodSeconds)) -}}
 # Read by the publisher via PUBLISHER_CONFIG. PUBLISHER_* variables override these keys.
