@@ -67,6 +67,7 @@ pub fn router(
             get(change_stream_get).post(change_stream_post),
         )
         .route("/events", get(events))
+        .merge(crate::assets::routes())
         .merge(health_routes())
         .with_state(state);
     if let Some(store) = embedded {

@@ -15,10 +15,12 @@
 //!   gap refill by the id chain, `reset` when history is gone.
 //! - [`bus`]: stream reads (Redis, or the embedded [`publisher::MemoryStore`]).
 //! - [`http`], [`sse`]: routes and the SSE response.
+//! - [`assets`]: the browser client (`/client/live-set.js`) and the `/demo` page.
 //!
 //! With no Redis configured the gateway runs single-node on the embedded bus and serves the
 //! publisher's REST API too ([`embedded`]).
 
+pub mod assets;
 pub mod bus;
 pub mod config;
 pub mod embedded;
