@@ -1,6 +1,6 @@
 // live-set.js in the browser, on the cases a plain EventSource gets wrong: changes racing
-// the initial GET, history trimmed while away (`reset`), the browser giving up on an HTTP
-// error, and the multi-topic /events stream.
+// the initial GET, history trimmed while away (`reset`), a reconnect with no id to resume
+// from, the browser giving up on an HTTP error, and the multi-topic /events stream.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { cleanup, launchBrowser, Proxy, rest, startGateway, STEP_MS } from './harness.js';
@@ -141,6 +141,39 @@ window.set = liveSet('/api/Trim/change-stream?_format=event-stream', report);`);
   // Live after the reload.
   await rest('PATCH', `${api}/6`, { n: 60 });
   await assertInSync(page, api);
+  assert.deepEqual(errors, []);
+});
+
+test('a reconnect before any event had an id reloads (nothing to resume from)', async (t) => {
+  const defer = cleanup(t);
+  const gateway = await startGateway();
+  defer(() => gateway.stop());
+  const proxy = await new Proxy({ gateway: gateway.addr }).listen();
+  defer(() => proxy.close());
+  const browser = await launchBrowser();
+  defer(() => browser.close());
+  const api = `${gateway.base}/api/Quiet`;
+  await rest('POST', api, { n: 1 });
+
+  const { page, errors } = await openPage(browser, proxy.base, `
+window.set = liveSet('/api/Quiet/change-stream?_format=event-stream', report);`);
+  await page.waitForFunction(() => window.set.ready.then(() => true), null, { timeout: STEP_MS });
+  assert.equal(await page.evaluate(() => window.set.lastEventId), '');
+
+  // The stream drops before it carried anything; changes are made meanwhile. The browser
+  // reconnects without Last-Event-ID, so the gateway starts it live from now.
+  proxy.setGateway(null);
+  proxy.cutStreams();
+  await until(page, () => window.report.state === 'reconnecting');
+  await rest('POST', api, { n: 2 });
+  await rest('DELETE', `${api}/1`);
+  proxy.setGateway(gateway.addr);
+
+  await assertInSync(page, api);
+  const streams = proxy.requests.filter((r) => r.stream && r.backend === gateway.addr);
+  assert.ok(streams.length >= 2 && streams.every((r) => r.lastEventId === null));
+  const lists = proxy.requests.filter((r) => r.method === 'GET' && r.url === '/api/Quiet');
+  assert.equal(lists.length, 2, 'loaded at start and again after the blind reconnect');
   assert.deepEqual(errors, []);
 });
 
