@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::api::DEFAULT_BODY_LIMIT;
+use crate::auth::{Auth, DEFAULT_JWT_LEEWAY, DEFAULT_METRICS_PUBLIC};
 pub use crate::settings::ConfigError;
 use crate::settings::{Layers, SettingsError};
 use crate::store::{DEFAULT_STREAM_MAX_AGE, DEFAULT_STREAM_MAX_LEN, RedisOptions, Retention};
@@ -57,6 +58,18 @@ struct Flags {
     /// Time in-flight requests get after SIGTERM [env PUBLISHER_GRACE_PERIOD] [default 10s]
     #[arg(long)]
     grace_period: Option<String>,
+    /// HS256 secret; turns auth on. Prefer the environment (a flag shows in `ps`) [env PUBLISHER_JWT_SECRET]
+    #[arg(long)]
+    jwt_secret: Option<String>,
+    /// PEM public key file (RSA: RS256, P-256: ES256); turns auth on [env PUBLISHER_JWT_PUBLIC_KEY_FILE]
+    #[arg(long)]
+    jwt_public_key_file: Option<String>,
+    /// Clock skew allowed on a token's exp [env PUBLISHER_JWT_LEEWAY] [default 5s]
+    #[arg(long)]
+    jwt_leeway: Option<String>,
+    /// With auth on, serve /metrics without a token [env PUBLISHER_METRICS_PUBLIC] [default true]
+    #[arg(long)]
+    metrics_public: Option<String>,
 }
 
 /// Everything the publisher needs to start, parsed and typed.
@@ -70,6 +83,8 @@ pub struct Config {
     pub retention: Retention,
     pub redis_timeout: Duration,
     pub grace_period: Duration,
+    /// Who may publish and read; off when no JWT setting is given.
+    pub auth: Auth,
 }
 
 impl Config {
@@ -99,6 +114,8 @@ impl Config {
         let body_limit = DEFAULT_BODY_LIMIT.to_string();
         let redis_timeout = format!("{}ms", DEFAULT_REDIS_TIMEOUT.as_millis());
         let grace = format!("{}ms", DEFAULT_GRACE_PERIOD.as_millis());
+        let leeway = format!("{}ms", DEFAULT_JWT_LEEWAY.as_millis());
+        let metrics_public = DEFAULT_METRICS_PUBLIC.to_string();
         let defaults = [
             ("listen", DEFAULT_LISTEN),
             ("redis_url", DEFAULT_REDIS_URL),
@@ -107,6 +124,8 @@ impl Config {
             ("stream_max_age", max_age.as_str()),
             ("redis_timeout", redis_timeout.as_str()),
             ("grace_period", grace.as_str()),
+            ("jwt_leeway", leeway.as_str()),
+            ("metrics_public", metrics_public.as_str()),
         ];
         let overrides = [
             ("listen", flags.listen),
@@ -117,13 +136,17 @@ impl Config {
             ("stream_max_age", flags.stream_max_age),
             ("redis_timeout", flags.redis_timeout),
             ("grace_period", flags.grace_period),
+            ("jwt_secret", flags.jwt_secret),
+            ("jwt_public_key_file", flags.jwt_public_key_file),
+            ("jwt_leeway", flags.jwt_leeway),
+            ("metrics_public", flags.metrics_public),
         ];
         let layers = Layers::build("PUBLISHER", &defaults, file.as_deref(), env, &overrides)?;
         Self::from_layers(&layers).map_err(ConfigError::Settings)
     }
 
     fn from_layers(layers: &Layers) -> Result<Self, SettingsError> {
-        layers.refuse_unsupported(&["jwt_secret", "jwt_public_key_file", "redis_cluster"])?;
+        layers.refuse_unsupported(&["redis_cluster"])?;
         Ok(Self {
             listen: layers.get("listen")?,
             admin_listen: layers.get_opt("admin_listen")?,
@@ -137,6 +160,7 @@ impl Config {
             },
             redis_timeout: layers.duration("redis_timeout")?,
             grace_period: layers.duration("grace_period")?,
+            auth: Auth::from_layers(layers, false)?,
         })
     }
 

@@ -6,6 +6,8 @@ use axum::response::{IntoResponse, Response};
 use proto::{DecodeError, RecordId, Topic};
 use serde_json::json;
 
+use crate::auth::AuthError;
+
 /// Why a store operation did not happen. In every case nothing was written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -81,6 +83,9 @@ pub enum ApiError {
     /// A dependency (Redis) cannot serve this request now; the message is safe to show.
     #[error("{0}")]
     Unavailable(String),
+    /// No or a bad token (401), or a token without a grant for the topic (403).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -104,6 +109,11 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             Self::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "NOT_ACCEPTABLE"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+            // LoopBack 3's codes for the same two refusals.
+            Self::Auth(e) if e.is_unauthenticated() => {
+                (StatusCode::UNAUTHORIZED, "AUTHORIZATION_REQUIRED")
+            }
+            Self::Auth(_) => (StatusCode::FORBIDDEN, "ACCESS_DENIED"),
             Self::Store(e) => match e {
                 StoreError::Unavailable(_) | StoreError::Timeout(_) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "REDIS_UNAVAILABLE")
@@ -125,6 +135,8 @@ impl ApiError {
 fn error_name(status: StatusCode) -> &'static str {
     match status {
         StatusCode::BAD_REQUEST => "BadRequestError",
+        StatusCode::UNAUTHORIZED => "UnauthorizedError",
+        StatusCode::FORBIDDEN => "ForbiddenError",
         StatusCode::NOT_FOUND => "NotFoundError",
         StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowedError",
         StatusCode::NOT_ACCEPTABLE => "NotAcceptableError",
@@ -140,6 +152,14 @@ fn error_name(status: StatusCode) -> &'static str {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
+        let challenge = match &self {
+            Self::Auth(e) if e.is_unauthenticated() => Some(e.challenge()),
+            _ => None,
+        };
+        if let Self::Auth(e) = &self {
+            // Never the token; the refusal and, for a 403, the topic.
+            tracing::debug!(status = status.as_u16(), reason = %e, "request refused");
+        }
         let message = if status.is_server_error() {
             tracing::warn!(error = %self, "request failed");
             match (&self, status) {
@@ -163,6 +183,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(challenge) = challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         response
     }

@@ -9,6 +9,7 @@
 //! - [`store`]: the [`Store`] trait, [`RedisStore`] (production) and [`MemoryStore`] (the
 //!   gateway's embedded bus). Rust backends use a store directly as a library.
 //! - [`api`]: the HTTP routes; one [`ApiError`] decides every error status.
+//! - [`auth`]: JWT verification and topic grants, shared with the gateway.
 //! - [`config`], [`settings`]: layered configuration. [`telemetry`], [`shutdown`]: process
 //!   plumbing shared with the gateway.
 //!
@@ -16,6 +17,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod metrics;
@@ -60,12 +62,16 @@ pub async fn run(
         stream_max_age_ms = ms(config.retention.max_age),
         redis_timeout_ms = ms(config.redis_timeout),
         grace_period_ms = ms(config.grace_period),
+        auth = if config.auth.is_on() { "on" } else { "off" },
+        jwt_algorithms = ?config.auth.algorithms(),
+        jwt_leeway_ms = ms(config.auth.leeway()),
+        metrics_public = config.auth.metrics_public(),
         "configuration"
     );
     let store = RedisStore::connect_lazy(&config.redis_url, config.redis_options())?;
     let registry = prometheus::Registry::new();
     let metrics = metrics::PublisherMetrics::register(&registry).map_err(std::io::Error::other)?;
-    let state = api::ApiState::new(store, config.body_limit, metrics);
+    let state = api::ApiState::new(store, config.body_limit, metrics, config.auth.clone());
     let app = match config.admin_listen {
         None => api::router(state, Some(registry)),
         Some(addr) => {
