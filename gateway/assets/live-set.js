@@ -43,6 +43,12 @@
  *   or 'closed'.
  * @param {function(Error, LiveSet)} [options.onError] a failed load (retried) or a server
  *   `event: error`.
+ * @param {string|function(): (string|Promise<string>)} [options.token] a JWT, for a gateway
+ *   with auth on: sent as `?access_token=` on the stream (EventSource cannot send headers)
+ *   and as `Authorization: Bearer` on the REST load. A function is asked again for every
+ *   (re)open and load, so short-lived tokens renew themselves: at expiry the gateway ends
+ *   the stream, the browser's reconnect with the old URL is refused (401), and the set
+ *   reopens with a fresh token where it was. Without it, an `access_token` cookie works.
  * @param {typeof EventSource} [options.EventSource] constructor to use (a polyfill that
  *   sends headers, a test double).
  * @param {number} [options.maxBackoff=30000] longest wait (ms) before reopening or reloading.
@@ -127,14 +133,21 @@ export class LiveSet {
     this.#status('closed');
   }
 
-  #open() {
-    let url = this.#url;
-    if (this.#lastId) {
-      // A new EventSource cannot send Last-Event-ID; the gateway reads the query too.
-      url = new URL(url);
-      url.searchParams.set('last_event_id', this.#lastId);
-    }
+  async #open() {
     this.#status(this.#opened ? 'reconnecting' : 'connecting');
+    let token;
+    try {
+      token = await this.#token();
+    } catch (error) {
+      this.#report(error);
+      this.#later(() => this.#open(), this.#backoff());
+      return;
+    }
+    if (this.#closed) return;
+    const url = new URL(this.#url);
+    // A new EventSource cannot send Last-Event-ID; the gateway reads the query too.
+    if (this.#lastId) url.searchParams.set('last_event_id', this.#lastId);
+    if (token) url.searchParams.set('access_token', token);
     const source = new this.#ES(url.href);
     this.#source = source;
     const onChange = (event) => this.#onMessage(event);
@@ -254,7 +267,10 @@ export class LiveSet {
       return list;
     }
     const url = `${this.#api}/${encodeURIComponent(topic)}`;
-    const response = await fetch(url, { headers: { accept: 'application/json' }, cache: 'no-store' });
+    const headers = { accept: 'application/json' };
+    const token = await this.#token();
+    if (token) headers.authorization = `Bearer ${token}`;
+    const response = await fetch(url, { headers, cache: 'no-store' });
     if (!response.ok) throw new Error(`GET ${url}: ${response.status}`);
     const list = await response.json();
     if (!Array.isArray(list)) throw new Error(`GET ${url}: not a JSON array`);
@@ -276,6 +292,11 @@ export class LiveSet {
       return; // not a LoopBack change type
     }
     this.#options.onChange?.({ ...change, topic, id }, this);
+  }
+
+  async #token() {
+    const { token } = this.#options;
+    return typeof token === 'function' ? token() : token;
   }
 
   #status(state) {
