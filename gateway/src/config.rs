@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use publisher::Retention;
 use publisher::auth::{Auth, DEFAULT_JWT_LEEWAY, DEFAULT_METRICS_PUBLIC};
+use publisher::limits::{self, RequestLimits};
 pub use publisher::settings::ConfigError;
 use publisher::settings::{Layers, SettingsError};
 
@@ -134,6 +135,55 @@ struct Flags {
     /// With auth on, serve /metrics without a token [env GATEWAY_METRICS_PUBLIC] [default true]
     #[arg(long)]
     metrics_public: Option<String>,
+    /// Longest request URL in bytes [env GATEWAY_MAX_URL_BYTES] [default 8192]
+    #[arg(long)]
+    max_url_bytes: Option<String>,
+    /// Most request header bytes [env GATEWAY_MAX_HEADER_BYTES] [default 16384]
+    #[arg(long)]
+    max_header_bytes: Option<String>,
+    /// Origins allowed cross-origin: `*`, or a comma-separated list (then with credentials) [env GATEWAY_CORS_ORIGINS] [default *]
+    #[arg(long)]
+    cors_origins: Option<String>,
+}
+
+/// Which browser origins may call the gateway cross-origin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// Any origin, without credentials (cookies are not sent cross-origin).
+    Any,
+    /// These origins (`https://app.example.com`), with credentials.
+    List(Vec<String>),
+}
+
+impl std::str::FromStr for CorsOrigins {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text.trim() == "*" {
+            return Ok(Self::Any);
+        }
+        let origins: Vec<String> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if origins.is_empty() {
+            return Err("give `*` or a comma-separated list of origins".into());
+        }
+        for origin in &origins {
+            let host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"))
+                .ok_or_else(|| format!("{origin:?} is not an http(s) origin"))?;
+            if host.is_empty() || host.contains(['/', '*', ' ']) || origin.contains(['"', '\\']) {
+                return Err(format!(
+                    "{origin:?} is not an origin (scheme://host[:port], no path, no wildcard)"
+                ));
+            }
+        }
+        Ok(Self::List(origins))
+    }
 }
 
 /// Everything the gateway needs to start, parsed and typed.
@@ -163,6 +213,8 @@ pub struct Config {
     pub retention: Retention,
     /// Who may subscribe (and, embedded, publish); off when no JWT setting is given.
     pub auth: Auth,
+    pub request_limits: RequestLimits,
+    pub cors_origins: CorsOrigins,
 }
 
 impl Config {
@@ -220,6 +272,12 @@ impl Config {
             ("stream_max_age", ms(retention.max_age)),
             ("jwt_leeway", ms(DEFAULT_JWT_LEEWAY)),
             ("metrics_public", DEFAULT_METRICS_PUBLIC.to_string()),
+            ("max_url_bytes", limits::DEFAULT_MAX_URL_BYTES.to_string()),
+            (
+                "max_header_bytes",
+                limits::DEFAULT_MAX_HEADER_BYTES.to_string(),
+            ),
+            ("cors_origins", "*".to_owned()),
         ];
         let defaults: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let overrides = [
@@ -249,6 +307,9 @@ impl Config {
             ("jwt_leeway", flags.jwt_leeway),
             ("public_topics", flags.public_topics),
             ("metrics_public", flags.metrics_public),
+            ("max_url_bytes", flags.max_url_bytes),
+            ("max_header_bytes", flags.max_header_bytes),
+            ("cors_origins", flags.cors_origins),
         ];
         let layers = Layers::build("GATEWAY", &defaults, file.as_deref(), env, &overrides)?;
         Self::from_layers(&layers).map_err(ConfigError::Settings)
@@ -290,6 +351,11 @@ impl Config {
                 max_age: layers.duration("stream_max_age")?,
             },
             auth: Auth::from_layers(layers, true)?,
+            request_limits: RequestLimits {
+                max_url_bytes: layers.non_zero("max_url_bytes")?.get(),
+                max_header_bytes: layers.non_zero("max_header_bytes")?.get(),
+            },
+            cors_origins: layers.get("cors_origins")?,
         };
         // Checked after parsing so the message names the setting.
         layers.checked("heartbeat", |_: &String| positive(&config.heartbeat))?;

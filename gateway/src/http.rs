@@ -15,7 +15,7 @@ use axum::body::Bytes;
 use axum::extract::FromRef;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -29,10 +29,10 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use tower_http::cors::{Any, CorsLayer};
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::bus::Bus;
-use crate::config::Config;
+use crate::config::{Config, CorsOrigins};
 use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -76,6 +76,8 @@ pub fn router(
 ) -> prometheus::Result<Router> {
     let body_limit = state.config.body_limit;
     let auth = state.config.auth.clone();
+    let limits = state.config.request_limits;
+    let cors_origins = state.config.cors_origins.clone();
     let registry = state.metrics.registry.clone();
     let mut routes = Router::new()
         .route(
@@ -99,7 +101,11 @@ pub fn router(
         .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
         .layer(publisher::telemetry::http_trace())
-        .layer(cors()))
+        .layer(axum::middleware::from_fn_with_state(
+            limits,
+            publisher::limits::check_request,
+        ))
+        .layer(cors(&cors_origins)))
 }
 
 /// What the admin port serves: health and `/metrics`.
@@ -119,11 +125,12 @@ fn health_routes() -> Router<AppState> {
         .route("/readyz", get(readyz))
 }
 
-/// Any origin may read (no credentials yet); the preflight allows `Last-Event-ID`, which
-/// browsers send on reconnect and which makes them preflight a cross-origin request.
-fn cors() -> CorsLayer {
-    CorsLayer::new()
-        .allow_origin(Any)
+/// CORS by `cors_origins`: any origin without credentials, or a list of origins with
+/// credentials (so the `access_token` cookie is sent cross-origin). The preflight allows
+/// `Last-Event-ID`, which browsers send on reconnect and which makes them preflight a
+/// cross-origin request.
+fn cors(origins: &CorsOrigins) -> CorsLayer {
+    let layer = CorsLayer::new()
         .allow_methods([
             Method::GET,
             Method::POST,
@@ -139,7 +146,16 @@ fn cors() -> CorsLayer {
             header::CACHE_CONTROL,
             header::AUTHORIZATION,
         ])
-        .max_age(std::time::Duration::from_secs(86_400))
+        .max_age(std::time::Duration::from_secs(86_400));
+    match origins {
+        CorsOrigins::Any => layer.allow_origin(Any),
+        CorsOrigins::List(list) => layer
+            .allow_origin(AllowOrigin::list(
+                // Checked when the configuration was read.
+                list.iter().filter_map(|o| HeaderValue::from_str(o).ok()),
+            ))
+            .allow_credentials(true),
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

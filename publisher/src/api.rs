@@ -28,10 +28,12 @@ use axum::{Json, Router};
 use proto::{Change, Object, RecordId, Topic};
 use serde::Deserialize;
 use serde_json::json;
+use std::sync::Arc;
 use std::time::Instant;
 
-use crate::auth::{Auth, Authenticated};
+use crate::auth::{Auth, Authenticated, Claims};
 use crate::error::{ApiError, StoreError};
+use crate::limits::RateLimiter;
 use crate::metrics::PublisherMetrics;
 use prometheus::Registry;
 
@@ -48,6 +50,8 @@ pub struct ApiState<S> {
     pub metrics: PublisherMetrics,
     /// Who may publish and read which topic ([`Auth::off`] in development).
     pub auth: Auth,
+    /// Events per second per token subject; `None`: no limit.
+    pub rate: Option<Arc<RateLimiter>>,
 }
 
 impl<S> ApiState<S> {
@@ -57,7 +61,27 @@ impl<S> ApiState<S> {
             body_limit: BodyLimit(body_limit),
             metrics,
             auth,
+            rate: None,
         }
+    }
+
+    /// Limits writes to `limiter`'s rate per token subject.
+    #[must_use]
+    pub fn with_rate_limit(mut self, limiter: Option<RateLimiter>) -> Self {
+        self.rate = limiter.map(Arc::new);
+        self
+    }
+
+    /// May this caller write `topic` now: its grant, then its rate. Nothing is written on
+    /// refusal.
+    fn authorize_write(&self, claims: Option<&Claims>, topic: &Topic) -> Result<(), ApiError> {
+        self.auth.authorize_publish(claims, topic)?;
+        if let Some(rate) = &self.rate {
+            let subject = claims.and_then(|c| c.sub.as_deref()).unwrap_or("");
+            rate.admit(subject, std::time::Instant::now())
+                .map_err(|retry_after| ApiError::TooManyRequests { retry_after })?;
+        }
+        Ok(())
     }
 
     /// Runs one store call of `kind`, counting its outcome and duration.
@@ -262,7 +286,7 @@ async fn create<S: Store>(
     JsonObject(body): JsonObject,
 ) -> Result<Json<Object>, ApiError> {
     let topic = topic(&path.map_err(path_error)?.0)?;
-    state.auth.authorize_publish(caller.claims(), &topic)?;
+    state.authorize_write(caller.claims(), &topic)?;
     Ok(Json(
         state
             .measured("create", state.store.create(&topic, body))
@@ -309,7 +333,7 @@ async fn replace<S: Store>(
     JsonObject(body): JsonObject,
 ) -> Result<Json<Object>, ApiError> {
     let (topic, id) = item(path)?;
-    state.auth.authorize_publish(caller.claims(), &topic)?;
+    state.authorize_write(caller.claims(), &topic)?;
     Ok(Json(
         state
             .measured("replace", state.store.replace(&topic, &id, body))
@@ -325,7 +349,7 @@ async fn patch<S: Store>(
     JsonObject(body): JsonObject,
 ) -> Result<Json<Object>, ApiError> {
     let (topic, id) = item(path)?;
-    state.auth.authorize_publish(caller.claims(), &topic)?;
+    state.authorize_write(caller.claims(), &topic)?;
     Ok(Json(
         state
             .measured("patch", state.store.patch(&topic, &id, body))
@@ -340,7 +364,7 @@ async fn delete<S: Store>(
     path: ItemPath,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let (topic, id) = item(path)?;
-    state.auth.authorize_publish(caller.claims(), &topic)?;
+    state.authorize_write(caller.claims(), &topic)?;
     let count = u8::from(
         state
             .measured("delete", state.store.delete(&topic, &id))
@@ -368,7 +392,7 @@ async fn publish<S: Store>(
     let request: PublishRequest = serde_json::from_value(serde_json::Value::Object(body))
         .map_err(|e| ApiError::BadRequest(format!("publish body: {e}")))?;
     let topic = topic(&request.topic)?;
-    state.auth.authorize_publish(caller.claims(), &topic)?;
+    state.authorize_write(caller.claims(), &topic)?;
     let change = Change::deserialize(request.change)
         .map_err(|e| ApiError::BadRequest(format!("change: {e}")))?;
     let id = state

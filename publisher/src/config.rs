@@ -10,6 +10,7 @@ use clap::Parser;
 
 use crate::api::DEFAULT_BODY_LIMIT;
 use crate::auth::{Auth, DEFAULT_JWT_LEEWAY, DEFAULT_METRICS_PUBLIC};
+use crate::limits::{self, RequestLimits};
 pub use crate::settings::ConfigError;
 use crate::settings::{Layers, SettingsError};
 use crate::store::{DEFAULT_STREAM_MAX_AGE, DEFAULT_STREAM_MAX_LEN, RedisOptions, Retention};
@@ -70,6 +71,18 @@ struct Flags {
     /// With auth on, serve /metrics without a token [env PUBLISHER_METRICS_PUBLIC] [default true]
     #[arg(long)]
     metrics_public: Option<String>,
+    /// Longest request URL in bytes [env PUBLISHER_MAX_URL_BYTES] [default 8192]
+    #[arg(long)]
+    max_url_bytes: Option<String>,
+    /// Most request header bytes [env PUBLISHER_MAX_HEADER_BYTES] [default 16384]
+    #[arg(long)]
+    max_header_bytes: Option<String>,
+    /// Writes per second per token subject, 0 for no limit [env PUBLISHER_PUBLISH_RATE] [default 0]
+    #[arg(long)]
+    publish_rate: Option<String>,
+    /// Writes a subject may make at once, 0 for one second's worth [env PUBLISHER_PUBLISH_BURST] [default 0]
+    #[arg(long)]
+    publish_burst: Option<String>,
 }
 
 /// Everything the publisher needs to start, parsed and typed.
@@ -85,6 +98,10 @@ pub struct Config {
     pub grace_period: Duration,
     /// Who may publish and read; off when no JWT setting is given.
     pub auth: Auth,
+    pub request_limits: RequestLimits,
+    /// Writes per second per token subject (0: no limit), and the burst (0: = rate).
+    pub publish_rate: u32,
+    pub publish_burst: u32,
 }
 
 impl Config {
@@ -116,6 +133,8 @@ impl Config {
         let grace = format!("{}ms", DEFAULT_GRACE_PERIOD.as_millis());
         let leeway = format!("{}ms", DEFAULT_JWT_LEEWAY.as_millis());
         let metrics_public = DEFAULT_METRICS_PUBLIC.to_string();
+        let max_url = limits::DEFAULT_MAX_URL_BYTES.to_string();
+        let max_header = limits::DEFAULT_MAX_HEADER_BYTES.to_string();
         let defaults = [
             ("listen", DEFAULT_LISTEN),
             ("redis_url", DEFAULT_REDIS_URL),
@@ -126,6 +145,10 @@ impl Config {
             ("grace_period", grace.as_str()),
             ("jwt_leeway", leeway.as_str()),
             ("metrics_public", metrics_public.as_str()),
+            ("max_url_bytes", max_url.as_str()),
+            ("max_header_bytes", max_header.as_str()),
+            ("publish_rate", "0"),
+            ("publish_burst", "0"),
         ];
         let overrides = [
             ("listen", flags.listen),
@@ -140,6 +163,10 @@ impl Config {
             ("jwt_public_key_file", flags.jwt_public_key_file),
             ("jwt_leeway", flags.jwt_leeway),
             ("metrics_public", flags.metrics_public),
+            ("max_url_bytes", flags.max_url_bytes),
+            ("max_header_bytes", flags.max_header_bytes),
+            ("publish_rate", flags.publish_rate),
+            ("publish_burst", flags.publish_burst),
         ];
         let layers = Layers::build("PUBLISHER", &defaults, file.as_deref(), env, &overrides)?;
         Self::from_layers(&layers).map_err(ConfigError::Settings)
@@ -161,7 +188,23 @@ impl Config {
             redis_timeout: layers.duration("redis_timeout")?,
             grace_period: layers.duration("grace_period")?,
             auth: Auth::from_layers(layers, false)?,
+            request_limits: RequestLimits {
+                max_url_bytes: layers.non_zero("max_url_bytes")?.get(),
+                max_header_bytes: layers.non_zero("max_header_bytes")?.get(),
+            },
+            publish_rate: layers.get("publish_rate")?,
+            publish_burst: layers.get("publish_burst")?,
         })
+    }
+
+    /// The write-rate limiter, if `publish_rate` sets one.
+    pub fn rate_limiter(&self) -> Option<crate::limits::RateLimiter> {
+        let burst = if self.publish_burst == 0 {
+            self.publish_rate
+        } else {
+            self.publish_burst
+        };
+        crate::limits::RateLimiter::new(self.publish_rate, burst)
     }
 
     pub fn redis_options(&self) -> RedisOptions {

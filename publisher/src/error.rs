@@ -74,6 +74,13 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("request URL is longer than the limit of {limit} bytes")]
+    UriTooLong { limit: usize },
+    #[error("request headers are larger than the limit of {limit} bytes")]
+    HeadersTooLarge { limit: usize },
+    /// A token's subject published faster than `publish_rate`; try again after the wait.
+    #[error("too many events for this token; retry in {} ms", retry_after.as_millis())]
+    TooManyRequests { retry_after: std::time::Duration },
     #[error("no route for {method} {path}")]
     NoRoute { method: String, path: String },
     #[error("{method} is not allowed on {path}")]
@@ -105,6 +112,12 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
             }
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+            Self::UriTooLong { .. } => (StatusCode::URI_TOO_LONG, "URI_TOO_LONG"),
+            Self::HeadersTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "REQUEST_HEADER_FIELDS_TOO_LARGE",
+            ),
+            Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS"),
             Self::NoRoute { .. } => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             Self::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "NOT_ACCEPTABLE"),
@@ -140,7 +153,9 @@ fn error_name(status: StatusCode) -> &'static str {
         StatusCode::NOT_FOUND => "NotFoundError",
         StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowedError",
         StatusCode::NOT_ACCEPTABLE => "NotAcceptableError",
-
+        StatusCode::URI_TOO_LONG => "URITooLongError",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "RequestHeaderFieldsTooLargeError",
+        StatusCode::TOO_MANY_REQUESTS => "TooManyRequestsError",
         StatusCode::CONFLICT => "ConflictError",
         StatusCode::PAYLOAD_TOO_LARGE => "PayloadTooLargeError",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaTypeError",
@@ -178,7 +193,19 @@ impl IntoResponse for ApiError {
             "code": code,
             "message": message,
         }});
+        let retry_after = match &self {
+            // Whole seconds, rounded up (Retry-After has no fractions).
+            Self::TooManyRequests { retry_after } => {
+                Some(retry_after.as_millis().div_ceil(1000).max(1))
+            }
+            _ => None,
+        };
         let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds as u64));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

@@ -20,6 +20,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod settings;
 pub mod shutdown;
@@ -71,7 +72,8 @@ pub async fn run(
     let store = RedisStore::connect_lazy(&config.redis_url, config.redis_options())?;
     let registry = prometheus::Registry::new();
     let metrics = metrics::PublisherMetrics::register(&registry).map_err(std::io::Error::other)?;
-    let state = api::ApiState::new(store, config.body_limit, metrics, config.auth.clone());
+    let state = api::ApiState::new(store, config.body_limit, metrics, config.auth.clone())
+        .with_rate_limit(config.rate_limiter());
     let app = match config.admin_listen {
         None => api::router(state, Some(registry)),
         Some(addr) => {
@@ -80,6 +82,10 @@ pub async fn run(
             api::router(state, None)
         }
     };
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        config.request_limits,
+        limits::check_request,
+    ));
 
     tracing::info!(addr = %listener.local_addr()?, "publisher listening");
     let grace = config.grace_period;

@@ -812,3 +812,49 @@ async fn tokens_never_reach_the_logs() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_token_subject_over_its_publish_rate_gets_429_and_writes_nothing() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    // One write a second after a burst of two: the third write in a row is refused
+    // unless the test stalled for a whole second between them.
+    let publisher = Publisher::start_env(
+        &redis.url(),
+        &[
+            ("PUBLISHER_JWT_SECRET", SECRET),
+            ("PUBLISHER_PUBLISH_RATE", "1"),
+            ("PUBLISHER_PUBLISH_BURST", "2"),
+        ],
+    )
+    .await?;
+    let alice =
+        hs256(&json!({"sub": "alice", "exp": now() + 60, "topics": {"publish": ["Rated"]}}));
+    let bob = hs256(&json!({"sub": "bob", "exp": now() + 60, "topics": {"publish": ["Rated"]}}));
+    let post = |token: &str| {
+        http()
+            .post(publisher.url("/api/Rated"))
+            .bearer_auth(token)
+            .json(&json!({"n": 1}))
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(post(&alice).await?.status(), 200);
+    }
+    let before = redis_state(&redis).await?;
+    let res = post(&alice).await?;
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let body: Value = res.json().await?;
+    assert_eq!(body["error"]["code"], "TOO_MANY_REQUESTS", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("too many events for this token"),
+        "{body}"
+    );
+    assert_eq!(redis_state(&redis).await?, before, "a refused write wrote");
+    // Another subject has its own budget.
+    assert_eq!(post(&bob).await?.status(), 200);
+    Ok(())
+}
