@@ -49,7 +49,8 @@ test('with auth on, an expiring token is renewed and the set resumes where it wa
     if (response.url().includes('/change-stream')) streams.push([new URL(response.url()), response.status()]);
   });
 
-  // The page asks "its login service" (a route here) for tokens: the first ones live 2-3 s,
+  // The page asks "its login service" (a route here) for tokens: the first ones live 5-6 s
+  // (time enough to load and see one change under load),
   // later ones a minute. The third token, the reopen's, waits for the test's go.
   let minted = 0;
   let release;
@@ -57,7 +58,7 @@ test('with auth on, an expiring token is renewed and the set resumes where it wa
   await page.route(`${gateway.base}/token`, async (route) => {
     minted += 1;
     if (minted === 3) await gate;
-    const life = minted <= 2 ? 3 : 60;
+    const life = minted <= 2 ? 6 : 60;
     await route.fulfill({
       contentType: 'text/plain',
       body: mint({ sub: 'user-1', exp: now() + life, topics: { subscribe: ['Secret'], publish: [] } }),
