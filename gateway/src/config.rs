@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use publisher::Retention;
+use publisher::auth::{Auth, DEFAULT_JWT_LEEWAY, DEFAULT_METRICS_PUBLIC};
+use publisher::limits::{self, RequestLimits};
 pub use publisher::settings::ConfigError;
 use publisher::settings::{Layers, SettingsError};
 
@@ -118,6 +120,70 @@ struct Flags {
     /// Embedded mode: oldest history kept [env GATEWAY_STREAM_MAX_AGE] [default 24h]
     #[arg(long)]
     stream_max_age: Option<String>,
+    /// HS256 secret; turns auth on. Prefer the environment (a flag shows in `ps`) [env GATEWAY_JWT_SECRET]
+    #[arg(long)]
+    jwt_secret: Option<String>,
+    /// PEM public key file (RSA: RS256, P-256: ES256); turns auth on [env GATEWAY_JWT_PUBLIC_KEY_FILE]
+    #[arg(long)]
+    jwt_public_key_file: Option<String>,
+    /// Clock skew allowed on a token's exp; streams end at exp plus this [env GATEWAY_JWT_LEEWAY] [default 5s]
+    #[arg(long)]
+    jwt_leeway: Option<String>,
+    /// Topic patterns anyone may subscribe to without a token, comma-separated [env GATEWAY_PUBLIC_TOPICS]
+    #[arg(long)]
+    public_topics: Option<String>,
+    /// With auth on, serve /metrics without a token [env GATEWAY_METRICS_PUBLIC] [default true]
+    #[arg(long)]
+    metrics_public: Option<String>,
+    /// Longest request URL in bytes [env GATEWAY_MAX_URL_BYTES] [default 8192]
+    #[arg(long)]
+    max_url_bytes: Option<String>,
+    /// Most request header bytes [env GATEWAY_MAX_HEADER_BYTES] [default 16384]
+    #[arg(long)]
+    max_header_bytes: Option<String>,
+    /// Origins allowed cross-origin: `*`, or a comma-separated list (then with credentials) [env GATEWAY_CORS_ORIGINS] [default *]
+    #[arg(long)]
+    cors_origins: Option<String>,
+}
+
+/// Which browser origins may call the gateway cross-origin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// Any origin, without credentials (cookies are not sent cross-origin).
+    Any,
+    /// These origins (`https://app.example.com`), with credentials.
+    List(Vec<String>),
+}
+
+impl std::str::FromStr for CorsOrigins {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text.trim() == "*" {
+            return Ok(Self::Any);
+        }
+        let origins: Vec<String> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if origins.is_empty() {
+            return Err("give `*` or a comma-separated list of origins".into());
+        }
+        for origin in &origins {
+            let host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"))
+                .ok_or_else(|| format!("{origin:?} is not an http(s) origin"))?;
+            if host.is_empty() || host.contains(['/', '*', ' ']) || origin.contains(['"', '\\']) {
+                return Err(format!(
+                    "{origin:?} is not an origin (scheme://host[:port], no path, no wildcard)"
+                ));
+            }
+        }
+        Ok(Self::List(origins))
+    }
 }
 
 /// Everything the gateway needs to start, parsed and typed.
@@ -145,6 +211,10 @@ pub struct Config {
     pub filter_max_conditions: NonZeroUsize,
     pub body_limit: usize,
     pub retention: Retention,
+    /// Who may subscribe (and, embedded, publish); off when no JWT setting is given.
+    pub auth: Auth,
+    pub request_limits: RequestLimits,
+    pub cors_origins: CorsOrigins,
 }
 
 impl Config {
@@ -200,6 +270,14 @@ impl Config {
             ("body_limit", publisher::api::DEFAULT_BODY_LIMIT.to_string()),
             ("stream_max_len", retention.max_len.to_string()),
             ("stream_max_age", ms(retention.max_age)),
+            ("jwt_leeway", ms(DEFAULT_JWT_LEEWAY)),
+            ("metrics_public", DEFAULT_METRICS_PUBLIC.to_string()),
+            ("max_url_bytes", limits::DEFAULT_MAX_URL_BYTES.to_string()),
+            (
+                "max_header_bytes",
+                limits::DEFAULT_MAX_HEADER_BYTES.to_string(),
+            ),
+            ("cors_origins", "*".to_owned()),
         ];
         let defaults: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let overrides = [
@@ -224,18 +302,21 @@ impl Config {
             ("body_limit", flags.body_limit),
             ("stream_max_len", flags.stream_max_len),
             ("stream_max_age", flags.stream_max_age),
+            ("jwt_secret", flags.jwt_secret),
+            ("jwt_public_key_file", flags.jwt_public_key_file),
+            ("jwt_leeway", flags.jwt_leeway),
+            ("public_topics", flags.public_topics),
+            ("metrics_public", flags.metrics_public),
+            ("max_url_bytes", flags.max_url_bytes),
+            ("max_header_bytes", flags.max_header_bytes),
+            ("cors_origins", flags.cors_origins),
         ];
         let layers = Layers::build("GATEWAY", &defaults, file.as_deref(), env, &overrides)?;
         Self::from_layers(&layers).map_err(ConfigError::Settings)
     }
 
     fn from_layers(layers: &Layers) -> Result<Self, SettingsError> {
-        layers.refuse_unsupported(&[
-            "jwt_secret",
-            "jwt_public_key_file",
-            "public_topics",
-            "redis_cluster",
-        ])?;
+        layers.refuse_unsupported(&["redis_cluster"])?;
         let positive = |d: &Duration| {
             if d.is_zero() {
                 Err("must be more than 0".to_owned())
@@ -269,6 +350,12 @@ impl Config {
                 max_len: layers.get("stream_max_len")?,
                 max_age: layers.duration("stream_max_age")?,
             },
+            auth: Auth::from_layers(layers, true)?,
+            request_limits: RequestLimits {
+                max_url_bytes: layers.non_zero("max_url_bytes")?.get(),
+                max_header_bytes: layers.non_zero("max_header_bytes")?.get(),
+            },
+            cors_origins: layers.get("cors_origins")?,
         };
         // Checked after parsing so the message names the setting.
         layers.checked("heartbeat", |_: &String| positive(&config.heartbeat))?;
@@ -349,6 +436,47 @@ mod tests {
     }
 
     #[test]
+    fn auth_settings() {
+        let c = load(&[], &[]).unwrap();
+        assert!(!c.auth.is_on(), "no JWT setting: auth off");
+        let secret = "a-secret-of-at-least-thirty-two-bytes";
+        let c = load(
+            &["--public-topics", "News, Public*"],
+            &[
+                ("GATEWAY_JWT_SECRET", secret),
+                ("GATEWAY_JWT_LEEWAY", "0s"),
+                ("GATEWAY_METRICS_PUBLIC", "false"),
+                ("GATEWAY_PUBLIC_TOPICS", "Ignored"),
+            ],
+        )
+        .unwrap();
+        assert!(c.auth.is_on());
+        assert_eq!(c.auth.algorithms(), ["HS256"]);
+        assert_eq!(c.auth.leeway(), Duration::ZERO);
+        assert!(!c.auth.metrics_public());
+        let public: Vec<_> = c.auth.public_topics().iter().map(|p| p.as_str()).collect();
+        assert_eq!(public, ["News", "Public*"]);
+        assert!(!format!("{c:?}").contains(secret));
+        let err = load(&[], &[("GATEWAY_JWT_SECRET", "too-short")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`jwt_secret`") && !err.contains("too-short"),
+            "{err}"
+        );
+        let err = load(
+            &[],
+            &[
+                ("GATEWAY_JWT_SECRET", secret),
+                ("GATEWAY_PUBLIC_TOPICS", "a b"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`public_topics`"), "{err}");
+    }
+
+    #[test]
     fn bad_values_name_the_setting() {
         for (env, key) in [
             (("GATEWAY_REPLAY_PAGE", "0"), "`replay_page`"),
@@ -358,6 +486,12 @@ mod tests {
             (("GATEWAY_DRAIN_WINDOW", "1m"), "`drain_window`"),
             (("GATEWAY_MAX_CONNECTIONS", "0"), "`max_connections`"),
             (("GATEWAY_JWT_SECRET", "x"), "`jwt_secret`"),
+            (
+                ("GATEWAY_JWT_PUBLIC_KEY_FILE", "/no/such.pem"),
+                "`jwt_public_key_file`",
+            ),
+            (("GATEWAY_PUBLIC_TOPICS", "A"), "`public_topics`"),
+            (("GATEWAY_METRICS_PUBLIC", "maybe"), "`metrics_public`"),
             (("GATEWAY_REDIS_CLUSTER", "redis://a:1"), "`redis_cluster`"),
         ] {
             let err = load(&[], &[env]).unwrap_err().to_string();

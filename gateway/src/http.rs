@@ -1,30 +1,38 @@
 //! Routes: LoopBack's change stream (`GET`/`POST /api/{collection}/change-stream`), the
 //! multi-topic stream (`GET /events?topic=A&topic=B`), health, readiness and, in embedded
 //! mode, the publisher's REST API.
+//!
+//! Auth ([`publisher::auth`]): a presented token is verified by the [`Caller`] extractor
+//! (401 if bad); each topic is then checked with [`Auth::authorize_subscribe`] (401 without
+//! a token, 403 without a grant; public topics need none), and the stream ends when
+//! [`Auth::access_ends`] says (the earliest of its topics). `/healthz` and `/readyz` never
+//! need a token, `/metrics` only with `metrics_public = false`.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use axum::body::Bytes;
+use axum::extract::FromRef;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use proto::{Cursor, EventId, Filter, Topic};
 use publisher::MemoryStore;
-use publisher::admin::metrics_route;
-use publisher::api::{ApiState, healthz, no_route, wrong_method};
+use publisher::api::{ApiState, healthz, metrics_route, no_route, wrong_method};
+use publisher::auth::{Auth, Caller};
 use publisher::metrics::PublisherMetrics;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use tower_http::cors::{Any, CorsLayer};
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::bus::Bus;
-use crate::config::Config;
+use crate::config::{Config, CorsOrigins};
 use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -47,6 +55,13 @@ pub struct AppState {
     pub metrics: Metrics,
 }
 
+/// What [`Caller`] verifies tokens with.
+impl FromRef<AppState> for Auth {
+    fn from_ref(state: &AppState) -> Self {
+        state.config.auth.clone()
+    }
+}
+
 /// The gateway's routes; `embedded` adds the publisher REST API over the same store.
 ///
 /// `/metrics` is on this router unless `metrics_here` is false (it is then on the admin
@@ -60,37 +75,47 @@ pub fn router(
     metrics_here: bool,
 ) -> prometheus::Result<Router> {
     let body_limit = state.config.body_limit;
+    let auth = state.config.auth.clone();
+    let limits = state.config.request_limits;
+    let cors_origins = state.config.cors_origins.clone();
     let registry = state.metrics.registry.clone();
-    let mut app = Router::new()
+    let mut routes = Router::new()
         .route(
             "/api/{collection}/change-stream",
             get(change_stream_get).post(change_stream_post),
         )
         .route("/events", get(events))
-        .merge(health_routes())
-        .with_state(state);
+        .merge(health_routes());
+    if metrics_here {
+        routes = routes.route("/metrics", metrics_route(registry.clone()));
+    }
+    let mut app = routes.with_state(state);
     if let Some(store) = embedded {
         let metrics = PublisherMetrics::register(&registry)?;
-        app = app
-            .merge(publisher::api::routes().with_state(ApiState::new(store, body_limit, metrics)));
-    }
-    if metrics_here {
-        app = app.merge(metrics_route(registry));
+        app = app.merge(
+            publisher::api::routes().with_state(ApiState::new(store, body_limit, metrics, auth)),
+        );
     }
     Ok(app
         .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
-        .layer(cors()))
+        .layer(publisher::telemetry::http_trace())
+        .layer(axum::middleware::from_fn_with_state(
+            limits,
+            publisher::limits::check_request,
+        ))
+        .layer(cors(&cors_origins)))
 }
 
 /// What the admin port serves: health and `/metrics`.
 pub fn admin_router(state: AppState) -> Router {
     let registry = state.metrics.registry.clone();
     health_routes()
+        .route("/metrics", metrics_route(registry))
         .with_state(state)
-        .merge(metrics_route(registry))
         .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
+        .layer(publisher::telemetry::http_trace())
 }
 
 fn health_routes() -> Router<AppState> {
@@ -99,11 +124,12 @@ fn health_routes() -> Router<AppState> {
         .route("/readyz", get(readyz))
 }
 
-/// Any origin may read (no credentials yet); the preflight allows `Last-Event-ID`, which
-/// browsers send on reconnect and which makes them preflight a cross-origin request.
-fn cors() -> CorsLayer {
-    CorsLayer::new()
-        .allow_origin(Any)
+/// CORS by `cors_origins`: any origin without credentials, or a list of origins with
+/// credentials (so the `access_token` cookie is sent cross-origin). The preflight allows
+/// `Last-Event-ID`, which browsers send on reconnect and which makes them preflight a
+/// cross-origin request.
+fn cors(origins: &CorsOrigins) -> CorsLayer {
+    let layer = CorsLayer::new()
         .allow_methods([
             Method::GET,
             Method::POST,
@@ -119,7 +145,16 @@ fn cors() -> CorsLayer {
             header::CACHE_CONTROL,
             header::AUTHORIZATION,
         ])
-        .max_age(std::time::Duration::from_secs(86_400))
+        .max_age(std::time::Duration::from_secs(86_400));
+    match origins {
+        CorsOrigins::Any => layer.allow_origin(Any),
+        CorsOrigins::List(list) => layer
+            .allow_origin(AllowOrigin::list(
+                // Checked when the configuration was read.
+                list.iter().filter_map(|o| HeaderValue::from_str(o).ok()),
+            ))
+            .allow_credentials(true),
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -152,17 +187,19 @@ pub struct StreamQuery {
 
 async fn change_stream_get(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<StreamQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let options = query.options.as_deref().map(parse_options).transpose()?;
-    change_stream(state, path, query, options, &headers).await
+    change_stream(state, &caller, path, query, options, &headers).await
 }
 
 async fn change_stream_post(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<StreamQuery>, QueryRejection>,
     headers: HeaderMap,
@@ -183,7 +220,7 @@ async fn change_stream_post(
             options = Some(o);
         }
     }
-    change_stream(state, path, query, options, &headers).await
+    change_stream(state, &caller, path, query, options, &headers).await
 }
 
 /// `options` as LoopBack takes it: a JSON object (in the query, as JSON text).
@@ -194,6 +231,7 @@ fn parse_options(text: &str) -> Result<Value, ApiError> {
 
 async fn change_stream(
     state: AppState,
+    caller: &Caller,
     path: Result<Path<String>, PathRejection>,
     query: StreamQuery,
     options: Option<Value>,
@@ -201,13 +239,26 @@ async fn change_stream(
 ) -> Result<Response, ApiError> {
     let Path(collection) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let topic = Topic::new(&collection)?;
+    // Before anything else about the request, resume included: a refused client learns
+    // nothing about the topic's history.
+    state
+        .config
+        .auth
+        .authorize_subscribe(caller.claims(), &topic)?;
+    let access_ends = state.config.auth.access_ends(caller.claims(), &topic);
     negotiate(query.format.as_deref(), headers)?;
     let filter = parse_filter(&state.config, options.as_ref(), "options")?;
     let resume = match resume_text(headers, query.last_event_id.as_deref())? {
         Some(id) => Some(EventId::parse(id)?),
         None => None,
     };
-    open_stream(state, Shape::ChangeStream, vec![(topic, resume, filter)]).await
+    open_stream(
+        state,
+        Shape::ChangeStream,
+        vec![(topic, resume, filter)],
+        access_ends,
+    )
+    .await
 }
 
 /// `GET /events?topic=A&topic=B`: one stream for several topics (repeated `topic`, or
@@ -215,6 +266,7 @@ async fn change_stream(
 /// wins over `options`). The id is a [`Cursor`] over all the topics.
 async fn events(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -256,6 +308,16 @@ async fn events(
             topics.len()
         )));
     }
+    // Every topic is authorized before anything else about it is looked at (resume
+    // included); the stream ends when the first topic's access does.
+    let auth = &state.config.auth;
+    for topic in &topics {
+        auth.authorize_subscribe(caller.claims(), topic)?;
+    }
+    let access_ends = topics
+        .iter()
+        .filter_map(|t| auth.access_ends(caller.claims(), t))
+        .min();
     if let Some((topic, _)) = per_topic.iter().find(|(t, _)| !topics.contains(t)) {
         return Err(ApiError::BadRequest(format!(
             "options.{topic} names a topic this stream does not subscribe to"
@@ -284,7 +346,7 @@ async fn events(
         };
         subscriptions.push((topic, resume, filter));
     }
-    open_stream(state, Shape::Events, subscriptions).await
+    open_stream(state, Shape::Events, subscriptions, access_ends).await
 }
 
 /// A LoopBack filter from `options`; `None` when there is none. `name` is where it came
@@ -308,6 +370,7 @@ async fn open_stream(
     state: AppState,
     shape: Shape,
     topics: Vec<(Topic, Option<EventId>, Option<Arc<Filter>>)>,
+    access_ends: Option<SystemTime>,
 ) -> Result<Response, ApiError> {
     if state.shutdown.is_cancelled() {
         return Err(ApiError::Unavailable(
@@ -354,11 +417,16 @@ async fn open_stream(
         tracing::warn!(error = %e, "cannot open stream");
         ApiError::Unavailable("Redis is unavailable; retry shortly".into())
     })?;
+    let drained = sse::drained(state.shutdown.clone(), state.config.drain_window);
+    let expired = async move {
+        sse::expired(access_ends).await;
+        tracing::info!("access token expired; ending the stream");
+    };
     Ok(sse::response(
         client,
         permit,
         state.config.retry,
-        sse::drained(state.shutdown.clone(), state.config.drain_window),
+        sse::until_either(drained, expired),
     ))
 }
 

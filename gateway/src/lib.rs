@@ -65,6 +65,11 @@ fn log_config(config: &Config) {
         write_timeout_ms = ms(config.write_timeout),
         drain_window_ms = ms(config.drain_window),
         grace_period_ms = ms(config.grace_period),
+        auth = if config.auth.is_on() { "on" } else { "off" },
+        jwt_algorithms = ?config.auth.algorithms(),
+        jwt_leeway_ms = ms(config.auth.leeway()),
+        public_topics = ?config.auth.public_topics().iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+        metrics_public = config.auth.metrics_public(),
         "configuration"
     );
 }

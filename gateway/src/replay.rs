@@ -622,4 +622,58 @@ mod tests {
         assert_eq!(&chunk[..], b":\n\n");
         assert_eq!(started.elapsed(), Duration::from_secs(15));
     }
+
+    #[tokio::test]
+    async fn a_multi_topic_client_is_reset_on_one_topic_and_keeps_the_others() {
+        let store = MemoryStore::new(Retention {
+            max_len: 2,
+            max_age: Duration::ZERO,
+        });
+        let hub = Hub::new(8, true);
+        let (a, b) = (Topic::new("A").unwrap(), Topic::new("B").unwrap());
+        let a1 = publish(&store, &a, 1).await;
+        for n in 2..=4 {
+            publish(&store, &a, n).await;
+        }
+        let a_newest = store.last_id(&a);
+        let b1 = publish(&store, &b, 1).await;
+        let b2 = publish(&store, &b, 2).await;
+        // Given out of order: lanes are sorted by topic, as the cursor is.
+        let subscriptions = [(&b, b1), (&a, a1)]
+            .into_iter()
+            .map(|(topic, from)| Subscription {
+                topic: topic.clone(),
+                membership: hub.join(topic),
+                resume: Some(from),
+                filter: None,
+            })
+            .collect();
+        let mut client = ClientStream::open(
+            Shape::Events,
+            subscriptions,
+            Bus::Memory(store.clone()),
+            10,
+            Duration::from_secs(60),
+            Metrics::new().unwrap(),
+        )
+        .await
+        .unwrap();
+        let set = Cursor::checksum(&[a.clone(), b.clone()]);
+        let chunks = take(&mut client, 2).await;
+        // A's history after a1 was trimmed: a reset naming A, then B's missed event.
+        assert_eq!(
+            text(&chunks[0]),
+            format!(
+                "id: {}\nevent: reset\ndata: {{\"topic\":\"A\",\"reason\":\"history-trimmed\",\"lastEventId\":\"{a1}\",\"resumeFrom\":\"{a_newest}\"}}\n\n",
+                Cursor::encode_ids(set, [a_newest, b1])
+            )
+        );
+        assert_eq!(
+            text(&chunks[1]),
+            format!(
+                "id: {}\ndata: {{\"topic\":\"B\",\"target\":2,\"data\":{{\"n\":2}},\"type\":\"create\"}}\n\n",
+                Cursor::encode_ids(set, [a_newest, b2])
+            )
+        );
+    }
 }

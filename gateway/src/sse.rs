@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::http::{HeaderValue, header};
@@ -56,6 +56,27 @@ pub fn response(
 pub async fn drained(shutdown: CancellationToken, window: Duration) {
     shutdown.cancelled().await;
     tokio::time::sleep(jitter(window)).await;
+}
+
+/// Resolves at `at` (a token's `exp` plus leeway), or never for `None`. A stream that ends
+/// here ends cleanly; its client reconnects with a fresh token and `Last-Event-ID`.
+pub async fn expired(at: Option<SystemTime>) {
+    let Some(at) = at else {
+        return std::future::pending().await;
+    };
+    // The wall clock decides expiry; the timer runs on the monotonic one.
+    let left = at
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::sleep(left).await;
+}
+
+/// Resolves when the first of `a` and `b` does.
+pub async fn until_either(a: impl Future<Output = ()>, b: impl Future<Output = ()>) {
+    tokio::select! {
+        () = a => {}
+        () = b => {}
+    }
 }
 
 /// A uniformly random duration below `window` (std's per-process random hash keys are

@@ -1,25 +1,14 @@
 //! The optional admin port: `/metrics`, `/healthz` and `/readyz` on their own address, so
 //! the metrics need not be reachable where the public API is (`admin_listen`). Without it
-//! they are served on the main port.
+//! they are served on the main port. The routes are [`crate::api::admin_router`] (and the
+//! gateway's own); `/metrics` there follows `metrics_public` as on the main port.
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::routing::get;
-use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-use crate::api::metrics_response;
-
-/// `GET /metrics` with the text exposition of `registry`.
-pub fn metrics_route<S: Clone + Send + Sync + 'static>(registry: Registry) -> Router<S> {
-    Router::new().route(
-        "/metrics",
-        get(move || async move { metrics_response(&registry) }),
-    )
-}
 
 /// Binds `addr` and serves `app` there until `shutdown`. Logs the bound address as
 /// `admin_addr` (port 0 picks a free one).

@@ -12,6 +12,11 @@
 //! | `GET` | `/healthz`, `/readyz` | liveness; readiness (the store answers) |
 //!
 //! Every error is LoopBack's JSON shape (see [`ApiError`]) and writes nothing.
+//!
+//! With auth on ([`Auth`]), every data route needs a token (a bad one is a 401 before the
+//! body is read): mutations and `/publish` a `publish` grant on the topic, reads a
+//! `subscribe` or `publish` grant. `/healthz` and `/readyz` never need one; `/metrics`
+//! only with `metrics_public = false`.
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -23,10 +28,12 @@ use axum::{Json, Router};
 use proto::{Change, Object, RecordId, Topic};
 use serde::Deserialize;
 use serde_json::json;
+use std::sync::Arc;
 use std::time::Instant;
 
-use crate::admin;
+use crate::auth::{Auth, Authenticated, Claims};
 use crate::error::{ApiError, StoreError};
+use crate::limits::RateLimiter;
 use crate::metrics::PublisherMetrics;
 use prometheus::Registry;
 
@@ -41,15 +48,40 @@ pub struct ApiState<S> {
     pub store: S,
     pub body_limit: BodyLimit,
     pub metrics: PublisherMetrics,
+    /// Who may publish and read which topic ([`Auth::off`] in development).
+    pub auth: Auth,
+    /// Events per second per token subject; `None`: no limit.
+    pub rate: Option<Arc<RateLimiter>>,
 }
 
 impl<S> ApiState<S> {
-    pub fn new(store: S, body_limit: usize, metrics: PublisherMetrics) -> Self {
+    pub fn new(store: S, body_limit: usize, metrics: PublisherMetrics, auth: Auth) -> Self {
         Self {
             store,
             body_limit: BodyLimit(body_limit),
             metrics,
+            auth,
+            rate: None,
         }
+    }
+
+    /// Limits writes to `limiter`'s rate per token subject.
+    #[must_use]
+    pub fn with_rate_limit(mut self, limiter: Option<RateLimiter>) -> Self {
+        self.rate = limiter.map(Arc::new);
+        self
+    }
+
+    /// May this caller write `topic` now: its grant, then its rate. Nothing is written on
+    /// refusal.
+    fn authorize_write(&self, claims: Option<&Claims>, topic: &Topic) -> Result<(), ApiError> {
+        self.auth.authorize_publish(claims, topic)?;
+        if let Some(rate) = &self.rate {
+            let subject = claims.and_then(|c| c.sub.as_deref()).unwrap_or("");
+            rate.admit(subject, std::time::Instant::now())
+                .map_err(|retry_after| ApiError::TooManyRequests { retry_after })?;
+        }
+        Ok(())
     }
 
     /// Runs one store call of `kind`, counting its outcome and duration.
@@ -75,25 +107,52 @@ impl<S: Clone> FromRef<ApiState<S>> for BodyLimit {
     }
 }
 
+impl<S: Clone> FromRef<ApiState<S>> for Auth {
+    fn from_ref(state: &ApiState<S>) -> Self {
+        state.auth.clone()
+    }
+}
+
 /// The REST API routes, health, `/metrics` from `registry` unless it is served on the
 /// admin port (`None`), and JSON 404/405 fallbacks.
 pub fn router<S: Store>(state: ApiState<S>, registry: Option<Registry>) -> Router {
     let mut app = routes().merge(health_routes());
     if let Some(registry) = registry {
-        app = app.merge(admin::metrics_route(registry));
+        app = app.route("/metrics", metrics_route(registry));
     }
     app.method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
         .with_state(state)
+        .layer(crate::telemetry::http_trace())
 }
 
 /// What the admin port serves: health and `/metrics`.
 pub fn admin_router<S: Store>(state: ApiState<S>, registry: Registry) -> Router {
     health_routes()
-        .merge(admin::metrics_route(registry))
+        .route("/metrics", metrics_route(registry))
         .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
         .with_state(state)
+        .layer(crate::telemetry::http_trace())
+}
+
+/// `GET /metrics`: Prometheus text of `registry`. With auth on and `metrics_public =
+/// false` it needs a valid token (any grants); otherwise tokens are not looked at.
+pub fn metrics_route<St>(registry: Registry) -> axum::routing::MethodRouter<St>
+where
+    St: Clone + Send + Sync + 'static,
+    Auth: FromRef<St>,
+{
+    get(
+        move |State(auth): State<Auth>, headers: HeaderMap, uri: Uri| async move {
+            if !auth.metrics_public() {
+                let token = crate::auth::find_token(&headers, uri.query())?;
+                let claims = auth.authenticate(token.as_deref())?;
+                auth.authorize_metrics(claims.as_ref())?;
+            }
+            Ok::<_, ApiError>(metrics_response(&registry))
+        },
+    )
 }
 
 fn health_routes<S: Store>() -> Router<ApiState<S>> {
@@ -222,10 +281,12 @@ fn raw_json(text: String) -> Response {
 
 async fn create<S: Store>(
     State(state): State<ApiState<S>>,
+    caller: Authenticated,
     path: Result<Path<String>, PathRejection>,
     JsonObject(body): JsonObject,
 ) -> Result<Json<Object>, ApiError> {
     let topic = topic(&path.map_err(path_error)?.0)?;
+    state.authorize_write(caller.claims(), &topic)?;
     Ok(Json(
         state
             .measured("create", state.store.create(&topic, body))
@@ -236,9 +297,11 @@ async fn create<S: Store>(
 
 async fn list<S: Store>(
     State(state): State<ApiState<S>>,
+    caller: Authenticated,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let topic = topic(&path.map_err(path_error)?.0)?;
+    state.auth.authorize_read(caller.claims(), &topic)?;
     let records = state.store.list(&topic).await?;
     Ok(raw_json(format!("[{}]", records.join(","))))
 }
@@ -252,9 +315,11 @@ fn item(path: ItemPath) -> Result<(Topic, RecordId), ApiError> {
 
 async fn find<S: Store>(
     State(state): State<ApiState<S>>,
+    caller: Authenticated,
     path: ItemPath,
 ) -> Result<Response, ApiError> {
     let (topic, id) = item(path)?;
+    state.auth.authorize_read(caller.claims(), &topic)?;
     match state.store.get(&topic, &id).await? {
         Some(record) => Ok(raw_json(record)),
         None => Err(StoreError::NotFound { topic, id }.into()),
@@ -263,10 +328,12 @@ async fn find<S: Store>(
 
 async fn replace<S: Store>(
     State(state): State<ApiState<S>>,
+    caller: Authenticated,
     path: ItemPath,
     JsonObject(body): JsonObject,
 ) -> Result<Json<Object>, ApiError> {
     let (topic, id) = item(path)?;
+    state.authorize_write(caller.claims(), &topic)?;
     Ok(Json(
         state
             .measured("replace", state.store.replace(&topic, &id, body))
@@ -277,10 +344,12 @@ async fn replace<S: Store>(
 
 async fn patch<S: Store>(
     State(state): State<ApiState<S>>,
+    caller: Authenticated,
     path: ItemPath,
     JsonObject(body): JsonObject,
 ) -> Result<Json<Object>, ApiError> {
     let (topic, id) = item(path)?;
+    state.authorize_write(caller.claims(), &topic)?;
     Ok(Json(
         state
             .measured("patch", state.store.patch(&topic, &id, body))
@@ -291,9 +360,11 @@ async fn patch<S: Store>(
 
 async fn delete<S: Store>(
     State(state): State<ApiState<S>>,
+    caller: Authenticated,
     path: ItemPath,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let (topic, id) = item(path)?;
+    state.authorize_write(caller.claims(), &topic)?;
     let count = u8::from(
         state
             .measured("delete", state.store.delete(&topic, &id))
@@ -315,11 +386,13 @@ struct PublishRequest {
 
 async fn publish<S: Store>(
     State(state): State<ApiState<S>>,
+    caller: Authenticated,
     JsonObject(body): JsonObject,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let request: PublishRequest = serde_json::from_value(serde_json::Value::Object(body))
         .map_err(|e| ApiError::BadRequest(format!("publish body: {e}")))?;
     let topic = topic(&request.topic)?;
+    state.authorize_write(caller.claims(), &topic)?;
     let change = Change::deserialize(request.change)
         .map_err(|e| ApiError::BadRequest(format!("change: {e}")))?;
     let id = state
@@ -347,6 +420,95 @@ async fn readyz<S: Store>(State(state): State<ApiState<S>>) -> Response {
                 Json(json!({ "status": "unavailable", "reason": "redis unreachable" })),
             )
                 .into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::AuthOptions;
+    use crate::store::{MemoryStore, Retention};
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    const SECRET: &str = "api-tests-secret-of-at-least-32-bytes";
+
+    fn app(store: MemoryStore) -> Router {
+        let auth = Auth::new(AuthOptions {
+            jwt_secret: Some(SECRET.to_owned()),
+            ..AuthOptions::default()
+        })
+        .unwrap();
+        let registry = Registry::new();
+        let metrics = PublisherMetrics::register(&registry).unwrap();
+        router(
+            ApiState::new(store, DEFAULT_BODY_LIMIT, metrics, auth),
+            Some(registry),
+        )
+    }
+
+    fn token(publish: &[&str]) -> String {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 60;
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &json!({"exp": exp, "topics": {"publish": publish}}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    async fn status(app: &Router, request: Request) -> (StatusCode, Option<String>) {
+        let res = app.clone().oneshot(request).await.unwrap();
+        let challenge = res
+            .headers()
+            .get(header::WWW_AUTHENTICATE)
+            .map(|v| v.to_str().unwrap().to_owned());
+        (res.status(), challenge)
+    }
+
+    fn create(token: Option<&str>, body: &'static str) -> Request {
+        let mut req = Request::post("/api/Things").header(header::CONTENT_TYPE, "application/json");
+        if let Some(token) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        req.body(Body::from(body)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn refusals_come_first_and_write_nothing() {
+        let store = MemoryStore::new(Retention::default());
+        let app = app(store.clone());
+        let (s, challenge) = status(&app, create(None, "{\"a\":1}")).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert_eq!(challenge.as_deref(), Some("Bearer"));
+        // 401 before the body is looked at.
+        assert_eq!(
+            status(&app, create(None, "{nope")).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        let (s, challenge) = status(&app, create(Some("a.b.c"), "{\"a\":1}")).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert_eq!(challenge.as_deref(), Some("Bearer error=\"invalid_token\""));
+        let other = token(&["Other"]);
+        let (s, challenge) = status(&app, create(Some(&other), "{\"a\":1}")).await;
+        assert_eq!((s, challenge), (StatusCode::FORBIDDEN, None));
+        let topic = Topic::new("Things").unwrap();
+        assert!(store.list(&topic).await.unwrap().is_empty());
+
+        let mine = token(&["Thing*"]);
+        assert_eq!(
+            status(&app, create(Some(&mine), "{\"a\":1}")).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(store.list(&topic).await.unwrap().len(), 1);
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            let req = Request::get(path).body(Body::empty()).unwrap();
+            assert_eq!(status(&app, req).await.0, StatusCode::OK, "{path}");
         }
     }
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::api::DEFAULT_BODY_LIMIT;
+use crate::auth::{Auth, DEFAULT_JWT_LEEWAY, DEFAULT_METRICS_PUBLIC};
+use crate::limits::{self, RequestLimits};
 pub use crate::settings::ConfigError;
 use crate::settings::{Layers, SettingsError};
 use crate::store::{DEFAULT_STREAM_MAX_AGE, DEFAULT_STREAM_MAX_LEN, RedisOptions, Retention};
@@ -57,6 +59,30 @@ struct Flags {
     /// Time in-flight requests get after SIGTERM [env PUBLISHER_GRACE_PERIOD] [default 10s]
     #[arg(long)]
     grace_period: Option<String>,
+    /// HS256 secret; turns auth on. Prefer the environment (a flag shows in `ps`) [env PUBLISHER_JWT_SECRET]
+    #[arg(long)]
+    jwt_secret: Option<String>,
+    /// PEM public key file (RSA: RS256, P-256: ES256); turns auth on [env PUBLISHER_JWT_PUBLIC_KEY_FILE]
+    #[arg(long)]
+    jwt_public_key_file: Option<String>,
+    /// Clock skew allowed on a token's exp [env PUBLISHER_JWT_LEEWAY] [default 5s]
+    #[arg(long)]
+    jwt_leeway: Option<String>,
+    /// With auth on, serve /metrics without a token [env PUBLISHER_METRICS_PUBLIC] [default true]
+    #[arg(long)]
+    metrics_public: Option<String>,
+    /// Longest request URL in bytes [env PUBLISHER_MAX_URL_BYTES] [default 8192]
+    #[arg(long)]
+    max_url_bytes: Option<String>,
+    /// Most request header bytes [env PUBLISHER_MAX_HEADER_BYTES] [default 16384]
+    #[arg(long)]
+    max_header_bytes: Option<String>,
+    /// Writes per second per token subject, 0 for no limit [env PUBLISHER_PUBLISH_RATE] [default 0]
+    #[arg(long)]
+    publish_rate: Option<String>,
+    /// Writes a subject may make at once, 0 for one second's worth [env PUBLISHER_PUBLISH_BURST] [default 0]
+    #[arg(long)]
+    publish_burst: Option<String>,
 }
 
 /// Everything the publisher needs to start, parsed and typed.
@@ -70,6 +96,12 @@ pub struct Config {
     pub retention: Retention,
     pub redis_timeout: Duration,
     pub grace_period: Duration,
+    /// Who may publish and read; off when no JWT setting is given.
+    pub auth: Auth,
+    pub request_limits: RequestLimits,
+    /// Writes per second per token subject (0: no limit), and the burst (0: = rate).
+    pub publish_rate: u32,
+    pub publish_burst: u32,
 }
 
 impl Config {
@@ -99,6 +131,10 @@ impl Config {
         let body_limit = DEFAULT_BODY_LIMIT.to_string();
         let redis_timeout = format!("{}ms", DEFAULT_REDIS_TIMEOUT.as_millis());
         let grace = format!("{}ms", DEFAULT_GRACE_PERIOD.as_millis());
+        let leeway = format!("{}ms", DEFAULT_JWT_LEEWAY.as_millis());
+        let metrics_public = DEFAULT_METRICS_PUBLIC.to_string();
+        let max_url = limits::DEFAULT_MAX_URL_BYTES.to_string();
+        let max_header = limits::DEFAULT_MAX_HEADER_BYTES.to_string();
         let defaults = [
             ("listen", DEFAULT_LISTEN),
             ("redis_url", DEFAULT_REDIS_URL),
@@ -107,6 +143,12 @@ impl Config {
             ("stream_max_age", max_age.as_str()),
             ("redis_timeout", redis_timeout.as_str()),
             ("grace_period", grace.as_str()),
+            ("jwt_leeway", leeway.as_str()),
+            ("metrics_public", metrics_public.as_str()),
+            ("max_url_bytes", max_url.as_str()),
+            ("max_header_bytes", max_header.as_str()),
+            ("publish_rate", "0"),
+            ("publish_burst", "0"),
         ];
         let overrides = [
             ("listen", flags.listen),
@@ -117,13 +159,21 @@ impl Config {
             ("stream_max_age", flags.stream_max_age),
             ("redis_timeout", flags.redis_timeout),
             ("grace_period", flags.grace_period),
+            ("jwt_secret", flags.jwt_secret),
+            ("jwt_public_key_file", flags.jwt_public_key_file),
+            ("jwt_leeway", flags.jwt_leeway),
+            ("metrics_public", flags.metrics_public),
+            ("max_url_bytes", flags.max_url_bytes),
+            ("max_header_bytes", flags.max_header_bytes),
+            ("publish_rate", flags.publish_rate),
+            ("publish_burst", flags.publish_burst),
         ];
         let layers = Layers::build("PUBLISHER", &defaults, file.as_deref(), env, &overrides)?;
         Self::from_layers(&layers).map_err(ConfigError::Settings)
     }
 
     fn from_layers(layers: &Layers) -> Result<Self, SettingsError> {
-        layers.refuse_unsupported(&["jwt_secret", "jwt_public_key_file", "redis_cluster"])?;
+        layers.refuse_unsupported(&["redis_cluster"])?;
         Ok(Self {
             listen: layers.get("listen")?,
             admin_listen: layers.get_opt("admin_listen")?,
@@ -137,7 +187,24 @@ impl Config {
             },
             redis_timeout: layers.duration("redis_timeout")?,
             grace_period: layers.duration("grace_period")?,
+            auth: Auth::from_layers(layers, false)?,
+            request_limits: RequestLimits {
+                max_url_bytes: layers.non_zero("max_url_bytes")?.get(),
+                max_header_bytes: layers.non_zero("max_header_bytes")?.get(),
+            },
+            publish_rate: layers.get("publish_rate")?,
+            publish_burst: layers.get("publish_burst")?,
         })
+    }
+
+    /// The write-rate limiter, if `publish_rate` sets one.
+    pub fn rate_limiter(&self) -> Option<crate::limits::RateLimiter> {
+        let burst = if self.publish_burst == 0 {
+            self.publish_rate
+        } else {
+            self.publish_burst
+        };
+        crate::limits::RateLimiter::new(self.publish_rate, burst)
     }
 
     pub fn redis_options(&self) -> RedisOptions {

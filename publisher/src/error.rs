@@ -6,6 +6,8 @@ use axum::response::{IntoResponse, Response};
 use proto::{DecodeError, RecordId, Topic};
 use serde_json::json;
 
+use crate::auth::AuthError;
+
 /// Why a store operation did not happen. In every case nothing was written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -72,6 +74,13 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("request URL is longer than the limit of {limit} bytes")]
+    UriTooLong { limit: usize },
+    #[error("request headers are larger than the limit of {limit} bytes")]
+    HeadersTooLarge { limit: usize },
+    /// A token's subject published faster than `publish_rate`; try again after the wait.
+    #[error("too many events for this token; retry in {} ms", retry_after.as_millis())]
+    TooManyRequests { retry_after: std::time::Duration },
     #[error("no route for {method} {path}")]
     NoRoute { method: String, path: String },
     #[error("{method} is not allowed on {path}")]
@@ -81,6 +90,9 @@ pub enum ApiError {
     /// A dependency (Redis) cannot serve this request now; the message is safe to show.
     #[error("{0}")]
     Unavailable(String),
+    /// No or a bad token (401), or a token without a grant for the topic (403).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -100,10 +112,21 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
             }
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+            Self::UriTooLong { .. } => (StatusCode::URI_TOO_LONG, "URI_TOO_LONG"),
+            Self::HeadersTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "REQUEST_HEADER_FIELDS_TOO_LARGE",
+            ),
+            Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS"),
             Self::NoRoute { .. } => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             Self::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "NOT_ACCEPTABLE"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+            // LoopBack 3's codes for the same two refusals.
+            Self::Auth(e) if e.is_unauthenticated() => {
+                (StatusCode::UNAUTHORIZED, "AUTHORIZATION_REQUIRED")
+            }
+            Self::Auth(_) => (StatusCode::FORBIDDEN, "ACCESS_DENIED"),
             Self::Store(e) => match e {
                 StoreError::Unavailable(_) | StoreError::Timeout(_) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "REDIS_UNAVAILABLE")
@@ -125,10 +148,14 @@ impl ApiError {
 fn error_name(status: StatusCode) -> &'static str {
     match status {
         StatusCode::BAD_REQUEST => "BadRequestError",
+        StatusCode::UNAUTHORIZED => "UnauthorizedError",
+        StatusCode::FORBIDDEN => "ForbiddenError",
         StatusCode::NOT_FOUND => "NotFoundError",
         StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowedError",
         StatusCode::NOT_ACCEPTABLE => "NotAcceptableError",
-
+        StatusCode::URI_TOO_LONG => "URITooLongError",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "RequestHeaderFieldsTooLargeError",
+        StatusCode::TOO_MANY_REQUESTS => "TooManyRequestsError",
         StatusCode::CONFLICT => "ConflictError",
         StatusCode::PAYLOAD_TOO_LARGE => "PayloadTooLargeError",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaTypeError",
@@ -140,6 +167,14 @@ fn error_name(status: StatusCode) -> &'static str {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
+        let challenge = match &self {
+            Self::Auth(e) if e.is_unauthenticated() => Some(e.challenge()),
+            _ => None,
+        };
+        if let Self::Auth(e) = &self {
+            // Never the token; the refusal and, for a 403, the topic.
+            tracing::debug!(status = status.as_u16(), reason = %e, "request refused");
+        }
         let message = if status.is_server_error() {
             tracing::warn!(error = %self, "request failed");
             match (&self, status) {
@@ -158,11 +193,29 @@ impl IntoResponse for ApiError {
             "code": code,
             "message": message,
         }});
+        let retry_after = match &self {
+            // Whole seconds, rounded up (Retry-After has no fractions).
+            Self::TooManyRequests { retry_after } => {
+                Some(retry_after.as_millis().div_ceil(1000).max(1))
+            }
+            _ => None,
+        };
         let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds as u64));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(challenge) = challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         response
     }

@@ -9,6 +9,7 @@
 //! - [`store`]: the [`Store`] trait, [`RedisStore`] (production) and [`MemoryStore`] (the
 //!   gateway's embedded bus). Rust backends use a store directly as a library.
 //! - [`api`]: the HTTP routes; one [`ApiError`] decides every error status.
+//! - [`auth`]: JWT verification and topic grants, shared with the gateway.
 //! - [`config`], [`settings`]: layered configuration. [`telemetry`], [`shutdown`]: process
 //!   plumbing shared with the gateway.
 //!
@@ -16,8 +17,10 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod settings;
 pub mod shutdown;
@@ -60,12 +63,17 @@ pub async fn run(
         stream_max_age_ms = ms(config.retention.max_age),
         redis_timeout_ms = ms(config.redis_timeout),
         grace_period_ms = ms(config.grace_period),
+        auth = if config.auth.is_on() { "on" } else { "off" },
+        jwt_algorithms = ?config.auth.algorithms(),
+        jwt_leeway_ms = ms(config.auth.leeway()),
+        metrics_public = config.auth.metrics_public(),
         "configuration"
     );
     let store = RedisStore::connect_lazy(&config.redis_url, config.redis_options())?;
     let registry = prometheus::Registry::new();
     let metrics = metrics::PublisherMetrics::register(&registry).map_err(std::io::Error::other)?;
-    let state = api::ApiState::new(store, config.body_limit, metrics);
+    let state = api::ApiState::new(store, config.body_limit, metrics, config.auth.clone())
+        .with_rate_limit(config.rate_limiter());
     let app = match config.admin_listen {
         None => api::router(state, Some(registry)),
         Some(addr) => {
@@ -74,6 +82,10 @@ pub async fn run(
             api::router(state, None)
         }
     };
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        config.request_limits,
+        limits::check_request,
+    ));
 
     tracing::info!(addr = %listener.local_addr()?, "publisher listening");
     let grace = config.grace_period;

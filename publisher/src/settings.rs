@@ -100,7 +100,7 @@ impl Layers {
         })
     }
 
-    fn invalid(&self, key: &str, value: &str, reason: impl Display) -> SettingsError {
+    pub(crate) fn invalid(&self, key: &str, value: &str, reason: impl Display) -> SettingsError {
         SettingsError::Invalid {
             key: key.to_owned(),
             env: format!("{}_{}", self.prefix, key.to_uppercase()),
@@ -144,7 +144,7 @@ impl Layers {
     }
 
     /// Refuses settings this build does not implement yet, so a deployment that asks for
-    /// them (authentication, Redis Cluster) fails to start instead of silently running
+    /// them (Redis Cluster) fails to start instead of silently running
     /// without them.
     ///
     /// # Errors

@@ -18,3 +18,31 @@ pub fn init() {
         let _ = builder.json().flatten_event(true).try_init();
     }
 }
+
+/// The request span of both routers: method and URI with `access_token` redacted, at
+/// `debug` (so off at the default `info`). No failure logging here: 5xx are logged once,
+/// by `ApiError`.
+pub type HttpTrace = tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    fn(&axum::http::Request<axum::body::Body>) -> tracing::Span,
+    tower_http::trace::DefaultOnRequest,
+    tower_http::trace::DefaultOnResponse,
+    tower_http::trace::DefaultOnBodyChunk,
+    tower_http::trace::DefaultOnEos,
+    (),
+>;
+
+/// See [`HttpTrace`].
+pub fn http_trace() -> HttpTrace {
+    tower_http::trace::TraceLayer::new_for_http()
+        .make_span_with(request_span as fn(&axum::http::Request<axum::body::Body>) -> tracing::Span)
+        .on_failure(())
+}
+
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        method = %request.method(),
+        uri = %crate::auth::redact_uri(request.uri()),
+    )
+}

@@ -4,7 +4,10 @@
 //!   "Ready to accept connections" line, killed on drop; restartable on the same port and
 //!   data directory (for AOF persistence tests).
 //! - [`Publisher`]: `publisher::run` on `127.0.0.1:0`, stopped on drop.
+//! - [`load`]: pieces of the load tools (release gateway processes, a lean SSE client).
 //! - [`within`]: every network await in a test goes through it, so failures are fast.
+
+pub mod load;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -241,7 +244,26 @@ impl Publisher {
         redis_url: &str,
         tweak: impl FnOnce(&mut publisher::Config),
     ) -> anyhow::Result<Self> {
-        let env = [("PUBLISHER_REDIS_URL".to_owned(), redis_url.to_owned())].into();
+        Self::start_configured(redis_url, &[], tweak).await
+    }
+
+    /// Starts with `PUBLISHER_*` settings read as the binary reads its environment.
+    pub async fn start_env(redis_url: &str, settings: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_configured(redis_url, settings, |_| {}).await
+    }
+
+    async fn start_configured(
+        redis_url: &str,
+        settings: &[(&str, &str)],
+        tweak: impl FnOnce(&mut publisher::Config),
+    ) -> anyhow::Result<Self> {
+        let mut env: std::collections::HashMap<String, String> =
+            [("PUBLISHER_REDIS_URL".to_owned(), redis_url.to_owned())].into();
+        env.extend(
+            settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         let mut config = publisher::Config::load(["publisher"].map(Into::into), &env)?;
         tweak(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -283,6 +305,15 @@ pub fn http() -> reqwest::Client {
         .expect("HTTP client builds")
 }
 
+/// An HTTP client for streams: connecting is bounded by [`STEP`], the response is not
+/// (each read is bounded by the caller, e.g. [`SseClient::next_frame`]).
+pub fn stream_http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(STEP)
+        .build()
+        .expect("HTTP client builds")
+}
+
 /// A real gateway server (`gateway::run`) on `127.0.0.1:0`. Stopped on drop.
 #[derive(Debug)]
 pub struct Gateway {
@@ -302,7 +333,27 @@ impl Gateway {
         redis_url: Option<&str>,
         tweak: impl FnOnce(&mut gateway::Config),
     ) -> anyhow::Result<Self> {
-        let mut config = gateway::Config::embedded();
+        Self::start_configured(redis_url, gateway::Config::embedded(), tweak).await
+    }
+
+    /// Starts with `GATEWAY_*` settings read as the binary reads its environment.
+    pub async fn start_env(
+        redis_url: Option<&str>,
+        settings: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let env = settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let config = gateway::Config::load(["gateway"].map(Into::into), &env)?;
+        Self::start_configured(redis_url, config, |_| {}).await
+    }
+
+    async fn start_configured(
+        redis_url: Option<&str>,
+        mut config: gateway::Config,
+        tweak: impl FnOnce(&mut gateway::Config),
+    ) -> anyhow::Result<Self> {
         config.redis_url = redis_url.map(str::to_owned);
         tweak(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -385,14 +436,20 @@ impl std::fmt::Debug for SseClient {
 impl SseClient {
     /// `GET url` as EventSource would (`Accept: text/event-stream`, optional `Last-Event-ID`).
     pub async fn connect(url: &str, last_event_id: Option<&str>) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder().connect_timeout(STEP).build()?;
-        let mut req = client.get(url).header("accept", "text/event-stream");
+        let mut req = stream_http().get(url).header("accept", "text/event-stream");
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }
+        Self::open(req).await
+    }
+
+    /// Sends `req` (built on [`stream_http`], with whatever headers a test needs) and
+    /// expects a 200 stream.
+    pub async fn open(req: reqwest::RequestBuilder) -> anyhow::Result<Self> {
         let res = within("SSE connect", req.send()).await??;
         if res.status() != 200 {
             let status = res.status();
+            let url = res.url().clone();
             let body = res.text().await.unwrap_or_default();
             bail!("SSE connect to {url}: {status}: {body}");
         }
@@ -702,5 +759,96 @@ async fn follow(
         }
         watched.reconnects += 1;
         next += 1;
+    }
+}
+
+/// A real `gateway` or `publisher` process whose log lines are kept, for checks on what
+/// it writes (secrets that must never appear). Killed on drop.
+#[derive(Debug)]
+pub struct LoggedProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    lines: tokio::sync::watch::Receiver<Vec<String>>,
+    drain: JoinHandle<()>,
+}
+
+impl LoggedProcess {
+    /// Starts workspace binary `name` on a loopback port with `settings` as its
+    /// environment (plus `RUST_LOG` from `log_level`), and waits for its listening line.
+    pub async fn start(
+        name: &str,
+        log_level: &str,
+        settings: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let prefix = name.to_uppercase();
+        let mut cmd = Command::new(workspace_binary(name)?);
+        cmd.env(format!("{prefix}_LISTEN"), "127.0.0.1:0")
+            .env("RUST_LOG", log_level)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (key, value) in settings {
+            cmd.env(key, value);
+        }
+        let mut child = cmd.spawn().with_context(|| format!("spawn {name}"))?;
+        let mut reader = BufReader::new(child.stderr.take().context("stderr")?).lines();
+        let (lines_tx, lines) = tokio::sync::watch::channel(Vec::new());
+        let addr = within("listening line", async {
+            while let Some(line) = reader.next_line().await? {
+                let entry = serde_json::from_str::<serde_json::Value>(&line).ok();
+                lines_tx.send_modify(|l| l.push(line));
+                if let Some(addr) = entry.as_ref().and_then(|e| e["addr"].as_str()) {
+                    return Ok(addr.parse::<SocketAddr>()?);
+                }
+            }
+            bail!(
+                "{name} exited before listening:\n{}",
+                lines_tx.borrow().join("\n")
+            )
+        })
+        .await??;
+        let drain = tokio::spawn(async move {
+            while let Ok(Some(line)) = reader.next_line().await {
+                lines_tx.send_modify(|l| l.push(line));
+            }
+        });
+        Ok(Self {
+            child,
+            addr,
+            lines,
+            drain,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Every line logged so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.lines.borrow().clone()
+    }
+
+    /// Waits until some logged line satisfies `found`.
+    pub async fn wait_for_log(
+        &mut self,
+        what: &str,
+        found: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<()> {
+        within(
+            what,
+            self.lines.wait_for(|lines| lines.iter().any(|l| found(l))),
+        )
+        .await?
+        .map(|_| ())
+        .with_context(|| format!("process exited before logging {what}"))
+    }
+}
+
+impl Drop for LoggedProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        self.drain.abort();
     }
 }

@@ -105,6 +105,35 @@ async fn gateway_layers_file_env_flags_and_names_bad_settings() -> anyhow::Resul
     .await?;
     assert_eq!(config["heartbeat_ms"], 3000);
 
+    // Auth: on with a secret, which never reaches the log line.
+    let secret = "config-layering-secret-of-at-least-32-bytes";
+    let config = effective_config(
+        "gateway",
+        &["--listen", "127.0.0.1:0", "--public-topics", "News,Public*"],
+        &[("GATEWAY_JWT_SECRET", secret), ("GATEWAY_JWT_LEEWAY", "2s")],
+    )
+    .await?;
+    assert_eq!(config["auth"], "on");
+    assert_eq!(config["jwt_leeway_ms"], 2000);
+    assert_eq!(config["metrics_public"], true);
+    assert!(
+        config["jwt_algorithms"]
+            .as_str()
+            .unwrap_or("")
+            .contains("HS256"),
+        "{config}"
+    );
+    assert!(
+        config["public_topics"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Public*"),
+        "{config}"
+    );
+    assert!(!config.to_string().contains(secret));
+    let config = effective_config("gateway", &["--listen", "127.0.0.1:0"], &[]).await?;
+    assert_eq!(config["auth"], "off");
+
     for (args, env, setting) in [
         (
             vec![],
@@ -123,9 +152,26 @@ async fn gateway_layers_file_env_flags_and_names_bad_settings() -> anyhow::Resul
             "`redis_url`",
         ),
         (vec!["--listen", "nowhere"], vec![], "`listen`"),
+        (
+            vec![],
+            vec![("GATEWAY_JWT_SECRET", "tiny-secret-value")],
+            "`jwt_secret` (env GATEWAY_JWT_SECRET",
+        ),
+        (
+            vec!["--jwt-public-key-file", "/nonexistent/key.pem"],
+            vec![],
+            "`jwt_public_key_file`",
+        ),
+        (vec!["--public-topics", "News"], vec![], "`public_topics`"),
+        (
+            vec![],
+            vec![("GATEWAY_REDIS_CLUSTER", "redis://a:1")],
+            "`redis_cluster`",
+        ),
     ] {
         let stderr = refused("gateway", &args, &env).await?;
         assert!(stderr.contains(setting), "{args:?} {env:?}: {stderr}");
+        assert!(!stderr.contains("tiny-secret-value"), "{stderr}");
     }
     let bad_file = file(".toml", "heartbeat = [\n")?;
     let stderr = refused(
@@ -170,6 +216,16 @@ async fn publisher_layers_file_env_flags_and_names_bad_settings() -> anyhow::Res
             "`stream_max_age` (env PUBLISHER_STREAM_MAX_AGE",
         ),
         (vec![], vec![("PUBLISHER_LISTEN", "x:y:z")], "`listen`"),
+        (
+            vec![],
+            vec![("PUBLISHER_JWT_SECRET", "tiny-secret-value")],
+            "`jwt_secret` (env PUBLISHER_JWT_SECRET",
+        ),
+        (
+            vec!["--metrics-public", "false"],
+            vec![],
+            "`metrics_public`",
+        ),
     ] {
         let stderr = refused("publisher", &args, &env).await?;
         assert!(stderr.contains(setting), "{args:?} {env:?}: {stderr}");

@@ -85,3 +85,102 @@ async fn sigterm_drains_streams_over_the_window_and_turns_new_clients_away() -> 
     );
     gateway.stop().await
 }
+
+/// Asserts a LoopBack JSON error with `status` whose message contains `text`.
+async fn json_error(res: reqwest::Response, status: u16, text: &str) -> anyhow::Result<()> {
+    assert_eq!(res.status(), status, "{}", res.url().path());
+    let body: Value = res.json().await?;
+    assert_eq!(body["error"]["statusCode"], status, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains(text), "{message:?} lacks {text:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_long_url_is_414_and_large_headers_are_431_as_json() -> anyhow::Result<()> {
+    let gateway = Gateway::start_env(
+        None,
+        &[
+            ("GATEWAY_MAX_URL_BYTES", "2048"),
+            ("GATEWAY_MAX_HEADER_BYTES", "4096"),
+        ],
+    )
+    .await?;
+    let client = http();
+    let long = format!("{}&pad={}", stream_url(&gateway), "x".repeat(2048));
+    let res = client.get(&long).send().await?;
+    json_error(res, 414, "longer than the limit of 2048 bytes").await?;
+    let res = client
+        .get(stream_url(&gateway))
+        .header("x-padding", "y".repeat(5000))
+        .send()
+        .await?;
+    json_error(res, 431, "larger than the limit of 4096 bytes").await?;
+    // The embedded REST API is behind the same check, and nothing was written.
+    let res = client
+        .post(format!(
+            "{}&pad={}",
+            gateway.url("/api/Limits?x=1"),
+            "x".repeat(2048)
+        ))
+        .json(&serde_json::json!({"n": 1}))
+        .send()
+        .await?;
+    json_error(res, 414, "URL").await?;
+    let list: Value = client
+        .get(gateway.url("/api/Limits"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(list, serde_json::json!([]));
+    // Within the limits all is well.
+    SseClient::connect(&stream_url(&gateway), None).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn cors_allows_listed_origins_with_credentials_and_no_others() -> anyhow::Result<()> {
+    let gateway = Gateway::start_env(
+        None,
+        &[(
+            "GATEWAY_CORS_ORIGINS",
+            "https://app.example.com, http://localhost:3000",
+        )],
+    )
+    .await?;
+    let client = http();
+    let preflight = |origin: &'static str| {
+        client
+            .request(reqwest::Method::OPTIONS, stream_url(&gateway))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "last-event-id")
+            .send()
+    };
+    let allowed = preflight("https://app.example.com").await?;
+    let h = allowed.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert!(
+        h["access-control-allow-headers"]
+            .to_str()?
+            .contains("last-event-id")
+    );
+    let other = preflight("https://evil.example").await?;
+    assert!(
+        other.headers().get("access-control-allow-origin").is_none(),
+        "an unlisted origin must not be allowed"
+    );
+    // A bad list stops start-up naming the setting.
+    let env = [(
+        "GATEWAY_CORS_ORIGINS".to_owned(),
+        "app.example.com".to_owned(),
+    )]
+    .into();
+    let err = gateway::Config::load(["gateway"].map(Into::into), &env)
+        .expect_err("an origin without a scheme")
+        .to_string();
+    assert!(err.contains("cors_origins"), "{err}");
+    Ok(())
+}

@@ -219,6 +219,15 @@ async fn bad_input_is_refused_with_a_json_error_and_nothing_written() -> anyhow:
             413,
             "larger than the limit of 256 bytes",
         ),
+        // Over the URL limit (8 KiB by default).
+        case(
+            Method::POST,
+            &format!("/api/MyModels?pad={}", "x".repeat(8200)),
+            JSON,
+            "{}",
+            414,
+            "request URL is longer than the limit of 8192 bytes",
+        ),
         // Raw publish.
         case(
             Method::POST,

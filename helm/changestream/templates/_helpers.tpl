@@ -191,6 +191,10 @@ Env of the settings both binaries share: Redis, JWT. Call with
 - name: {{ $p }}_JWT_PUBLIC_KEY_FILE
   value: /etc/changestream/jwt/public.pem
 {{- end }}
+{{- if and $v.auth.enabled (not $v.auth.metricsPublic) }}
+- name: {{ $p }}_METRICS_PUBLIC
+  value: "false"
+{{- end }}
 {{- end -}}
 
 {{/* Pod-level fields both Deployments share. Call with (dict "root" $ "values" .Values.gateway "component" "gateway"). */}}

@@ -29,6 +29,7 @@ use proto::{Change, Object, RecordId, Topic};
 use publisher::{RedisOptions, RedisStore, Store};
 use redis::aio::MultiplexedConnection;
 use serde_json::json;
+use system_tests::load::cpu_model;
 use system_tests::{Publisher, RedisServer};
 use tokio::task::JoinSet;
 
@@ -607,17 +608,6 @@ fn print_ratios(rows: &[Row]) {
             }
         }
     }
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|line| line.strip_prefix("model name"))
-                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned())
 }
 
 #[tokio::main]
