@@ -71,6 +71,8 @@ pub async fn serve(
             }
         });
     }
+    // Closed at once: new connections are refused (and retried elsewhere), not queued.
+    drop(listener);
     graceful.shutdown().await;
 }
 
@@ -86,6 +88,9 @@ async fn connection(
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request head timed out"))??;
     match parsed.and_then(|len| stream_request(&head[..len])) {
         Some(request) => {
+            // Streams end with their body (spread over the drain window); only hyper's
+            // connections are waited for by the graceful shutdown.
+            drop(graceful);
             drop(head);
             fast(io, app, request).await
         }
