@@ -1,12 +1,14 @@
-//! [`Bus`]: where a topic's history is read back from, by id. Redis streams in fleet mode,
-//! the embedded [`MemoryStore`] in single-node mode. Live delivery is the hub's business;
-//! this module only answers "what came after id X" and "what is the newest id".
+//! [`Bus`]: where a topic's history is read back from, by id. Redis streams in fleet mode
+//! (one Redis or a Redis Cluster, where each read goes to the master of the topic's
+//! slot), the embedded [`MemoryStore`] in single-node mode. Live delivery is the hub's
+//! business; this module only answers "what came after id X" and "what is the newest id".
 
 use std::time::Duration;
 
 use proto::{EventId, StreamFields, Topic};
-use publisher::MemoryStore;
-use redis::aio::ConnectionManager;
+use publisher::{MemoryStore, RedisConnection, RedisTarget};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::streams::StreamRangeReply;
 
 use crate::error::BusError;
@@ -28,7 +30,7 @@ pub enum Bus {
 /// Stream reads over a multiplexed, reconnecting connection (not the subscription's).
 #[derive(Clone)]
 pub struct RedisStreams {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     timeout: Duration,
 }
 
@@ -41,8 +43,37 @@ impl std::fmt::Debug for RedisStreams {
 }
 
 impl RedisStreams {
-    pub fn new(conn: ConnectionManager, timeout: Duration) -> Self {
+    pub fn new(conn: RedisConnection, timeout: Duration) -> Self {
         Self { conn, timeout }
+    }
+
+    /// Prepares reads from `target` without connecting; each read waits at most `timeout`.
+    ///
+    /// # Errors
+    /// If a URL is unusable.
+    pub fn connect(target: &RedisTarget, timeout: Duration) -> Result<Self, redis::RedisError> {
+        let conn = match target {
+            RedisTarget::Single(url) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(timeout))
+                    .set_connection_timeout(Some(timeout))
+                    .set_number_of_retries(1);
+                RedisConnection::Single(ConnectionManager::new_lazy_with_config(
+                    redis::Client::open(url.as_str())?,
+                    config,
+                )?)
+            }
+            // Reads are idempotent: redis-rs may follow redirects and retry after a
+            // dropped connection; `query` bounds the whole by `timeout`.
+            RedisTarget::Cluster(seeds) => {
+                let client = ClusterClientBuilder::new(seeds.iter().map(String::as_str)).build()?;
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(timeout)
+                    .set_response_timeout(timeout);
+                RedisConnection::Cluster(client.get_pending_async_connection_with_config(config))
+            }
+        };
+        Ok(Self::new(conn, timeout))
     }
 
     async fn query(&self, cmd: redis::Cmd) -> Result<StreamRangeReply, BusError> {

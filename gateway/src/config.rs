@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use publisher::Retention;
 use publisher::auth::{Auth, DEFAULT_JWT_LEEWAY, DEFAULT_METRICS_PUBLIC};
 use publisher::limits::{self, RequestLimits};
 pub use publisher::settings::ConfigError;
 use publisher::settings::{Layers, SettingsError};
+use publisher::{RedisTarget, Retention};
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -63,9 +63,12 @@ struct Flags {
     /// Serve /metrics (and health) on this address instead of the main one [env GATEWAY_ADMIN_LISTEN]
     #[arg(long)]
     admin_listen: Option<String>,
-    /// Redis URL; unset runs single-node on the embedded bus [env GATEWAY_REDIS_URL]
+    /// Redis URL; unset (and no --redis-cluster) runs single-node on the embedded bus [env GATEWAY_REDIS_URL]
     #[arg(long)]
     redis_url: Option<String>,
+    /// Redis Cluster seed nodes, comma-separated redis://host:port; instead of --redis-url [env GATEWAY_REDIS_CLUSTER]
+    #[arg(long)]
+    redis_cluster: Option<String>,
     /// Comment heartbeat interval [env GATEWAY_HEARTBEAT] [default 15s]
     #[arg(long)]
     heartbeat: Option<String>,
@@ -192,8 +195,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `Some`: `/metrics` moves from `listen` to this address (health is on both).
     pub admin_listen: Option<SocketAddr>,
-    /// `None`: single node on the embedded in-memory bus, serving the REST API too.
-    pub redis_url: Option<String>,
+    /// One Redis, or a Redis Cluster (sharded pub/sub). `None`: single node on the
+    /// embedded in-memory bus, serving the REST API too.
+    pub redis: Option<RedisTarget>,
     pub heartbeat: Duration,
     pub retry: Duration,
     pub replay_page: NonZeroUsize,
@@ -284,6 +288,7 @@ impl Config {
             ("listen", flags.listen),
             ("admin_listen", flags.admin_listen),
             ("redis_url", flags.redis_url),
+            ("redis_cluster", flags.redis_cluster),
             ("heartbeat", flags.heartbeat),
             ("retry", flags.retry),
             ("replay_page", flags.replay_page),
@@ -316,7 +321,6 @@ impl Config {
     }
 
     fn from_layers(layers: &Layers) -> Result<Self, SettingsError> {
-        layers.refuse_unsupported(&["redis_cluster"])?;
         let positive = |d: &Duration| {
             if d.is_zero() {
                 Err("must be more than 0".to_owned())
@@ -325,11 +329,11 @@ impl Config {
             }
         };
         let heartbeat = layers.duration("heartbeat")?;
-        let redis_url = layers.redis_url("redis_url")?;
+        let redis = layers.redis_target("redis_url", "redis_cluster")?;
         let config = Self {
             listen: layers.get("listen")?,
             admin_listen: layers.get_opt("admin_listen")?,
-            redis_url,
+            redis,
             heartbeat,
             retry: layers.duration("retry")?,
             replay_page: layers.non_zero("replay_page")?,
@@ -416,7 +420,7 @@ mod tests {
     fn defaults_are_embedded_mode() {
         let c = load(&[], &[]).unwrap();
         assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
-        assert_eq!(c.redis_url, None);
+        assert_eq!(c.redis, None);
         assert_eq!(c.heartbeat, DEFAULT_HEARTBEAT);
         assert_eq!(c.replay_page.get(), DEFAULT_REPLAY_PAGE);
     }
@@ -431,8 +435,16 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(c.redis_url.as_deref(), Some("redis://h:1/"));
+        assert_eq!(c.redis, Some(RedisTarget::Single("redis://h:1/".into())));
         assert_eq!(c.heartbeat, Duration::from_secs(1));
+        let c = load(&["--redis-cluster", "redis://a:1,redis://b:2"], &[]).unwrap();
+        assert_eq!(
+            c.redis,
+            Some(RedisTarget::Cluster(vec![
+                "redis://a:1".into(),
+                "redis://b:2".into()
+            ]))
+        );
     }
 
     #[test]
@@ -492,7 +504,8 @@ mod tests {
             ),
             (("GATEWAY_PUBLIC_TOPICS", "A"), "`public_topics`"),
             (("GATEWAY_METRICS_PUBLIC", "maybe"), "`metrics_public`"),
-            (("GATEWAY_REDIS_CLUSTER", "redis://a:1"), "`redis_cluster`"),
+            (("GATEWAY_REDIS_CLUSTER", "http://a:1"), "`redis_cluster`"),
+            (("GATEWAY_REDIS_CLUSTER", " , "), "`redis_cluster`"),
         ] {
             let err = load(&[], &[env]).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");

@@ -10,7 +10,8 @@
 //! ```
 //!
 //! - [`hub`]: per-topic fan-out; each event decoded and framed once; never waits on a client.
-//! - [`redis_sub`]: the pod's single subscription, reconnection, readiness.
+//! - [`redis_sub`]: the pod's subscription (one Redis, or sharded pub/sub on a Redis
+//!   Cluster), reconnection, readiness.
 //! - [`replay`]: a client's position; replay from `Last-Event-ID`, exact hand-over to live,
 //!   gap refill by the id chain, `reset` when history is gone.
 //! - [`bus`]: stream reads (Redis, or the embedded [`publisher::MemoryStore`]).
@@ -41,7 +42,6 @@ pub use error::RunError;
 pub use publisher::shutdown;
 pub use publisher::telemetry;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -56,7 +56,16 @@ fn log_config(config: &Config) {
     tracing::info!(
         listen = %config.listen,
         admin_listen = config.admin_listen.map(|a| a.to_string()),
-        redis_url = config.redis_url.as_deref().map(publisher::settings::redact_url),
+        redis_url = config
+            .redis
+            .as_ref()
+            .filter(|r| !r.is_cluster())
+            .map(publisher::RedisTarget::redacted),
+        redis_cluster = config
+            .redis
+            .as_ref()
+            .filter(|r| r.is_cluster())
+            .map(publisher::RedisTarget::redacted),
         heartbeat_ms = ms(config.heartbeat),
         retry_ms = ms(config.retry),
         replay_page = config.replay_page.get(),
@@ -81,7 +90,8 @@ fn log_config(config: &Config) {
 /// elsewhere with `Last-Event-ID`), then tasks get the grace period to finish.
 ///
 /// # Errors
-/// [`RunError::Redis`] for an unusable Redis URL, [`RunError::Io`] if serving fails.
+/// [`RunError::Redis`] for an unusable Redis URL or seed list, [`RunError::Io`] if
+/// serving fails.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -90,7 +100,7 @@ pub async fn run(
     log_config(&config);
     let tracker = TaskTracker::new();
     let metrics = metrics::Metrics::new().map_err(std::io::Error::other)?;
-    let (bus, hub, readiness, embedded) = match &config.redis_url {
+    let (bus, hub, readiness, embedded) = match &config.redis {
         None => {
             let store = publisher::MemoryStore::new(config.retention);
             let hub = Hub::new(config.hub_capacity.get(), true);
@@ -106,18 +116,12 @@ pub async fn run(
                 Some(store),
             )
         }
-        Some(url) => {
+        Some(target) => {
             let hub = Hub::new(config.hub_capacity.get(), false);
-            let reads = ConnectionManagerConfig::new()
-                .set_response_timeout(Some(config.redis_timeout))
-                .set_connection_timeout(Some(config.redis_timeout))
-                .set_number_of_retries(1);
-            let conn =
-                ConnectionManager::new_lazy_with_config(redis::Client::open(url.as_str())?, reads)?;
-            let bus = Bus::Redis(RedisStreams::new(conn, config.redis_timeout));
+            let bus = Bus::Redis(RedisStreams::connect(target, config.redis_timeout)?);
             let readiness = redis_sub::start(
                 &config,
-                url,
+                target,
                 hub.clone(),
                 bus.clone(),
                 metrics.clone(),
@@ -127,10 +131,10 @@ pub async fn run(
             (bus, hub, readiness, None)
         }
     };
-    let mode = if embedded.is_some() {
-        "embedded single-node"
-    } else {
-        "redis"
+    let mode = match &config.redis {
+        None => "embedded single-node",
+        Some(publisher::RedisTarget::Single(_)) => "redis",
+        Some(publisher::RedisTarget::Cluster(_)) => "redis cluster",
     };
     let grace = config.grace_period;
     let config_admin = config.admin_listen;

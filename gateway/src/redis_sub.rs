@@ -1,36 +1,47 @@
-//! The pod's one Redis subscription: which channels are subscribed, reading pub/sub
-//! messages into the [`Hub`], reconnecting, and proving readiness.
+//! The pod's Redis subscription: which channels are subscribed, reading pub/sub messages
+//! into the [`Hub`], reconnecting, and proving readiness. Two implementations, chosen by
+//! the configured [`RedisTarget`]:
 //!
-//! Two tasks share it:
-//! - the **reader** decodes each message once and hands it to the hub. It never waits on
-//!   a client or on Redis, because Redis disconnects a subscriber that reads too slowly
-//!   (`client-output-buffer-limit pubsub`).
+//! - [`single`]: one Redis, classic `SUBSCRIBE` on one reconnecting connection.
+//! - [`cluster`]: a Redis Cluster, sharded pub/sub (`SSUBSCRIBE`, one command per topic)
+//!   that follows slot moves and master failovers.
+//!
+//! Both run two tasks:
+//! - the **reader** ([`read`], shared) decodes each message once and hands it to the hub.
+//!   It never waits on a client or on Redis, because Redis disconnects a subscriber that
+//!   reads too slowly (`client-output-buffer-limit pubsub`). It passes connection losses
+//!   and server-side unsubscribes to the control task as [`Signals`].
 //! - the **control** task reconciles the subscribed channels with the hub's wanted topics
-//!   (SUBSCRIBE on a topic's first client, UNSUBSCRIBE after its last), PINGs every
+//!   (subscribe on a topic's first client, unsubscribe after its last), PINGs every
 //!   [`PING_INTERVAL`] (redis-rs reconnects only when a command is sent; see CRATES.md),
-//!   and after a reconnect re-subscribes everything itself (the crate's automatic
-//!   resubscription ignores failures) and nudges every topic so clients refill what was
-//!   published while the pod was deaf.
+//!   and after a subscription was lost subscribes again itself (the crate's automatic
+//!   resubscription ignores failures) and nudges the topic so its clients refill what
+//!   was published while the pod was deaf.
 //!
-//! Readiness is "the last PING answered and every wanted topic is confirmed".
+//! Readiness is "Redis answers and every wanted topic is confirmed".
+
+pub mod cluster;
+pub mod single;
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proto::{Envelope, Topic};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind};
+use publisher::RedisTarget;
+use redis::{PushInfo, PushKind};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bus::Bus;
 use crate::config::Config;
-use crate::error::RunError;
+use crate::error::{BusError, RunError};
 use crate::hub::{Hub, LiveEvent};
 use crate::metrics::Metrics;
+
+pub use single::resp3_client;
 
 /// How often the control task PINGs Redis (and retries failed subscriptions).
 pub const PING_INTERVAL: Duration = Duration::from_secs(1);
@@ -57,76 +68,82 @@ impl Readiness {
     }
 }
 
-/// A redis-rs client speaking RESP3 (needed for pub/sub on a managed connection).
-pub fn resp3_client(url: &str) -> Result<redis::Client, redis::RedisError> {
-    let info = url.into_connection_info()?;
-    let settings = info
-        .redis_settings()
-        .clone()
-        .set_protocol(ProtocolVersion::RESP3);
-    redis::Client::open(info.set_redis_settings(settings))
-}
-
-/// Starts the reader and control tasks on `tracker`.
+/// Starts the reader and control tasks for `target` on `tracker`.
 ///
 /// # Errors
-/// [`RunError::Redis`] if the URL is unusable. An unreachable Redis is not an error: the
+/// [`RunError::Redis`] if a URL is unusable. An unreachable Redis is not an error: the
 /// pod starts not-ready and keeps trying.
 pub fn start(
     config: &Config,
-    url: &str,
+    target: &RedisTarget,
     hub: Arc<Hub>,
     bus: Bus,
     metrics: Metrics,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Result<Readiness, RunError> {
-    let readiness = Readiness::default();
-    // Redis -> reader. Full: the message is dropped and counted; its topic's next event
-    // carries a `prev` the clients have not seen, so they refill the gap from the stream.
+    match target {
+        RedisTarget::Single(url) => {
+            single::start(config, url, hub, bus, metrics, tracker, shutdown)
+        }
+        RedisTarget::Cluster(seeds) => {
+            cluster::start(config, seeds, hub, bus, metrics, tracker, shutdown)
+        }
+    }
+}
+
+/// The queue from the Redis connection(s) to the reader. Full: the message is dropped and
+/// counted; its topic's next event carries a `prev` the clients have not seen, so they
+/// refill the gap from the stream.
+/// The returned sender is what redis-rs calls with every push (message, confirmation,
+/// disconnection); it never blocks.
+fn push_queue(
+    config: &Config,
+    metrics: &Metrics,
+) -> (
+    impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static,
+    mpsc::Receiver<PushInfo>,
+) {
     let (push_tx, push_rx) = mpsc::channel::<PushInfo>(config.push_queue.get());
     let dropped = metrics.pubsub_dropped.clone();
     let sender = move |info: PushInfo| push_tx.try_send(info).map_err(|_| dropped.inc());
-    let manager_config = ConnectionManagerConfig::new()
-        .set_push_sender(sender)
-        .set_automatic_resubscription()
-        .set_response_timeout(Some(config.redis_timeout))
-        .set_connection_timeout(Some(config.redis_timeout))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(500));
-    let conn = ConnectionManager::new_lazy_with_config(resp3_client(url)?, manager_config)?;
-    let reconnected = Arc::new(Notify::new());
-    let disconnected = Arc::new(AtomicBool::new(false));
-
-    tracker.spawn(read(
-        push_rx,
-        hub.clone(),
-        disconnected.clone(),
-        reconnected.clone(),
-        shutdown.clone(),
-    ));
-    let control = Control {
-        conn,
-        hub,
-        bus,
-        readiness: readiness.clone(),
-        disconnected,
-        wake: reconnected,
-        timeout: config.redis_timeout,
-        subscribed: HashSet::new(),
-        nudge: false,
-        metrics,
-    };
-    tracker.spawn(control.run(shutdown));
-    Ok(readiness)
+    (sender, push_rx)
 }
 
-/// The reader task: pub/sub messages -> hub.
+/// What the reader tells the control task. Set by the reader, taken by the control task.
+#[derive(Debug, Default)]
+struct Signals {
+    /// A connection (to the one Redis, or to any node of a cluster) dropped: the
+    /// subscriptions it carried are gone.
+    disconnected: AtomicBool,
+    /// Shard channels the server unsubscribed this pod from by itself (their slot moved to
+    /// another node), or confirmations of our own unsubscribes. At most one entry per
+    /// channel subscribed, so bounded by the topics this pod has wanted.
+    unsubscribed: Mutex<HashSet<Topic>>,
+    /// Wakes the control task.
+    wake: Notify,
+}
+
+impl Signals {
+    fn take_disconnected(&self) -> bool {
+        self.disconnected.swap(false, Ordering::SeqCst)
+    }
+
+    fn take_unsubscribed(&self) -> HashSet<Topic> {
+        std::mem::take(
+            &mut *self
+                .unsubscribed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+/// The reader task: pub/sub messages -> hub; losses -> [`Signals`].
 async fn read(
     mut push_rx: mpsc::Receiver<PushInfo>,
     hub: Arc<Hub>,
-    disconnected: Arc<AtomicBool>,
-    wake: Arc<Notify>,
+    signals: Arc<Signals>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -135,7 +152,7 @@ async fn read(
             () = shutdown.cancelled() => return,
         };
         match info.kind {
-            PushKind::Message => {
+            PushKind::Message | PushKind::SMessage => {
                 if let Some((topic, envelope)) = decode_message(&info) {
                     hub.deliver(
                         &topic,
@@ -148,14 +165,31 @@ async fn read(
                     );
                 }
             }
+            PushKind::SUnsubscribe => {
+                if let Some(topic) = push_topic(&info) {
+                    tracing::debug!(%topic, "shard channel unsubscribed");
+                    signals
+                        .unsubscribed
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(topic);
+                    signals.wake.notify_one();
+                }
+            }
             PushKind::Disconnection => {
                 tracing::warn!("redis subscription connection lost");
-                disconnected.store(true, Ordering::SeqCst);
-                wake.notify_one();
+                signals.disconnected.store(true, Ordering::SeqCst);
+                signals.wake.notify_one();
             }
             _ => {}
         }
     }
+}
+
+/// The topic a push names as its first element (its channel), if it is one of ours.
+fn push_topic(info: &PushInfo) -> Option<Topic> {
+    let channel: String = redis::from_redis_value_ref(info.data.first()?).ok()?;
+    Topic::from_redis_channel(&channel)
 }
 
 fn decode_message(info: &PushInfo) -> Option<(Topic, Envelope)> {
@@ -175,125 +209,20 @@ fn decode_message(info: &PushInfo) -> Option<(Topic, Envelope)> {
     }
 }
 
-/// The control task's state.
-struct Control {
-    conn: ConnectionManager,
-    hub: Arc<Hub>,
-    bus: Bus,
-    readiness: Readiness,
-    disconnected: Arc<AtomicBool>,
-    wake: Arc<Notify>,
-    timeout: Duration,
-    /// Topics subscribed on the current connection, as far as we know.
-    subscribed: HashSet<Topic>,
-    /// After a reconnect: tell every topic's clients the newest id, so they refill.
-    nudge: bool,
-    metrics: Metrics,
-}
-
-impl Control {
-    async fn run(mut self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(PING_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = self.hub.changed() => {}
-                () = self.wake.notified() => {}
-                _ = tick.tick() => {}
-            }
-            self.step().await;
-        }
-        self.readiness.set(false);
-    }
-
-    async fn step(&mut self) {
-        if self.disconnected.swap(false, Ordering::SeqCst) {
-            self.lost();
-        }
-        let ping = redis::cmd("PING");
-        let mut conn = self.conn.clone();
-        let alive = matches!(
-            tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut conn)).await,
-            Ok(Ok(_))
+/// Hands `topic`'s clients the newest stream entry as a live event. One that has not seen
+/// its `prev` refills from the stream: what was published while the pod was deaf reaches
+/// them even if nothing more is published.
+async fn nudge(hub: &Hub, bus: &Bus, topic: &Topic) -> Result<(), BusError> {
+    if let Some(entry) = bus.last_entry(topic).await? {
+        hub.deliver(
+            topic,
+            LiveEvent::new(
+                entry.id,
+                entry.fields.prev,
+                &entry.fields.change,
+                entry.fields.last.as_deref(),
+            ),
         );
-        if !alive {
-            if self.readiness.is_up() || !self.subscribed.is_empty() {
-                tracing::warn!("redis unreachable; not ready");
-            }
-            self.lost();
-            return;
-        }
-        let wanted: HashSet<Topic> = self.hub.wanted().into_iter().collect();
-        for topic in &wanted {
-            if !self.subscribed.contains(topic) {
-                let call = conn.subscribe(topic.redis_channel());
-                match tokio::time::timeout(self.timeout, call).await {
-                    Ok(Ok(())) => {
-                        self.subscribed.insert(topic.clone());
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(%topic, error = %e, "subscribe failed; retrying");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::warn!(%topic, "subscribe timed out; retrying");
-                        return;
-                    }
-                }
-            }
-            self.hub.confirm(topic, true);
-        }
-        let stale: Vec<Topic> = self.subscribed.difference(&wanted).cloned().collect();
-        for topic in stale {
-            match tokio::time::timeout(self.timeout, conn.unsubscribe(topic.redis_channel())).await
-            {
-                Ok(Ok(())) => {
-                    self.subscribed.remove(&topic);
-                }
-                _ => tracing::debug!(%topic, "unsubscribe failed; retrying"),
-            }
-        }
-        if self.nudge {
-            for topic in &wanted {
-                match self.bus.last_entry(topic).await {
-                    Ok(Some(entry)) => self.hub.deliver(
-                        topic,
-                        LiveEvent::new(
-                            entry.id,
-                            entry.fields.prev,
-                            &entry.fields.change,
-                            entry.fields.last.as_deref(),
-                        ),
-                    ),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(%topic, error = %e, "refill after reconnect failed; retrying");
-                        return;
-                    }
-                }
-            }
-            self.nudge = false;
-            tracing::info!(topics = wanted.len(), "redis subscription restored");
-        }
-        self.readiness.set(true);
-        self.metrics.subscription_up.set(1);
-        self.metrics
-            .subscribed_topics
-            .set(i64::try_from(self.subscribed.len()).unwrap_or(i64::MAX));
     }
-
-    /// The connection (and with it every subscription) is gone.
-    fn lost(&mut self) {
-        if self.readiness.is_up() {
-            self.metrics.redis_reconnects.inc();
-        }
-        self.readiness.set(false);
-        self.metrics.subscription_up.set(0);
-        self.metrics.subscribed_topics.set(0);
-        for topic in self.subscribed.drain() {
-            self.hub.confirm(&topic, false);
-        }
-        self.nudge = true;
-    }
+    Ok(())
 }

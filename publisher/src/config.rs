@@ -13,11 +13,13 @@ use crate::auth::{Auth, DEFAULT_JWT_LEEWAY, DEFAULT_METRICS_PUBLIC};
 use crate::limits::{self, RequestLimits};
 pub use crate::settings::ConfigError;
 use crate::settings::{Layers, SettingsError};
-use crate::store::{DEFAULT_STREAM_MAX_AGE, DEFAULT_STREAM_MAX_LEN, RedisOptions, Retention};
+use crate::store::{
+    DEFAULT_STREAM_MAX_AGE, DEFAULT_STREAM_MAX_LEN, RedisOptions, RedisTarget, Retention,
+};
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8081";
-/// Default Redis URL.
+/// Default Redis URL, when neither `redis_url` nor `redis_cluster` is set.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
 /// Default longest wait for one Redis reply.
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -44,6 +46,9 @@ struct Flags {
     /// Redis URL [env PUBLISHER_REDIS_URL] [default redis://127.0.0.1:6379/]
     #[arg(long)]
     redis_url: Option<String>,
+    /// Redis Cluster seed nodes, comma-separated redis://host:port; instead of --redis-url [env PUBLISHER_REDIS_CLUSTER]
+    #[arg(long)]
+    redis_cluster: Option<String>,
     /// Largest request body in bytes [env PUBLISHER_BODY_LIMIT] [default 102400]
     #[arg(long)]
     body_limit: Option<String>,
@@ -91,7 +96,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `Some`: `/metrics` moves from `listen` to this address (health is on both).
     pub admin_listen: Option<SocketAddr>,
-    pub redis_url: String,
+    /// One Redis, or a Redis Cluster (then events go out with `SPUBLISH`).
+    pub redis: RedisTarget,
     pub body_limit: usize,
     pub retention: Retention,
     pub redis_timeout: Duration,
@@ -137,7 +143,6 @@ impl Config {
         let max_header = limits::DEFAULT_MAX_HEADER_BYTES.to_string();
         let defaults = [
             ("listen", DEFAULT_LISTEN),
-            ("redis_url", DEFAULT_REDIS_URL),
             ("body_limit", body_limit.as_str()),
             ("stream_max_len", max_len.as_str()),
             ("stream_max_age", max_age.as_str()),
@@ -154,6 +159,7 @@ impl Config {
             ("listen", flags.listen),
             ("admin_listen", flags.admin_listen),
             ("redis_url", flags.redis_url),
+            ("redis_cluster", flags.redis_cluster),
             ("body_limit", flags.body_limit),
             ("stream_max_len", flags.stream_max_len),
             ("stream_max_age", flags.stream_max_age),
@@ -173,13 +179,12 @@ impl Config {
     }
 
     fn from_layers(layers: &Layers) -> Result<Self, SettingsError> {
-        layers.refuse_unsupported(&["redis_cluster"])?;
         Ok(Self {
             listen: layers.get("listen")?,
             admin_listen: layers.get_opt("admin_listen")?,
-            redis_url: layers
-                .redis_url("redis_url")?
-                .unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()),
+            redis: layers
+                .redis_target("redis_url", "redis_cluster")?
+                .unwrap_or_else(|| RedisTarget::Single(DEFAULT_REDIS_URL.to_owned())),
             body_limit: layers.non_zero("body_limit")?.get(),
             retention: Retention {
                 max_len: layers.get("stream_max_len")?,
@@ -211,7 +216,7 @@ impl Config {
         RedisOptions {
             retention: self.retention,
             response_timeout: self.redis_timeout,
-            sharded: false,
+            sharded: self.redis.is_cluster(),
         }
     }
 }
@@ -237,7 +242,8 @@ mod tests {
     fn defaults() {
         let c = load(&[], &[]).unwrap();
         assert_eq!(c.listen, "0.0.0.0:8081".parse().unwrap());
-        assert_eq!(c.redis_url, DEFAULT_REDIS_URL);
+        assert_eq!(c.redis, RedisTarget::Single(DEFAULT_REDIS_URL.into()));
+        assert!(!c.redis_options().sharded);
         assert_eq!(c.body_limit, DEFAULT_BODY_LIMIT);
         assert_eq!(c.retention, Retention::default());
     }
@@ -254,7 +260,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.listen, "127.0.0.1:9".parse().unwrap());
-        assert_eq!(c.redis_url, "redis://flag:1/");
+        assert_eq!(c.redis, RedisTarget::Single("redis://flag:1/".into()));
         assert_eq!(c.retention.max_age, Duration::ZERO);
     }
 
@@ -276,5 +282,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`redis_url`"), "{err}");
+    }
+
+    #[test]
+    fn cluster_mode_publishes_sharded() {
+        let c = load(
+            &["--redis-cluster", "redis://a:1,redis://b:2"],
+            &[("PUBLISHER_REDIS_TIMEOUT", "1s")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.redis,
+            RedisTarget::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()])
+        );
+        assert!(c.redis_options().sharded);
+        let err = load(
+            &[],
+            &[
+                ("PUBLISHER_REDIS_URL", "redis://h:1/"),
+                ("PUBLISHER_REDIS_CLUSTER", "redis://a:1"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not both"), "{err}");
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! REST request -> api (validate, 4xx) -> store::RedisStore -> EVALSHA publish script
-//!                                          (HSET record + XADD stream + PUBLISH, atomic)
+//!                                          (HSET record + XADD stream + PUBLISH, atomic;
+//!                                           in a Redis Cluster on the topic's slot, SPUBLISH)
 //! ```
 //!
 //! - [`store`]: the [`Store`] trait, [`RedisStore`] (production) and [`MemoryStore`] (the
@@ -29,7 +30,9 @@ pub mod telemetry;
 
 pub use config::Config;
 pub use error::{ApiError, StoreError};
-pub use store::{MemoryStore, RedisOptions, RedisStore, Retention, Store, Written};
+pub use store::{
+    MemoryStore, RedisConnection, RedisOptions, RedisStore, RedisTarget, Retention, Store, Written,
+};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -57,7 +60,8 @@ pub async fn run(
     tracing::info!(
         listen = %config.listen,
         admin_listen = config.admin_listen.map(|a| a.to_string()),
-        redis_url = %settings::redact_url(&config.redis_url),
+        redis_url = (!config.redis.is_cluster()).then(|| config.redis.redacted()),
+        redis_cluster = config.redis.is_cluster().then(|| config.redis.redacted()),
         body_limit = config.body_limit,
         stream_max_len = config.retention.max_len,
         stream_max_age_ms = ms(config.retention.max_age),
@@ -69,7 +73,7 @@ pub async fn run(
         metrics_public = config.auth.metrics_public(),
         "configuration"
     );
-    let store = RedisStore::connect_lazy(&config.redis_url, config.redis_options())?;
+    let store = RedisStore::connect(&config.redis, config.redis_options())?;
     let registry = prometheus::Registry::new();
     let metrics = metrics::PublisherMetrics::register(&registry).map_err(std::io::Error::other)?;
     let state = api::ApiState::new(store, config.body_limit, metrics, config.auth.clone())

@@ -11,6 +11,8 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::store::RedisTarget;
+
 /// A setting that could not be read, named the way the user wrote it.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -100,7 +102,8 @@ impl Layers {
         })
     }
 
-    pub(crate) fn invalid(&self, key: &str, value: &str, reason: impl Display) -> SettingsError {
+    /// An [`SettingsError::Invalid`] naming `key` as the user writes it (env, flag).
+    pub fn invalid(&self, key: &str, value: &str, reason: impl Display) -> SettingsError {
         SettingsError::Invalid {
             key: key.to_owned(),
             env: format!("{}_{}", self.prefix, key.to_uppercase()),
@@ -143,26 +146,6 @@ impl Layers {
         self.raw(key).map(|_| self.get(key)).transpose()
     }
 
-    /// Refuses settings this build does not implement yet, so a deployment that asks for
-    /// them (Redis Cluster) fails to start instead of silently running
-    /// without them.
-    ///
-    /// # Errors
-    /// [`SettingsError::Invalid`] naming the first such setting that is set.
-    pub fn refuse_unsupported(&self, keys: &[&str]) -> Result<(), SettingsError> {
-        for key in keys {
-            if let Some(value) = self.raw(key) {
-                let shown = if key.contains("secret") {
-                    "***".to_owned()
-                } else {
-                    value
-                };
-                return Err(self.invalid(key, &shown, "not supported by this version; unset it"));
-            }
-        }
-        Ok(())
-    }
-
     /// Parses `key` as a count of at least 1.
     ///
     /// # Errors
@@ -183,6 +166,72 @@ impl Layers {
         };
         redis::Client::open(url.as_str()).map_err(|e| self.invalid(key, &url, e))?;
         Ok(Some(url))
+    }
+
+    /// Redis Cluster seed nodes, if some layer set `key`: a comma-separated string
+    /// (environment, flag) or, in a config file, a string or a list of strings.
+    ///
+    /// # Errors
+    /// [`SettingsError::Invalid`] if it is set but empty or not a list of usable
+    /// `redis://host:port` URLs.
+    pub fn redis_cluster(&self, key: &str) -> Result<Option<Vec<String>>, SettingsError> {
+        let seeds: Vec<String> = match self.raw(key) {
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            None => match self.merged.get_array(key) {
+                Ok(values) => values
+                    .into_iter()
+                    .map(|v| v.into_string().map(|s| s.trim().to_owned()))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| self.invalid(key, "[..]", e))?,
+                Err(_) => return Ok(None),
+            },
+        };
+        let shown = seeds
+            .iter()
+            .map(|s| redact_url(s))
+            .collect::<Vec<_>>()
+            .join(",");
+        if seeds.is_empty() || seeds.iter().any(String::is_empty) {
+            return Err(self.invalid(
+                key,
+                &shown,
+                "give one or more comma-separated seed nodes, e.g. redis://10.0.0.1:6379",
+            ));
+        }
+        redis::cluster::ClusterClient::new(seeds.iter().map(String::as_str))
+            .map_err(|e| self.invalid(key, &shown, e))?;
+        Ok(Some(seeds))
+    }
+
+    /// Where Redis is: `url_key` (one Redis) or `cluster_key` (Redis Cluster seed nodes),
+    /// `None` if neither is set.
+    ///
+    /// # Errors
+    /// [`SettingsError::Invalid`] if both are set, or either is unusable.
+    pub fn redis_target(
+        &self,
+        url_key: &str,
+        cluster_key: &str,
+    ) -> Result<Option<RedisTarget>, SettingsError> {
+        let url = self.redis_url(url_key)?;
+        let cluster = self.redis_cluster(cluster_key)?;
+        match (url, cluster) {
+            (Some(url), Some(_)) => Err(self.invalid(
+                url_key,
+                &redact_url(&url),
+                format!(
+                    "set either `{url_key}` (one Redis) or `{cluster_key}` (Redis Cluster), not both"
+                ),
+            )),
+            (Some(url), None) => Ok(Some(RedisTarget::Single(url))),
+            (None, Some(seeds)) => Ok(Some(RedisTarget::Cluster(seeds))),
+            (None, None) => Ok(None),
+        }
     }
 
     /// Parses `key` as a duration: `500ms`, `15s`, `2m`, `1h`, `1d`, or plain seconds.
@@ -281,6 +330,61 @@ mod tests {
         let layers = Layers::build("PUBLISHER", &[("body_limit", "5")], None, &env, &[]).unwrap();
         let err = layers.get::<usize>("body_limit").unwrap_err().to_string();
         assert!(err.starts_with("invalid setting `body_limit` (env PUBLISHER_BODY_LIMIT, flag --body-limit): \"lots\""), "{err}");
+    }
+
+    #[test]
+    fn redis_target_is_one_redis_or_a_cluster_never_both() {
+        let build = |env: &[(&str, &str)], file: Option<&Path>| {
+            let env = env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            Layers::build("GATEWAY", &[], file, &env, &[]).unwrap()
+        };
+        let target = |layers: &Layers| layers.redis_target("redis_url", "redis_cluster");
+        assert_eq!(target(&build(&[], None)).unwrap(), None);
+        assert_eq!(
+            target(&build(&[("GATEWAY_REDIS_URL", "redis://h:1/")], None)).unwrap(),
+            Some(RedisTarget::Single("redis://h:1/".into()))
+        );
+        assert_eq!(
+            target(&build(
+                &[("GATEWAY_REDIS_CLUSTER", " redis://a:1, redis://b:2 ,")],
+                None
+            ))
+            .unwrap(),
+            Some(RedisTarget::Cluster(vec![
+                "redis://a:1".into(),
+                "redis://b:2".into()
+            ]))
+        );
+        let both = target(&build(
+            &[
+                ("GATEWAY_REDIS_URL", "redis://:pw@h:1/"),
+                ("GATEWAY_REDIS_CLUSTER", "redis://a:1"),
+            ],
+            None,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(both.contains("not both") && !both.contains("pw@"), "{both}");
+        for bad in [",", "http://a:1", "redis://a:1,nonsense://b"] {
+            let err = target(&build(&[("GATEWAY_REDIS_CLUSTER", bad)], None))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("`redis_cluster`"), "{bad}: {err}");
+        }
+        let file = tempfile_with(
+            ".toml",
+            "redis_cluster = [\"redis://a:1\", \"redis://b:2\"]\n",
+        );
+        assert_eq!(
+            target(&build(&[], Some(file.path()))).unwrap(),
+            Some(RedisTarget::Cluster(vec![
+                "redis://a:1".into(),
+                "redis://b:2".into()
+            ]))
+        );
     }
 
     #[test]

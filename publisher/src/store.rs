@@ -16,7 +16,7 @@ mod memory;
 mod redis_store;
 
 pub use memory::{MemoryStore, Published};
-pub use redis_store::{RedisOptions, RedisStore};
+pub use redis_store::{RedisConnection, RedisOptions, RedisStore, RedisTarget};
 
 /// Default stream length limit per topic (approximate, see [`Retention`]).
 pub const DEFAULT_STREAM_MAX_LEN: u64 = 10_000;

@@ -3,11 +3,15 @@
 //! - [`RedisServer`]: a `redis-server` on a free port, started and awaited on its
 //!   "Ready to accept connections" line, killed on drop; restartable on the same port and
 //!   data directory (for AOF persistence tests).
+//! - [`cluster::RedisCluster`]: a Redis Cluster of 3 masters and 3 replicas.
 //! - [`Publisher`]: `publisher::run` on `127.0.0.1:0`, stopped on drop.
 //! - [`load`]: pieces of the load tools (release gateway processes, a lean SSE client).
 //! - [`within`]: every network await in a test goes through it, so failures are fast.
 
+pub mod cluster;
 pub mod load;
+
+pub use cluster::RedisCluster;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -252,13 +256,28 @@ impl Publisher {
         Self::start_configured(redis_url, settings, |_| {}).await
     }
 
+    /// Starts in cluster mode (`PUBLISHER_REDIS_CLUSTER`) on `cluster`'s seed nodes.
+    pub async fn start_cluster(cluster: &RedisCluster) -> anyhow::Result<Self> {
+        let env = [("PUBLISHER_REDIS_CLUSTER", cluster.seed_list())];
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Self::start_from(&env, |_| {}).await
+    }
+
     async fn start_configured(
         redis_url: &str,
         settings: &[(&str, &str)],
         tweak: impl FnOnce(&mut publisher::Config),
     ) -> anyhow::Result<Self> {
-        let mut env: std::collections::HashMap<String, String> =
-            [("PUBLISHER_REDIS_URL".to_owned(), redis_url.to_owned())].into();
+        let mut env = vec![("PUBLISHER_REDIS_URL", redis_url)];
+        env.extend_from_slice(settings);
+        Self::start_from(&env, tweak).await
+    }
+
+    async fn start_from(
+        settings: &[(&str, &str)],
+        tweak: impl FnOnce(&mut publisher::Config),
+    ) -> anyhow::Result<Self> {
+        let mut env = std::collections::HashMap::<String, String>::new();
         env.extend(
             settings
                 .iter()
@@ -297,6 +316,10 @@ impl Drop for Publisher {
     }
 }
 
+fn single(redis_url: Option<&str>) -> Option<publisher::RedisTarget> {
+    redis_url.map(|url| publisher::RedisTarget::Single(url.to_owned()))
+}
+
 /// An HTTP client whose every request fails after [`STEP`] instead of hanging.
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
@@ -333,7 +356,13 @@ impl Gateway {
         redis_url: Option<&str>,
         tweak: impl FnOnce(&mut gateway::Config),
     ) -> anyhow::Result<Self> {
-        Self::start_configured(redis_url, gateway::Config::embedded(), tweak).await
+        Self::start_configured(single(redis_url), gateway::Config::embedded(), tweak).await
+    }
+
+    /// A pod in cluster mode (`GATEWAY_REDIS_CLUSTER`) on `cluster`'s seed nodes.
+    pub async fn start_cluster(cluster: &RedisCluster) -> anyhow::Result<Self> {
+        let target = publisher::RedisTarget::Cluster(cluster.seed_urls());
+        Self::start_configured(Some(target), gateway::Config::embedded(), |_| {}).await
     }
 
     /// Starts with `GATEWAY_*` settings read as the binary reads its environment.
@@ -346,16 +375,17 @@ impl Gateway {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         let config = gateway::Config::load(["gateway"].map(Into::into), &env)?;
-        Self::start_configured(redis_url, config, |_| {}).await
+        Self::start_configured(single(redis_url), config, |_| {}).await
     }
 
     async fn start_configured(
-        redis_url: Option<&str>,
+        redis: Option<publisher::RedisTarget>,
         mut config: gateway::Config,
         tweak: impl FnOnce(&mut gateway::Config),
     ) -> anyhow::Result<Self> {
-        config.redis_url = redis_url.map(str::to_owned);
+        config.redis = redis;
         tweak(&mut config);
+        let fleet = config.redis.is_some();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
@@ -365,7 +395,7 @@ impl Gateway {
             shutdown,
             task: Some(task),
         };
-        if redis_url.is_some() {
+        if fleet {
             let client = http();
             let url = gateway.url("/readyz");
             poll_until("gateway ready", Duration::from_secs(10), || async {
@@ -552,9 +582,26 @@ impl GatewayProcess {
     /// Starts a pod of the fleet on `redis_url` with extra `GATEWAY_*` settings, and waits
     /// until it is ready.
     pub async fn start(redis_url: &str, settings: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let mut env = vec![("GATEWAY_REDIS_URL", redis_url)];
+        env.extend_from_slice(settings);
+        Self::start_env(&env).await
+    }
+
+    /// Starts a pod in cluster mode on `cluster`'s seed nodes, with extra settings.
+    pub async fn start_cluster(
+        cluster: &RedisCluster,
+        settings: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let seeds = cluster.seed_list();
+        let mut env = vec![("GATEWAY_REDIS_CLUSTER", seeds.as_str())];
+        env.extend_from_slice(settings);
+        Self::start_env(&env).await
+    }
+
+    /// Starts a pod with exactly these `GATEWAY_*` settings (plus a loopback listener).
+    pub async fn start_env(settings: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut cmd = Command::new(gateway_binary()?);
         cmd.env("GATEWAY_LISTEN", "127.0.0.1:0")
-            .env("GATEWAY_REDIS_URL", redis_url)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

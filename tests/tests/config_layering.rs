@@ -134,6 +134,25 @@ async fn gateway_layers_file_env_flags_and_names_bad_settings() -> anyhow::Resul
     let config = effective_config("gateway", &["--listen", "127.0.0.1:0"], &[]).await?;
     assert_eq!(config["auth"], "off");
 
+    // Cluster mode: the seed list, passwords redacted.
+    let config = effective_config(
+        "gateway",
+        &["--listen", "127.0.0.1:0"],
+        &[(
+            "GATEWAY_REDIS_CLUSTER",
+            "redis://:s3cret@127.0.0.1:1,redis://:s3cret@127.0.0.1:2",
+        )],
+    )
+    .await?;
+    assert_eq!(
+        config["redis_cluster"],
+        "redis://:***@127.0.0.1:1,redis://:***@127.0.0.1:2"
+    );
+    assert!(
+        config.get("redis_url").is_none_or(Value::is_null),
+        "{config}"
+    );
+
     for (args, env, setting) in [
         (
             vec![],
@@ -165,8 +184,13 @@ async fn gateway_layers_file_env_flags_and_names_bad_settings() -> anyhow::Resul
         (vec!["--public-topics", "News"], vec![], "`public_topics`"),
         (
             vec![],
-            vec![("GATEWAY_REDIS_CLUSTER", "redis://a:1")],
+            vec![("GATEWAY_REDIS_CLUSTER", "redis://a:1,http://b:2")],
             "`redis_cluster`",
+        ),
+        (
+            vec!["--redis-cluster", "redis://a:1"],
+            vec![("GATEWAY_REDIS_URL", "redis://b:2")],
+            "not both",
         ),
     ] {
         let stderr = refused("gateway", &args, &env).await?;
@@ -207,6 +231,19 @@ async fn publisher_layers_file_env_flags_and_names_bad_settings() -> anyhow::Res
     assert_eq!(config["stream_max_len"], 55, "env over file");
     assert_eq!(config["redis_timeout_ms"], 900, "flag over env over file");
     assert_eq!(config["stream_max_age_ms"], 86_400_000, "default");
+    assert_eq!(config["redis_url"], "redis://127.0.0.1:6379/", "default");
+    let config = effective_config(
+        "publisher",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--redis-cluster",
+            "redis://127.0.0.1:1",
+        ],
+        &[],
+    )
+    .await?;
+    assert_eq!(config["redis_cluster"], "redis://127.0.0.1:1");
 
     for (args, env, setting) in [
         (vec!["--body-limit", "abc"], vec![], "`body_limit`"),
@@ -225,6 +262,16 @@ async fn publisher_layers_file_env_flags_and_names_bad_settings() -> anyhow::Res
             vec!["--metrics-public", "false"],
             vec![],
             "`metrics_public`",
+        ),
+        (
+            vec![],
+            vec![("PUBLISHER_REDIS_CLUSTER", ",")],
+            "`redis_cluster` (env PUBLISHER_REDIS_CLUSTER",
+        ),
+        (
+            vec!["--redis-url", "redis://a:1"],
+            vec![("PUBLISHER_REDIS_CLUSTER", "redis://b:2")],
+            "not both",
         ),
     ] {
         let stderr = refused("publisher", &args, &env).await?;

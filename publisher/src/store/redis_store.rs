@@ -1,4 +1,9 @@
-//! [`RedisStore`]: every mutation is one `EVALSHA` of [`proto::script::PUBLISH_SCRIPT`].
+//! [`RedisStore`]: every mutation is one `EVALSHA` of [`proto::script::PUBLISH_SCRIPT`],
+//! on one Redis or on a Redis Cluster ([`RedisTarget`]).
+//!
+//! In a cluster every key of a topic and its channel carry the hash tag `{topic}`
+//! ([`proto::Topic::stream_key`]), so the script runs on the master of that one slot and
+//! `SPUBLISH`es there (sharded pub/sub).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -6,8 +11,11 @@ use std::time::Duration;
 
 use proto::script::{OP_CREATE, OP_CREATE_AUTO, OP_DELETE, OP_PATCH, OP_PUBLISH, OP_REPLACE};
 use proto::{Change, EventId, Object, RecordId, Topic};
-use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+use redis::{AsyncCommands, ErrorKind, RedisFuture, ServerErrorKind};
 
 use super::{
     NewRecord, Retention, Store, Written, check_body_id, in_id_order, json, merged, parse_record,
@@ -20,13 +28,56 @@ use crate::error::StoreError;
 /// record, not bad luck.
 const MAX_PATCH_ATTEMPTS: usize = 8;
 
+/// First pause before a cluster call is sent again after a refusal that proves the script
+/// did not run (`MOVED`, `TRYAGAIN`, a refused connection during a failover); doubled
+/// each time, within the response timeout.
+const CLUSTER_RETRY_PAUSE: Duration = Duration::from_millis(25);
+
+/// Where the Redis data lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One Redis server: `redis://host:port/db`.
+    Single(String),
+    /// Seed nodes of a Redis Cluster (`redis://host:port` each); the rest of the cluster
+    /// is discovered from them.
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
+    /// For logs: the URL(s) with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Single(url) => crate::settings::redact_url(url),
+            Self::Cluster(seeds) => seeds
+                .iter()
+                .map(|s| crate::settings::redact_url(s))
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Single(_) => write!(f, "Single({})", self.redacted()),
+            Self::Cluster(_) => write!(f, "Cluster({})", self.redacted()),
+        }
+    }
+}
+
 /// Connection settings for [`RedisStore`].
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
     pub retention: Retention,
     /// Longest wait for one Redis reply before the request fails with 503.
     pub response_timeout: Duration,
-    /// Use `SPUBLISH` (Redis Cluster sharded pub/sub) instead of `PUBLISH`.
+    /// Use `SPUBLISH` (Redis Cluster sharded pub/sub) instead of `PUBLISH`. Always on for
+    /// [`RedisTarget::Cluster`].
     pub sharded: bool,
 }
 
@@ -40,14 +91,83 @@ impl Default for RedisOptions {
     }
 }
 
+/// A command connection to one Redis or to a Redis Cluster, usable wherever redis-rs
+/// takes a connection (`query_async`, `Script::invoke_async`). Cheap to clone. The
+/// gateway reads streams over one too.
+#[derive(Clone)]
+pub enum RedisConnection {
+    /// Multiplexed, reconnecting on its own.
+    Single(ConnectionManager),
+    /// Routes each command to the master of its keys' slot and follows the cluster's
+    /// topology (`MOVED`, `ASK`, failovers).
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Single(_) => "RedisConnection::Single",
+            Self::Cluster(_) => "RedisConnection::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// Whether a cluster refused `error` before running anything, so sending the same call
+/// again cannot apply it twice.
+fn refused_before_running(error: &redis::RedisError) -> bool {
+    error.is_connection_refusal()
+        || matches!(
+            error.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::MasterDown
+                )
+        )
+}
+
 /// The production store: records, counters and change streams in Redis.
 ///
 /// Cheap to clone: the connection is multiplexed and reconnects on its own
-/// (redis-rs `ConnectionManager`); while Redis is down every call fails fast with
-/// [`StoreError::Unavailable`] and writes nothing.
+/// (redis-rs `ConnectionManager`, or its cluster connection); while Redis is down every
+/// call fails fast with [`StoreError::Unavailable`] and writes nothing.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    /// In a cluster, built with no retries of its own: redis-rs would resend a script
+    /// after a dropped connection, and the script is not idempotent (a create would happen
+    /// twice). [`RedisStore::run_cluster`] resends only after refusals that prove nothing ran.
+    conn: RedisConnection,
     script: Arc<redis::Script>,
     options: RedisOptions,
 }
@@ -67,7 +187,36 @@ impl RedisStore {
     /// # Errors
     /// [`StoreError::Redis`] if the URL is invalid.
     pub fn connect_lazy(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(StoreError::Redis)?;
+        Self::connect(&RedisTarget::Single(url.to_owned()), options)
+    }
+
+    /// Prepares a store for one Redis or a cluster without connecting (see
+    /// [`RedisStore::connect_lazy`]). A cluster store always uses `SPUBLISH`.
+    ///
+    /// # Errors
+    /// [`StoreError::Redis`] if a URL is invalid.
+    pub fn connect(target: &RedisTarget, mut options: RedisOptions) -> Result<Self, StoreError> {
+        let url = match target {
+            RedisTarget::Single(url) => url,
+            RedisTarget::Cluster(seeds) => {
+                options.sharded = true;
+                let client = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+                    .retries(0)
+                    .build()
+                    .map_err(StoreError::Redis)?;
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(options.response_timeout)
+                    .set_response_timeout(options.response_timeout);
+                return Ok(Self {
+                    conn: RedisConnection::Cluster(
+                        client.get_pending_async_connection_with_config(config),
+                    ),
+                    script: Arc::new(redis::Script::new(proto::script::PUBLISH_SCRIPT)),
+                    options,
+                });
+            }
+        };
+        let client = redis::Client::open(url.as_str()).map_err(StoreError::Redis)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(options.response_timeout))
             .set_connection_timeout(Some(options.response_timeout))
@@ -80,7 +229,7 @@ impl RedisStore {
         let conn =
             ConnectionManager::new_lazy_with_config(client, config).map_err(StoreError::Redis)?;
         Ok(Self {
-            conn,
+            conn: RedisConnection::Single(conn),
             script: Arc::new(redis::Script::new(proto::script::PUBLISH_SCRIPT)),
             options,
         })
@@ -116,7 +265,36 @@ impl RedisStore {
             invocation.arg(*arg);
         }
         let mut conn = self.conn.clone();
-        self.bounded(invocation.invoke_async(&mut conn)).await
+        match conn {
+            RedisConnection::Single(_) => self.bounded(invocation.invoke_async(&mut conn)).await,
+            RedisConnection::Cluster(_) => {
+                self.bounded(Self::run_cluster(&invocation, &mut conn))
+                    .await
+            }
+        }
+    }
+
+    /// Runs the script on a cluster, sending it again (after a short pause that doubles)
+    /// while the cluster answers with a refusal that proves it did not run: `MOVED` after
+    /// a slot moved or a failover (redis-rs refreshes its slot map before the next try),
+    /// `TRYAGAIN`, `CLUSTERDOWN`, a refused connection to a dead master. The caller bounds
+    /// the whole by the response timeout. Any other failure, notably a dropped connection
+    /// after the script was sent, is returned as is: it may have run.
+    async fn run_cluster(
+        invocation: &redis::ScriptInvocation<'_>,
+        conn: &mut RedisConnection,
+    ) -> redis::RedisResult<Vec<String>> {
+        let mut pause = CLUSTER_RETRY_PAUSE;
+        loop {
+            match invocation.invoke_async(conn).await {
+                Err(e) if refused_before_running(&e) => {
+                    tracing::debug!(error = %e, "cluster refused the script; sending it again");
+                    tokio::time::sleep(pause).await;
+                    pause = pause.saturating_mul(2);
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Reads the `{"ok", stream_id, ...}` reply, or maps the refusal to an error.
@@ -270,10 +448,23 @@ impl Store for RedisStore {
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let _: String = self
-            .bounded(redis::cmd("PING").query_async(&mut conn))
-            .await?;
+        match self.conn.clone() {
+            RedisConnection::Single(mut conn) => {
+                let _: String = self
+                    .bounded(redis::cmd("PING").query_async(&mut conn))
+                    .await?;
+            }
+            // Every master must answer: a topic on a master that is down (before its
+            // replica takes over) cannot be written. Replicas do not matter here.
+            RedisConnection::Cluster(mut conn) => {
+                let routing = RoutingInfo::MultiNode((
+                    MultipleNodeRoutingInfo::AllMasters,
+                    Some(ResponsePolicy::AllSucceeded),
+                ));
+                self.bounded(conn.route_command(redis::cmd("PING"), routing))
+                    .await?;
+            }
+        }
         Ok(())
     }
 }
