@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use proto::{EventId, StreamFields, Topic};
-use publisher::{MemoryStore, RedisConnection, RedisTarget};
+use publisher::{ClusterLink, MemoryStore, RedisConnection, RedisTarget};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::streams::StreamRangeReply;
@@ -64,13 +64,10 @@ impl RedisStreams {
                 )?)
             }
             // Reads are idempotent: redis-rs may follow redirects and retry after a
-            // dropped connection; `query` bounds the whole by `timeout`.
+            // dropped connection; the link bounds each read by `timeout`.
             RedisTarget::Cluster(seeds) => {
                 let client = ClusterClientBuilder::new(seeds.iter().map(String::as_str)).build()?;
-                let config = ClusterConfig::new()
-                    .set_connection_timeout(timeout)
-                    .set_response_timeout(timeout);
-                RedisConnection::Cluster(client.get_pending_async_connection_with_config(config))
+                RedisConnection::Cluster(ClusterLink::new(client, timeout, ClusterConfig::new()))
             }
         };
         Ok(Self::new(conn, timeout))
@@ -78,6 +75,10 @@ impl RedisStreams {
 
     async fn query(&self, cmd: redis::Cmd) -> Result<StreamRangeReply, BusError> {
         let mut conn = self.conn.clone();
+        if let RedisConnection::Cluster(_) = conn {
+            // The link bounds each command itself (and rebuilds after a timeout).
+            return Ok(cmd.query_async(&mut conn).await?);
+        }
         match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
             Ok(reply) => Ok(reply?),
             Err(_) => Err(BusError::Timeout(self.timeout)),

@@ -31,7 +31,8 @@ pub mod telemetry;
 pub use config::Config;
 pub use error::{ApiError, StoreError};
 pub use store::{
-    MemoryStore, RedisConnection, RedisOptions, RedisStore, RedisTarget, Retention, Store, Written,
+    ClusterLink, MemoryStore, RedisConnection, RedisOptions, RedisStore, RedisTarget, Retention,
+    Store, Written,
 };
 
 use tokio::net::TcpListener;

@@ -454,6 +454,11 @@ impl RedisCluster {
         Ok(replica)
     }
 
+    /// SIGSTOPs node `port`: it keeps its connections open but answers nothing.
+    pub async fn stop_node(&mut self, port: u16) -> anyhow::Result<()> {
+        self.signal(port, "-STOP").await
+    }
+
     /// SIGCONTs a node stopped by [`Self::cut_off_replica_of`].
     pub async fn resume(&mut self, port: u16) -> anyhow::Result<()> {
         self.signal(port, "-CONT").await
@@ -604,9 +609,11 @@ impl RedisCluster {
     /// A cluster connection for checking what the cluster holds (each reply may take up
     /// to [`STEP`]).
     pub async fn connection(&self) -> anyhow::Result<redis::cluster_async::ClusterConnection> {
+        // Connecting waits for every seed; a short connection timeout keeps a stopped
+        // node from holding up the rest.
         let client = redis::cluster::ClusterClientBuilder::new(self.seed_urls())
             .response_timeout(STEP)
-            .connection_timeout(STEP)
+            .connection_timeout(Duration::from_secs(1))
             .build()?;
         within("connect to the cluster", client.get_async_connection())
             .await?

@@ -713,3 +713,82 @@ async fn a_topic_whose_slot_moves_to_another_shard_keeps_every_client_complete()
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_master_is_routed_around_once_its_replica_takes_over() -> anyhow::Result<()> {
+    let mut cluster = RedisCluster::start().await?;
+    let topics = one_topic_per_shard(&cluster, "Hung").await?;
+    let pods = [
+        GatewayProcess::start_cluster(&cluster, &[]).await?,
+        GatewayProcess::start_cluster(&cluster, &[]).await?,
+    ];
+    let mut watchers = Vec::new();
+    for topic in &topics {
+        let urls: Vec<String> = pods
+            .iter()
+            .map(|p| change_stream(&p.url(""), topic))
+            .collect();
+        for first in 0..2 {
+            watchers.push((topic.clone(), Watcher::start(urls.clone(), first).await?));
+        }
+    }
+    let store = store(&cluster, Duration::from_millis(500))?;
+    let acks = Arc::new(Acks::default());
+    let stop = CancellationToken::new();
+    let writers: Vec<_> = topics
+        .iter()
+        .map(|t| {
+            publish_until_stopped(
+                store.clone(),
+                t.clone(),
+                Duration::from_millis(10),
+                acks.clone(),
+                stop.clone(),
+            )
+        })
+        .collect();
+    reach("events before the hang", &acks, &topics, 50).await?;
+
+    // SIGSTOP: the master keeps every connection open and answers nothing, as behind a
+    // network partition. Nobody is told; the cluster fails it over after the node timeout.
+    let hung = cluster.masters().await?[&1];
+    cluster.stop_node(hung).await?;
+    poll_until("replica promoted", CONVERGE, || async {
+        let masters = cluster.masters().await.ok()?;
+        (masters.len() == 3 && masters[&1] != hung).then_some(())
+    })
+    .await?;
+    let after = acks.min_count(&topics) + 100;
+    reach("publishing on every shard again", &acks, &topics, after).await?;
+    for pod in &pods {
+        pod.wait_ready().await?;
+    }
+    stop.cancel();
+    for writer in writers {
+        within("a writer to stop", writer).await??;
+    }
+
+    for (i, (topic, mut watcher)) in watchers.into_iter().enumerate() {
+        let stream = stream_ids(&cluster, &topic).await?;
+        watcher
+            .wait_for(stream.last().expect("events"), CONVERGE)
+            .await?;
+        let watched = watcher.stop().await?;
+        // A client may have reconnected (its reads time out after 5 s, the pod went
+        // deaf for about as long on the hung shard): exactly once in order either way.
+        let resets = check_against_stream(&format!("client {i} of {topic}"), &watched, &stream)?;
+        if topic != topics[1] {
+            assert_eq!(resets, 0, "client {i} of {topic}: reset on a healthy shard");
+        }
+    }
+    // And live again on both pods: a new client gets a new event on its connection.
+    for pod in &pods {
+        for topic in &topics {
+            let mut client = SseClient::connect(&change_stream(&pod.url(""), topic), None).await?;
+            let written = store.create(topic, body(0)).await?;
+            let frame = client.next_event().await?;
+            assert_eq!(frame.id, Some(written.event.to_string()), "{topic} live");
+        }
+    }
+    Ok(())
+}

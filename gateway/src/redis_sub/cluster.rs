@@ -8,8 +8,14 @@
 //!   the channel without subscribing again (CRATES.md);
 //! - a node connection dropped (a master died): redis-rs says `Disconnection` but not
 //!   which node, so every topic is subscribed again. The dead master's topics succeed
-//!   once its replica has taken over; until then the pod is not ready;
-//! - PING to every master fails (a master that hangs without closing the connection).
+//!   once its replica has taken over; until then the pod is not ready, while topics on
+//!   healthy shards are subscribed and refilled at once;
+//! - the [`ClusterLink`] was rebuilt after a command timed out (a master that hangs
+//!   without closing its connections: see [`publisher::store::cluster_link`]), which drops
+//!   every subscription with the old connection.
+//!
+//! A PING to every master each [`PING_INTERVAL`] decides readiness (and, when one hangs,
+//! times out and so rebuilds the link).
 //!
 //! Events published while a topic was deaf are in its stream: the nudge after the new
 //! subscription hands clients the newest id, and the id chain makes them refill the
@@ -18,13 +24,12 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use proto::Topic;
+use publisher::ClusterLink;
 use redis::ProtocolVersion;
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
-use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -60,10 +65,7 @@ pub(super) fn start(
         .use_protocol(ProtocolVersion::RESP3)
         .push_sender(sender)
         .build()?;
-    let cluster_config = ClusterConfig::new()
-        .set_connection_timeout(config.redis_timeout)
-        .set_response_timeout(config.redis_timeout);
-    let conn = client.get_pending_async_connection_with_config(cluster_config);
+    let link = ClusterLink::new(client, config.redis_timeout, ClusterConfig::new());
     let signals = Arc::new(Signals::default());
 
     tracker.spawn(read(
@@ -73,12 +75,12 @@ pub(super) fn start(
         shutdown.clone(),
     ));
     let control = Control {
-        conn,
+        generation: link.generation(),
+        link,
         hub,
         bus,
         readiness: readiness.clone(),
         signals,
-        timeout: config.redis_timeout,
         masters_up: false,
         subscribed: HashSet::new(),
         nudge: HashSet::new(),
@@ -90,12 +92,14 @@ pub(super) fn start(
 
 /// The control task's state.
 struct Control {
-    conn: ClusterConnection,
+    /// Subscriptions and PINGs; every command bounded by the Redis timeout.
+    link: ClusterLink,
+    /// The link's generation the subscriptions were made on.
+    generation: u64,
     hub: Arc<Hub>,
     bus: Bus,
     readiness: Readiness,
     signals: Arc<Signals>,
-    timeout: Duration,
     /// Whether the last PING reached every master.
     masters_up: bool,
     /// Topics whose `SSUBSCRIBE` was confirmed and not lost since, as far as we know.
@@ -126,6 +130,11 @@ impl Control {
         if self.signals.take_disconnected() {
             self.lost_all();
         }
+        let generation = self.link.generation();
+        if generation != self.generation {
+            self.generation = generation;
+            self.lost_all();
+        }
         let wanted: HashSet<Topic> = self.hub.wanted().into_iter().collect();
         for topic in self.signals.take_unsubscribed() {
             // Our own SUNSUBSCRIBE of a topic nobody wants is confirmed the same way; only
@@ -135,26 +144,14 @@ impl Control {
                 self.lost(&topic);
             }
         }
-        let masters_up = self.ping_masters().await;
-        if !masters_up && self.masters_up {
-            // A master that stopped answering may keep its connection open, with no
-            // Disconnection push: treat every subscription as suspect.
-            tracing::warn!("a redis cluster master does not answer; not ready");
-            self.lost_all();
-        }
-        self.masters_up = masters_up;
-
+        // Subscribe first, each topic refilled as soon as it is confirmed: topics on healthy
+        // shards must not wait for a failing shard's timeouts.
         let missing: Vec<Topic> = wanted
             .iter()
             .filter(|t| !self.subscribed.contains(*t))
             .cloned()
             .collect();
         self.subscribe(missing).await;
-        for topic in &wanted {
-            if self.subscribed.contains(topic) {
-                self.hub.confirm(topic, true);
-            }
-        }
         self.unsubscribe_stale(&wanted).await;
         self.nudge.retain(|t| wanted.contains(t));
         let due: Vec<Topic> = self
@@ -164,6 +161,19 @@ impl Control {
             .cloned()
             .collect();
         self.refill(due).await;
+
+        // Readiness only: a master that does not answer (in time) makes no subscription
+        // suspect by itself. A dead one dropped its connection (Disconnection, above); a
+        // hung one timed out, and the link is rebuilt (generation, above).
+        let masters_up = self.ping_masters().await;
+        if masters_up != self.masters_up {
+            if masters_up {
+                tracing::info!("every redis cluster master answers");
+            } else {
+                tracing::warn!("a redis cluster master does not answer; not ready");
+            }
+        }
+        self.masters_up = masters_up;
 
         let complete = wanted.iter().all(|t| self.subscribed.contains(t)) && self.nudge.is_empty();
         let ready = masters_up && complete;
@@ -186,53 +196,72 @@ impl Control {
             MultipleNodeRoutingInfo::AllMasters,
             Some(ResponsePolicy::AllSucceeded),
         ));
-        let mut conn = self.conn.clone();
-        matches!(
-            tokio::time::timeout(
-                self.timeout,
-                conn.route_command(redis::cmd("PING"), routing)
-            )
-            .await,
-            Ok(Ok(_))
-        )
+        self.link
+            .route_command(redis::cmd("PING"), routing)
+            .await
+            .is_ok()
     }
 
-    /// One `SSUBSCRIBE` per topic, [`RESUBSCRIBE_CONCURRENCY`] at a time. A topic that
-    /// fails (its shard is failing over) is tried again on the next step.
+    /// One `SSUBSCRIBE` per topic, [`RESUBSCRIBE_CONCURRENCY`] at a time, each topic
+    /// nudged (if it lost a subscription) right after its confirmation. A topic that fails
+    /// (its shard is failing over) is tried again on the next step.
     async fn subscribe(&mut self, topics: Vec<Topic>) {
-        let timeout = self.timeout;
-        let conn = self.conn.clone();
+        let (link, hub, bus, nudge) = (&self.link, &self.hub, &self.bus, &self.nudge);
+        let generation = self.generation;
         let mut results = futures::stream::iter(topics)
-            .map(|topic| {
-                let mut conn = conn.clone();
-                async move {
-                    let call = conn.ssubscribe(topic.redis_channel());
-                    let result = tokio::time::timeout(timeout, call).await;
-                    (topic, result)
-                }
+            .map(|topic| async move {
+                let channel = topic.redis_channel();
+                let subscribed = link
+                    .run(|mut conn| async move { conn.ssubscribe(channel).await })
+                    .await;
+                let refilled = match &subscribed {
+                    Ok(()) if nudge.contains(&topic) => Some(super::nudge(hub, bus, &topic).await),
+                    _ => None,
+                };
+                (topic, subscribed, refilled)
             })
             .buffer_unordered(RESUBSCRIBE_CONCURRENCY);
-        while let Some((topic, result)) = results.next().await {
-            match result {
-                Ok(Ok(())) => {
-                    self.subscribed.insert(topic);
-                }
-                Ok(Err(e)) => tracing::warn!(%topic, error = %e, "ssubscribe failed; retrying"),
-                Err(_) => tracing::warn!(%topic, "ssubscribe timed out; retrying"),
+        let (mut confirmed, mut refilled) = (Vec::new(), Vec::new());
+        while let Some((topic, subscribed, refill)) = results.next().await {
+            if let Err(e) = subscribed {
+                tracing::warn!(%topic, error = %e, "ssubscribe failed; retrying");
+                continue;
             }
+            match refill {
+                Some(Err(e)) => {
+                    tracing::warn!(%topic, error = %e, "refill after resubscription failed; retrying");
+                }
+                Some(Ok(())) => refilled.push(topic.clone()),
+                None => {}
+            }
+            confirmed.push(topic);
+        }
+        drop(results);
+        // Confirmed on a link that has been rebuilt since: gone with it.
+        if self.link.generation() != generation {
+            return;
+        }
+        for topic in confirmed {
+            self.hub.confirm(&topic, true);
+            self.subscribed.insert(topic);
+        }
+        for topic in refilled {
+            self.nudge.remove(&topic);
         }
     }
 
     async fn unsubscribe_stale(&mut self, wanted: &HashSet<Topic>) {
         let stale: Vec<Topic> = self.subscribed.difference(wanted).cloned().collect();
         for topic in stale {
-            let mut conn = self.conn.clone();
-            match tokio::time::timeout(self.timeout, conn.sunsubscribe(topic.redis_channel())).await
-            {
-                Ok(Ok(())) => {
+            let channel = topic.redis_channel();
+            let call = self
+                .link
+                .run(|mut conn| async move { conn.sunsubscribe(channel).await });
+            match call.await {
+                Ok(()) => {
                     self.subscribed.remove(&topic);
                 }
-                _ => tracing::debug!(%topic, "sunsubscribe failed; retrying"),
+                Err(e) => tracing::debug!(%topic, error = %e, "sunsubscribe failed; retrying"),
             }
         }
     }

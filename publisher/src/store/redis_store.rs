@@ -13,10 +13,10 @@ use proto::script::{OP_CREATE, OP_CREATE_AUTO, OP_DELETE, OP_PATCH, OP_PUBLISH, 
 use proto::{Change, EventId, Object, RecordId, Topic};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
-use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use redis::{AsyncCommands, ErrorKind, RedisFuture, ServerErrorKind};
 
+use super::cluster_link::ClusterLink;
 use super::{
     NewRecord, Retention, Store, Written, check_body_id, in_id_order, json, merged, parse_record,
     plan_create, replacement,
@@ -99,8 +99,8 @@ pub enum RedisConnection {
     /// Multiplexed, reconnecting on its own.
     Single(ConnectionManager),
     /// Routes each command to the master of its keys' slot and follows the cluster's
-    /// topology (`MOVED`, `ASK`, failovers).
-    Cluster(ClusterConnection),
+    /// topology (`MOVED`, `ASK`, failovers; a hung node through a rebuild).
+    Cluster(ClusterLink),
 }
 
 impl std::fmt::Debug for RedisConnection {
@@ -204,13 +204,9 @@ impl RedisStore {
                     .retries(0)
                     .build()
                     .map_err(StoreError::Redis)?;
-                let config = ClusterConfig::new()
-                    .set_connection_timeout(options.response_timeout)
-                    .set_response_timeout(options.response_timeout);
+                let link = ClusterLink::new(client, options.response_timeout, ClusterConfig::new());
                 return Ok(Self {
-                    conn: RedisConnection::Cluster(
-                        client.get_pending_async_connection_with_config(config),
-                    ),
+                    conn: RedisConnection::Cluster(link),
                     script: Arc::new(redis::Script::new(proto::script::PUBLISH_SCRIPT)),
                     options,
                 });
@@ -235,11 +231,15 @@ impl RedisStore {
         })
     }
 
-    /// Bounds one Redis round trip by the response timeout, connecting included.
+    /// Bounds one Redis round trip by the response timeout, connecting included. (A
+    /// cluster link bounds each command itself, so that it sees its timeouts.)
     async fn bounded<T>(
         &self,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
+        if let RedisConnection::Cluster(_) = self.conn {
+            return Ok(call.await?);
+        }
         match tokio::time::timeout(self.options.response_timeout, call).await {
             Ok(result) => Ok(result?),
             Err(_) => Err(StoreError::Timeout(self.options.response_timeout)),
@@ -267,32 +267,34 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         match conn {
             RedisConnection::Single(_) => self.bounded(invocation.invoke_async(&mut conn)).await,
-            RedisConnection::Cluster(_) => {
-                self.bounded(Self::run_cluster(&invocation, &mut conn))
-                    .await
-            }
+            RedisConnection::Cluster(_) => self.run_cluster(&invocation, &mut conn).await,
         }
     }
 
     /// Runs the script on a cluster, sending it again (after a short pause that doubles)
     /// while the cluster answers with a refusal that proves it did not run: `MOVED` after
     /// a slot moved or a failover (redis-rs refreshes its slot map before the next try),
-    /// `TRYAGAIN`, `CLUSTERDOWN`, a refused connection to a dead master. The caller bounds
-    /// the whole by the response timeout. Any other failure, notably a dropped connection
-    /// after the script was sent, is returned as is: it may have run.
+    /// `TRYAGAIN`, `CLUSTERDOWN`, a refused connection to a dead master; no new try starts
+    /// after the response timeout. Any other failure, notably a dropped connection or a
+    /// timeout after the script was sent, is returned as is: it may have run.
     async fn run_cluster(
+        &self,
         invocation: &redis::ScriptInvocation<'_>,
         conn: &mut RedisConnection,
-    ) -> redis::RedisResult<Vec<String>> {
+    ) -> Result<Vec<String>, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.options.response_timeout;
         let mut pause = CLUSTER_RETRY_PAUSE;
         loop {
             match invocation.invoke_async(conn).await {
-                Err(e) if refused_before_running(&e) => {
+                Err(e)
+                    if refused_before_running(&e)
+                        && tokio::time::Instant::now() + pause < deadline =>
+                {
                     tracing::debug!(error = %e, "cluster refused the script; sending it again");
                     tokio::time::sleep(pause).await;
                     pause = pause.saturating_mul(2);
                 }
-                result => return result,
+                result => return Ok(result?),
             }
         }
     }
@@ -456,13 +458,12 @@ impl Store for RedisStore {
             }
             // Every master must answer: a topic on a master that is down (before its
             // replica takes over) cannot be written. Replicas do not matter here.
-            RedisConnection::Cluster(mut conn) => {
+            RedisConnection::Cluster(link) => {
                 let routing = RoutingInfo::MultiNode((
                     MultipleNodeRoutingInfo::AllMasters,
                     Some(ResponsePolicy::AllSucceeded),
                 ));
-                self.bounded(conn.route_command(redis::cmd("PING"), routing))
-                    .await?;
+                link.route_command(redis::cmd("PING"), routing).await?;
             }
         }
         Ok(())
