@@ -85,6 +85,7 @@ pub fn router(
             get(change_stream_get).post(change_stream_post),
         )
         .route("/events", get(events))
+        .merge(crate::assets::routes())
         .merge(health_routes());
     if metrics_here {
         routes = routes.route("/metrics", metrics_route(registry.clone()));

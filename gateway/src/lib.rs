@@ -16,10 +16,12 @@
 //!   gap refill by the id chain, `reset` when history is gone.
 //! - [`bus`]: stream reads (Redis, or the embedded [`publisher::MemoryStore`]).
 //! - [`http`], [`sse`]: routes and the SSE response.
+//! - [`assets`]: the browser client (`/client/live-set.js`) and the `/demo` page.
 //!
 //! With no Redis configured the gateway runs single-node on the embedded bus and serves the
 //! publisher's REST API too ([`embedded`]).
 
+pub mod assets;
 pub mod bus;
 pub mod config;
 pub mod embedded;
@@ -30,6 +32,7 @@ pub mod listener;
 pub mod metrics;
 pub mod redis_sub;
 pub mod replay;
+pub mod serve;
 pub mod sse;
 
 use std::sync::Arc;
@@ -140,6 +143,7 @@ pub async fn run(
         config.write_timeout,
         metrics.slow_disconnects.clone(),
     );
+    let state_limits = config.request_limits;
     let state = http::AppState {
         hub,
         bus,
@@ -159,10 +163,15 @@ pub async fn run(
     };
     let app = http::router(state, embedded, metrics_here).map_err(std::io::Error::other)?;
     tracing::info!(addr = %axum::serve::Listener::local_addr(&listener)?, mode, "gateway listening");
-    // On shutdown axum stops accepting at once; open streams end over the drain window.
-    let serve =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let serve = tokio::spawn(async move { serve.await });
+    // On shutdown the accept loop stops at once; open streams end over the drain window.
+    let max_head = state_limits.max_url_bytes + state_limits.max_header_bytes + 1024;
+    let serve = tokio::spawn(serve::serve(
+        listener,
+        app,
+        max_head,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
     shutdown.cancelled().await;
     tracker.close();
     let drained = tokio::time::timeout(grace, async {
@@ -172,7 +181,7 @@ pub async fn run(
     })
     .await;
     match drained {
-        Ok(served) => served.map_err(std::io::Error::other)??,
+        Ok(served) => served.map_err(std::io::Error::other)?,
         Err(_) => tracing::warn!(
             ?grace,
             "still draining after the grace period; exiting anyway"

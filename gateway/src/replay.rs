@@ -206,6 +206,15 @@ impl ClientStream {
         for (index, from, newest) in resets {
             client.reset(index, ResetReason::Unknown, from, newest);
         }
+        if resumed.is_empty() {
+            // A fresh client learns its starting position at once (see
+            // `proto::sse::position_frame`).
+            let newest = client.last();
+            let id = client.id_line(newest);
+            client
+                .pending
+                .push_back(Bytes::from(proto::sse::position_frame(&id)));
+        }
         Ok(client)
     }
 
@@ -594,6 +603,8 @@ mod tests {
             Duration::from_secs(60),
         )
         .await;
+        // A fresh client is told its starting position first (an id without an event).
+        assert_eq!(&take(&mut client, 1).await[0][..], b"id: 0-0\n\n");
         let a = publish(&store, &topic, 1).await; // never delivered live: "lost"
         let b = publish(&store, &topic, 2).await;
         hub.deliver(&topic, LiveEvent::new(b, a, "{}", None));
@@ -617,6 +628,7 @@ mod tests {
             Duration::from_secs(15),
         )
         .await;
+        assert_eq!(&client.next_chunk().await.unwrap()[..], b"id: 0-0\n\n");
         let started = Instant::now();
         let chunk = client.next_chunk().await.unwrap();
         assert_eq!(&chunk[..], b":\n\n");

@@ -164,6 +164,31 @@ mod tests {
         );
     }
 
+    /// Found by `fuzz/fuzz_targets/json_body.rs`: serde_json's default float parser is
+    /// not correctly rounded, so a record number read from a publish body and printed
+    /// back could read as a different double (one ulp off) on the next parse: the
+    /// gateway's filters and the browser saw another value than the publisher stored.
+    #[test]
+    fn numbers_survive_a_reparse() {
+        for number in [
+            "4444444444444444444444444444444441",
+            "0.30000000000000004",
+            "2.2250738585072011e-308",
+            "9007199254740993.5",
+            "1e22",
+        ] {
+            let text = format!(r#"{{"target":1,"data":{{"n":{number}}},"type":"create"}}"#);
+            let change = Change::from_json(&text).unwrap();
+            assert_eq!(
+                Change::from_json(&change.to_json()).unwrap(),
+                change,
+                "{number}"
+            );
+            let exact: f64 = number.parse().unwrap();
+            assert_eq!(change.data.unwrap()["n"].as_f64(), Some(exact), "{number}");
+        }
+    }
+
     #[test]
     fn parses_and_validates() {
         let text = r#"{"target":1,"where":{"id":1},"type":"remove"}"#;

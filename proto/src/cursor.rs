@@ -75,7 +75,8 @@ impl Cursor {
         }
         let set = parts
             .next()
-            .filter(|s| s.len() == 8)
+            // `from_str_radix` alone would also take a sign: `+e576352` for `0e576352`.
+            .filter(|s| s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit()))
             .and_then(|s| u32::from_str_radix(s, 16).ok())
             .ok_or_else(|| bad("the topic-set checksum is not 8 hex digits"))?;
         if set != set_checksum(topics.iter()) {
@@ -145,5 +146,18 @@ mod tests {
         let broken = good.replace("2-0", "2-x");
         assert!(err(&broken, &set).contains("not a stream id"));
         assert!(err(&"c1.".repeat(100), &set).contains("too long"));
+    }
+
+    /// Found by `fuzz/fuzz_targets/cursor.rs`: the checksum field went through
+    /// `u32::from_str_radix`, which accepts a leading `+`, so a set whose checksum starts
+    /// with `0` also took `+` in its place: a second spelling of the same cursor.
+    #[test]
+    fn checksum_is_eight_hex_digits_exactly() {
+        let set = topics(&["MyModels", "a.b"]);
+        assert_eq!(Cursor::checksum(&set), 0x0e57_6352);
+        assert!(Cursor::parse("c1.0e576352.7-0.0-5", &set).is_ok());
+        assert!(Cursor::parse("c1.0E576352.7-0.0-5", &set).is_ok());
+        let err = Cursor::parse("c1.+e576352.7-0.0-5", &set).unwrap_err();
+        assert!(err.to_string().contains("8 hex digits"), "{err}");
     }
 }

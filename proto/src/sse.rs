@@ -71,6 +71,14 @@ pub fn events_frame(cursor: &str, data_json: &str) -> String {
     frame(Some(cursor), None, data_json)
 }
 
+/// A position without an event: `id:` alone. EventSource records it as its last event id
+/// without firing anything (the SSE dispatch sets the id before it drops an event with no
+/// data), so a client whose connection drops before its first event still resumes from
+/// where it started instead of missing what was published meanwhile.
+pub fn position_frame(id: &str) -> String {
+    format!("id: {id}\n\n")
+}
+
 /// History was trimmed past the client's position. `id` is where the client continues
 /// from, so a reconnect after the reset does not ask for the lost range again.
 pub fn reset_frame(id: Option<&str>, reason_json: &str) -> String {
@@ -113,6 +121,7 @@ mod tests {
             "event: error\ndata: {\"message\":\"bad \\\"x\\\"\\n\"}\n\n"
         );
         assert_eq!(end_frame(), "event: end\ndata: null\n\n");
+        assert_eq!(position_frame("5-0"), "id: 5-0\n\n");
     }
 
     #[test]

@@ -390,3 +390,38 @@ async fn cors_preflight_allows_last_event_id_and_bad_requests_are_json() -> anyh
     }
     gateway.stop().await
 }
+
+#[tokio::test]
+async fn a_client_dropped_before_its_first_event_resumes_from_where_it_started()
+-> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let a = Gateway::start(&redis.url()).await?;
+    let b = Gateway::start(&redis.url()).await?;
+    let store = RedisStore::connect_lazy(&redis.url(), StoreOptions::default())?;
+    let topic = Topic::new("Early")?;
+    let before = store.create(&topic, body(1)).await?.event;
+
+    // A fresh client is told its position (an `id:` without an event), which EventSource
+    // keeps as its Last-Event-ID although no event fired.
+    let mut client = SseClient::connect(&stream_url(&a, "Early"), None).await?;
+    let position = loop {
+        let frame = within("position frame", client.next_frame())
+            .await??
+            .expect("stream open");
+        let is_event = frame.is_event();
+        if let Some(id) = frame.id {
+            assert!(!is_event, "the position comes before any event");
+            break id;
+        }
+    };
+    assert_eq!(position, before.to_string());
+    drop(client);
+
+    let mut missed = Vec::new();
+    for n in 2..=4 {
+        missed.push(store.create(&topic, body(n)).await?.event.to_string());
+    }
+    let mut resumed = SseClient::connect(&stream_url(&b, "Early"), Some(&position)).await?;
+    assert_eq!(read_ids(&mut resumed, 3).await?, missed);
+    Ok(())
+}

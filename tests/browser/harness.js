@@ -1,0 +1,340 @@
+// The browser tests' harness: real `redis-server`, `gateway` and `publisher` processes on
+// free ports, Debian's Chromium driven by playwright-core, and a small reverse proxy that
+// plays the Kubernetes Service + Ingress (one origin; change streams to whichever gateway
+// pod is current, the rest of /api to the publisher).
+//
+// Every wait is on a signal (a log line, a proxy event, a condition in the page) and has a
+// deadline; nothing sleeps for a fixed time.
+
+import { spawn } from 'node:child_process';
+import { EventEmitter, once } from 'node:events';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import http from 'node:http';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+/** How long one step (a start, a page condition, a request) may take. */
+export const STEP_MS = 15_000;
+
+/** A workspace binary built by `cargo build --workspace --bins`. */
+export function binary(name) {
+  const dir = process.env.CARGO_TARGET_DIR ?? path.join(REPO, 'target');
+  const file = path.join(dir, 'debug', name);
+  if (!existsSync(file)) {
+    throw new Error(`${file} is missing: run \`cargo build --workspace --bins\` first`);
+  }
+  return file;
+}
+
+/** Rejects after `ms` with a message naming what was awaited. */
+export async function within(what, promise, ms = STEP_MS) {
+  let timer;
+  const deadline = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
+  });
+  try {
+    return await Promise.race([promise, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A free TCP port on 127.0.0.1 (may be taken again before use: callers retry). */
+export async function freePort() {
+  const server = net.createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address();
+  server.close();
+  await once(server, 'close');
+  return port;
+}
+
+/** A child process whose output lines are kept and can be awaited. */
+class Child extends EventEmitter {
+  constructor(name, file, args, env, stream) {
+    super();
+    this.name = name;
+    this.lines = [];
+    this.process = spawn(file, args, {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', stream === 'stdout' ? 'pipe' : 'ignore', stream === 'stderr' ? 'pipe' : 'ignore'],
+    });
+    this.exited = new Promise((resolve) => this.process.once('exit', (code, signal) => resolve({ code, signal })));
+    this.exited.then(() => this.emit('exit'));
+    readline.createInterface({ input: this.process[stream] }).on('line', (line) => {
+      this.lines.push(line);
+      this.emit('line', line);
+    });
+  }
+
+  /** The first line (already seen or to come) for which `match` returns a value. */
+  waitForLine(what, match, ms = STEP_MS) {
+    for (const line of this.lines) {
+      const found = match(line);
+      if (found !== undefined) return Promise.resolve(found);
+    }
+    return within(`${this.name}: ${what}`, new Promise((resolve, reject) => {
+      const onLine = (line) => {
+        const found = match(line);
+        if (found !== undefined) {
+          this.off('line', onLine);
+          this.off('exit', onExit);
+          resolve(found);
+        }
+      };
+      const onExit = () => {
+        this.off('line', onLine);
+        reject(new Error(`${this.name} exited before: ${what}\n${this.lines.slice(-20).join('\n')}`));
+      };
+      this.on('line', onLine);
+      this.once('exit', onExit);
+    }), ms);
+  }
+
+  /** SIGKILL (no drain, no goodbye) and wait for the exit. */
+  async kill() {
+    if (this.process.exitCode === null && this.process.signalCode === null) this.process.kill('SIGKILL');
+    await within(`${this.name} to exit`, this.exited);
+  }
+}
+
+/** A JSON log line's value for `key`, or undefined (tracing's JSON, fields flattened). */
+function logField(line, key, message) {
+  let entry;
+  try {
+    entry = JSON.parse(line);
+  } catch {
+    return undefined;
+  }
+  const fields = { ...entry, ...(entry.fields ?? {}) };
+  if (message !== undefined && fields.message !== message) return undefined;
+  return fields[key];
+}
+
+/** `redis-server` without persistence on a free port, ready when it says so. */
+export async function startRedis() {
+  let lastError;
+  for (let attempt = 0; attempt < 5; attempt += 1) {
+    const port = await freePort();
+    const dir = await mkdtemp(path.join(tmpdir(), 'cs-redis-'));
+    const child = new Child(`redis:${port}`, 'redis-server', [
+      '--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '',
+      '--appendonly', 'no', '--daemonize', 'no', '--loglevel', 'notice',
+    ], {}, 'stdout');
+    try {
+      await child.waitForLine('ready', (l) => (l.includes('Ready to accept connections') ? true : undefined));
+      return {
+        url: `redis://127.0.0.1:${port}/`,
+        async stop() {
+          await child.kill();
+          await rm(dir, { recursive: true, force: true });
+        },
+      };
+    } catch (error) {
+      lastError = error; // most likely the port was taken meanwhile
+      await child.kill();
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+  throw lastError;
+}
+
+/** Polls `url` until it answers 200; each poll and the whole wait are bounded. */
+async function waitOk(what, url, ms = STEP_MS) {
+  const until = Date.now() + ms;
+  for (;;) {
+    try {
+      const response = await fetch(url, { signal: AbortSignal.timeout(2000) });
+      if (response.status === 200) return;
+    } catch {
+      // not answering yet
+    }
+    if (Date.now() > until) throw new Error(`timed out after ${ms} ms: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20)); // poll interval, not a wait
+  }
+}
+
+/** A server binary on 127.0.0.1:0; resolves once it logged its address and is ready. */
+async function startServer(name, env) {
+  const child = new Child(name, binary(name), [], { RUST_LOG: 'info', ...env }, 'stderr');
+  const addr = await child.waitForLine('listening address', (line) => logField(line, 'addr'));
+  const base = `http://${addr}`;
+  await waitOk(`${name} ready`, `${base}/readyz`);
+  return {
+    addr,
+    base,
+    child,
+    /** Resolves on the next log line with this message (and `check(fields)` true). */
+    waitForLog(message, check = () => true, ms) {
+      return child.waitForLine(message, (line) => {
+        const value = logField(line, 'message', message);
+        if (value === undefined) return undefined;
+        const entry = JSON.parse(line);
+        return check({ ...entry, ...(entry.fields ?? {}) }) ? entry : undefined;
+      }, ms);
+    },
+    kill: () => child.kill(),
+    stop: () => child.kill(),
+  };
+}
+
+/** A gateway: embedded single-node mode (with the REST API) unless `redisUrl` is given. */
+export function startGateway({ redisUrl, env = {} } = {}) {
+  return startServer('gateway', {
+    GATEWAY_LISTEN: '127.0.0.1:0',
+    // Browsers reconnect after the server's `retry:` hint; short keeps the tests quick.
+    GATEWAY_RETRY: '300ms',
+    ...(redisUrl ? { GATEWAY_REDIS_URL: redisUrl } : {}),
+    ...env,
+  });
+}
+
+/** The REST API on Redis. */
+export function startPublisher({ redisUrl }) {
+  return startServer('publisher', { PUBLISHER_LISTEN: '127.0.0.1:0', PUBLISHER_REDIS_URL: redisUrl });
+}
+
+/** Debian's Chromium, headless; Playwright's own browser builds are never downloaded. */
+export function launchBrowser() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
+    timeout: STEP_MS,
+  });
+}
+
+/** JSON REST calls with a deadline; throws on a non-2xx answer. */
+export async function rest(method, url, body) {
+  const response = await fetch(url, {
+    method,
+    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+    signal: AbortSignal.timeout(STEP_MS),
+  });
+  const text = await response.text();
+  if (!response.ok) throw new Error(`${method} ${url}: ${response.status} ${text}`);
+  return JSON.parse(text);
+}
+
+const isStream = (url) => /\/change-stream(\?|$)/.test(url) || /^\/events(\?|$)/.test(url);
+
+/**
+ * The Service and Ingress in one: change streams, /events, /client and /demo go to the
+ * current gateway (`setGateway`; `null` for "no pod": connections are reset, as a Service
+ * without endpoints would; `{status: 502}` for an ingress that answers an error); the rest of /api goes to `api` (the publisher), or to
+ * the gateway when there is none (embedded mode). It records each request ('request'
+ * events) and can cut the open streams (`cutStreams`).
+ */
+export class Proxy extends EventEmitter {
+  constructor({ gateway, api = null }) {
+    super();
+    this.gateway = gateway;
+    this.api = api;
+    this.requests = [];
+    this.open = new Set();
+    this.server = http.createServer((req, res) => this.#forward(req, res));
+  }
+
+  async listen() {
+    this.server.listen(0, '127.0.0.1');
+    await once(this.server, 'listening');
+    this.base = `http://127.0.0.1:${this.server.address().port}`;
+    return this;
+  }
+
+  /** `host:port`; `null`: connections are reset; `{status}`: answered with that status. */
+  setGateway(addr) {
+    this.gateway = addr;
+  }
+
+  /** Ends every open stream as a network error (the browser then reconnects). */
+  cutStreams() {
+    for (const res of this.open) res.destroy();
+  }
+
+  /** The first recorded request (past or future) for which `match(request)` is true. */
+  waitForRequest(what, match, ms = STEP_MS) {
+    const seen = this.requests.find(match);
+    if (seen) return Promise.resolve(seen);
+    return within(`proxy: ${what}`, new Promise((resolve) => {
+      const onRequest = (request) => {
+        if (match(request)) {
+          this.off('request', onRequest);
+          resolve(request);
+        }
+      };
+      this.on('request', onRequest);
+    }), ms);
+  }
+
+  #forward(req, res) {
+    const toGateway = isStream(req.url) || !req.url.startsWith('/api/') || this.api === null;
+    const backend = toGateway ? this.gateway : this.api;
+    const request = {
+      method: req.method,
+      url: req.url,
+      backend,
+      lastEventId: req.headers['last-event-id'] ?? null,
+      stream: isStream(req.url),
+    };
+    this.requests.push(request);
+    this.emit('request', request);
+    if (!backend) {
+      req.socket.destroy();
+      return;
+    }
+    if (typeof backend === 'object') {
+      res.writeHead(backend.status, { 'content-type': 'text/plain' }).end('no pod\n');
+      return;
+    }
+    const [host, port] = [backend.slice(0, backend.lastIndexOf(':')), backend.slice(backend.lastIndexOf(':') + 1)];
+    const upstream = http.request({ host, port, method: req.method, path: req.url, headers: req.headers, agent: false });
+    upstream.on('response', (up) => {
+      res.writeHead(up.statusCode, up.headers);
+      res.flushHeaders();
+      if (request.stream) {
+        this.open.add(res);
+        res.on('close', () => this.open.delete(res));
+      }
+      up.pipe(res);
+      // The pod died mid-response: the browser must see a broken connection, not an end.
+      up.on('close', () => {
+        if (!up.complete) {
+          res.destroy();
+          this.emit('upstream-lost', request);
+        }
+      });
+    });
+    upstream.on('error', () => res.destroy());
+    res.on('close', () => upstream.destroy());
+    req.pipe(upstream);
+  }
+
+  async close() {
+    this.cutStreams();
+    this.server.closeAllConnections();
+    this.server.close();
+  }
+}
+
+/** Runs `fn` at the end of the test, newest first (node:test's `t.after` order is FIFO). */
+export function cleanup(t) {
+  const stack = [];
+  t.after(async () => {
+    for (const fn of stack.reverse()) {
+      try {
+        await fn();
+      } catch (error) {
+        console.error('cleanup:', error);
+      }
+    }
+  });
+  return (fn) => stack.push(fn);
+}
