@@ -28,7 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use proto::{Cursor, EventId, Filter, Topic};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
@@ -237,19 +237,15 @@ impl ClientStream {
         tracing::info!(topic = %lane.topic, %from, %continue_at, reason = reason.as_str(), "client reset");
         lane.last = continue_at;
         lane.catching_up = false;
-        let mut data = json!({
-            "reason": reason.as_str(),
-            "lastEventId": from.to_string(),
-            "resumeFrom": continue_at.to_string(),
-        });
+        // On /events the topic comes first, as in its change frames.
+        let mut data = serde_json::Map::new();
         if self.shape == Shape::Events {
-            data = json!({
-                "topic": lane.topic.as_str(),
-                "reason": reason.as_str(),
-                "lastEventId": from.to_string(),
-                "resumeFrom": continue_at.to_string(),
-            });
+            data.insert("topic".into(), lane.topic.as_str().into());
         }
+        data.insert("reason".into(), reason.as_str().into());
+        data.insert("lastEventId".into(), from.to_string().into());
+        data.insert("resumeFrom".into(), continue_at.to_string().into());
+        let data = Value::Object(data);
         let id = self.id_line(continue_at);
         self.pending.push_back(Bytes::from(proto::sse::reset_frame(
             Some(&id),
