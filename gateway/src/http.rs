@@ -418,17 +418,12 @@ async fn open_stream(
         tracing::warn!(error = %e, "cannot open stream");
         ApiError::Unavailable("Redis is unavailable; retry shortly".into())
     })?;
-    let drained = sse::drained(state.shutdown.clone(), state.config.drain_window);
-    let expired = async move {
-        sse::expired(access_ends).await;
-        tracing::info!("access token expired; ending the stream");
-    };
-    Ok(sse::response(
-        client,
-        permit,
-        state.config.retry,
-        sse::until_either(drained, expired),
-    ))
+    let end = sse::End::new(
+        state.shutdown.clone(),
+        state.config.drain_window,
+        access_ends,
+    );
+    Ok(sse::response(client, permit, state.config.retry, end))
 }
 
 /// SSE when `_format=event-stream`, when the client accepts `text/event-stream` (as

@@ -21,8 +21,9 @@
 //! topic's `last`, default event name, the topic inside the JSON).
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,7 +34,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-use crate::bus::Bus;
+use crate::bus::{Bus, Entry};
 use crate::error::BusError;
 use crate::hub::{LiveEvent, Membership, ParsedChange, TopicGuard};
 use crate::metrics::Metrics;
@@ -101,6 +102,16 @@ struct Lane {
     filter: Option<Arc<Filter>>,
 }
 
+/// A stream read in flight: the lane it is for, and the page.
+type Fetch = Pin<Box<dyn Future<Output = (usize, Result<Page, BusError>)> + Send>>;
+
+/// One page of a lane's stream.
+struct Page {
+    entries: Vec<Entry>,
+    /// The stream's newest id, read when `entries` do not continue the lane's chain.
+    newest: Option<EventId>,
+}
+
 /// What the client's filter makes of one change.
 enum Filtered {
     Skip,
@@ -110,7 +121,6 @@ enum Filtered {
 }
 
 /// One client's stream of SSE chunks.
-#[derive(Debug)]
 pub struct ClientStream {
     shape: Shape,
     /// Sorted by topic (the cursor's order).
@@ -121,6 +131,9 @@ pub struct ClientStream {
     page: usize,
     /// Chunks ready to send: at most one replay page plus resets.
     pending: VecDeque<Bytes>,
+    /// A page being read for a lane that is catching up: boxed, so a client that is not
+    /// reading costs nothing for it.
+    fetching: Option<Fetch>,
     heartbeat: Interval,
     /// A stream read failed: send what is pending, then end (the client resumes).
     ended: bool,
@@ -130,6 +143,19 @@ pub struct ClientStream {
     /// Change events sent, for the close log line.
     sent: u64,
     opened: Instant,
+}
+
+impl std::fmt::Debug for ClientStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientStream")
+            .field("shape", &self.shape)
+            .field("lanes", &self.lanes)
+            .field("pending", &self.pending.len())
+            .field("fetching", &self.fetching.is_some())
+            .field("ended", &self.ended)
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientStream {
@@ -157,6 +183,7 @@ impl ClientStream {
             bus,
             page,
             pending: VecDeque::new(),
+            fetching: None,
             heartbeat,
             ended: false,
             next_lane: 0,
@@ -259,44 +286,55 @@ impl ClientStream {
 
     /// The next chunk to write; `None` ends the response.
     pub async fn next_chunk(&mut self) -> Option<Bytes> {
+        std::future::poll_fn(|cx| self.poll_chunk(cx)).await
+    }
+
+    /// The next chunk to write, polled; `Ready(None)` ends the response.
+    ///
+    /// Poll-based rather than an `async fn` so an idle client costs only this struct: a
+    /// stream read in flight is the one state that needs more, and it is boxed for as
+    /// long as it runs (see [`Self::fetching`]).
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         loop {
             if let Some(chunk) = self.pending.pop_front() {
                 self.heartbeat.reset();
-                return Some(chunk);
+                return Poll::Ready(Some(chunk));
             }
             if self.ended {
-                return None;
+                return Poll::Ready(None);
             }
-            if let Some(index) = self.lanes.iter().position(|l| l.catching_up) {
-                self.catch_up_page(index).await;
+            if let Some(fetch) = &mut self.fetching {
+                let (index, page) = ready!(fetch.as_mut().poll(cx));
+                self.fetching = None;
+                self.caught_up(index, page);
                 continue;
             }
-            let start = self.next_lane;
-            let lanes = &mut self.lanes;
-            let received = std::future::poll_fn(|cx| {
-                let n = lanes.len();
-                for k in 0..n {
-                    let index = (start + k) % n;
-                    if let Poll::Ready(item) = lanes[index].events.poll_next_unpin(cx) {
-                        return Poll::Ready((index, item));
-                    }
-                }
-                Poll::Pending
-            });
-            tokio::select! {
-                (index, item) = received => {
-                    self.next_lane = (index + 1) % self.lanes.len();
-                    match item {
-                        Some(Ok(event)) => self.live(index, &event),
-                        Some(Err(BroadcastStreamRecvError::Lagged(_))) => {
-                            self.metrics.catchups.inc();
-                            self.lanes[index].catching_up = true;
-                        }
-                        None => return None,
-                    }
-                }
-                _ = self.heartbeat.tick() => return Some(Bytes::from_static(proto::sse::HEARTBEAT.as_bytes())),
+            if let Some(index) = self.lanes.iter().position(|l| l.catching_up) {
+                self.fetching = Some(self.fetch_page(index));
+                continue;
             }
+            let n = self.lanes.len();
+            let received = (0..n).find_map(|k| {
+                let index = (self.next_lane + k) % n;
+                match self.lanes[index].events.poll_next_unpin(cx) {
+                    Poll::Ready(item) => Some((index, item)),
+                    Poll::Pending => None,
+                }
+            });
+            if let Some((index, item)) = received {
+                self.next_lane = (index + 1) % n;
+                match item {
+                    Some(Ok(event)) => self.live(index, &event),
+                    Some(Err(BroadcastStreamRecvError::Lagged(_))) => {
+                        self.metrics.catchups.inc();
+                        self.lanes[index].catching_up = true;
+                    }
+                    None => return Poll::Ready(None),
+                }
+                continue;
+            }
+            ready!(self.heartbeat.poll_tick(cx));
+            return Poll::Ready(Some(Bytes::from_static(proto::sse::HEARTBEAT.as_bytes())));
         }
     }
 
@@ -342,21 +380,47 @@ impl ClientStream {
         })
     }
 
-    /// Reads one page of lane `index`'s stream after its `last` into `pending`.
-    async fn catch_up_page(&mut self, index: usize) {
-        let (topic, after) = (self.lanes[index].topic.clone(), self.lanes[index].last);
-        let entries = match self.bus.range(&topic, after, self.page).await {
-            Ok(entries) => entries,
-            Err(e) => return self.fail(&topic, &e),
+    /// Reads one page of lane `index`'s stream after its `last` (and, if the page does not
+    /// continue the chain, the stream's newest id for the reset).
+    fn fetch_page(&self, index: usize) -> Fetch {
+        let bus = self.bus.clone();
+        let topic = self.lanes[index].topic.clone();
+        let (after, count) = (self.lanes[index].last, self.page);
+        Box::pin(async move {
+            let page = async {
+                let entries = bus.range(&topic, after, count).await?;
+                let mut last = after;
+                let broken = entries.iter().any(|e| {
+                    let broken = e.fields.prev != last;
+                    last = e.id;
+                    broken
+                });
+                let newest = if broken {
+                    Some(bus.last_id(&topic).await?)
+                } else {
+                    None
+                };
+                Ok(Page { entries, newest })
+            };
+            (index, page.await)
+        })
+    }
+
+    /// Passes a page read for lane `index` into `pending`.
+    fn caught_up(&mut self, index: usize, page: Result<Page, BusError>) {
+        let Page { entries, newest } = match page {
+            Ok(page) => page,
+            Err(e) => {
+                let topic = self.lanes[index].topic.clone();
+                return self.fail(&topic, &e);
+            }
         };
         let full = entries.len() == self.page;
         for entry in entries {
             if entry.fields.prev != self.lanes[index].last {
-                let newest = match self.bus.last_id(&topic).await {
-                    Ok(id) => id,
-                    Err(e) => return self.fail(&topic, &e),
-                };
                 let from = self.lanes[index].last;
+                // `fetch_page` read the newest id when the chain broke.
+                let newest = newest.unwrap_or(from);
                 return self.reset(index, ResetReason::Trimmed, from, newest);
             }
             self.lanes[index].last = entry.id;

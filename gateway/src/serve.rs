@@ -76,12 +76,34 @@ pub async fn serve(
     graceful.shutdown().await;
 }
 
-async fn connection(
+/// One connection. A stream connection lives for hours in the state after its answer
+/// has started, so everything before that (reading the head, routing) and the whole of a
+/// hyper connection run in a boxed future of their own: the task keeps only the space the
+/// long-lived state needs, not the largest of all of them.
+fn connection(
+    io: Io,
+    app: Router,
+    max_head: usize,
+    graceful: hyper_util::server::graceful::Watcher,
+) -> impl Future<Output = io::Result<()>> + Send {
+    let start = Box::pin(start(io, app, max_head, graceful));
+    async move {
+        match start.await? {
+            Some((io, body)) => stream(io, body).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Reads the request head and answers it: an event stream's connection and body, which
+/// [`stream`] writes from here; `None` when the connection is done (hyper served it, or
+/// the answer was not a stream).
+async fn start(
     mut io: Io,
     app: Router,
     max_head: usize,
     graceful: hyper_util::server::graceful::Watcher,
-) -> io::Result<()> {
+) -> io::Result<Option<(Io, Body)>> {
     let mut head = BytesMut::with_capacity(HEAD_START);
     let parsed = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut io, &mut head, max_head))
         .await
@@ -92,21 +114,28 @@ async fn connection(
             // connections are waited for by the graceful shutdown.
             drop(graceful);
             drop(head);
-            fast(io, app, request).await
+            Ok(answer(&mut io, app, request).await?.map(|body| (io, body)))
         }
         None => {
-            let io = TokioIo::new(Prefixed {
-                prefix: head.freeze(),
-                io,
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(app));
-            graceful
-                .watch(conn.into_owned())
-                .await
-                .map_err(io::Error::other)
+            hyper(io, head.freeze(), app, graceful).await?;
+            Ok(None)
         }
     }
+}
+
+/// The connection served by hyper, `prefix` being the bytes already read from it (boxed:
+/// hyper's connection state is large, and stream connections never need it).
+fn hyper(
+    io: Io,
+    prefix: Bytes,
+    app: Router,
+    graceful: hyper_util::server::graceful::Watcher,
+) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send>> {
+    let io = TokioIo::new(Prefixed { prefix, io });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(app));
+    let served = graceful.watch(conn.into_owned());
+    Box::pin(async move { served.await.map_err(io::Error::other) })
 }
 
 /// Reads until the request head is complete; its length, or `None` when the bytes read
@@ -159,7 +188,9 @@ fn stream_request(head: &[u8]) -> Option<Request<Body>> {
     request.body(Body::empty()).ok()
 }
 
-async fn fast(mut io: Io, app: Router, request: Request<Body>) -> io::Result<()> {
+/// Routes `request` and writes the answer's head; the body of an event stream, which the
+/// caller writes, or `None` when the whole answer (an error, a preflight) has been written.
+async fn answer(io: &mut Io, app: Router, request: Request<Body>) -> io::Result<Option<Body>> {
     let response = match app.oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
@@ -169,11 +200,10 @@ async fn fast(mut io: Io, app: Router, request: Request<Body>) -> io::Result<()>
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let (parts, mut body) = response.into_parts();
+    let (parts, body) = response.into_parts();
     let mut out = BytesMut::with_capacity(512);
     write_head(&mut out, &parts);
     if !is_stream {
-        // An error or a preflight: the whole body, then close.
         let bytes = body.collect().await.map_err(io::Error::other)?.to_bytes();
         put_header(
             &mut out,
@@ -183,11 +213,16 @@ async fn fast(mut io: Io, app: Router, request: Request<Body>) -> io::Result<()>
         out.put_slice(b"connection: close\r\n\r\n");
         out.put_slice(&bytes);
         io.write_all(&out).await?;
-        return io.shutdown().await;
+        io.shutdown().await?;
+        return Ok(None);
     }
     out.put_slice(b"transfer-encoding: chunked\r\n\r\n");
     io.write_all(&out).await?;
-    drop(out);
+    Ok(Some(body))
+}
+
+/// Writes an event stream's `body` as chunks until it ends or the client goes.
+async fn stream(mut io: Io, mut body: Body) -> io::Result<()> {
     let mut batch = Vec::new();
     // The read side is watched too: a client that closes is gone at once, not at the next
     // heartbeat (what hyper does). Bytes it sends after its request are ignored.

@@ -3,40 +3,42 @@
 
 use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::Stream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::sync::CancellationToken;
+use tokio::time::Sleep;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::replay::ClientStream;
 
-/// `text/event-stream` with LoopBack's headers. The body ends when `end` resolves (an open
-/// SSE body would otherwise hold axum's graceful shutdown forever, axum#2673). `permit`
-/// is this stream's place under `max_connections`, released with the body.
+/// `text/event-stream` with LoopBack's headers. The body ends at `end` (an open SSE body
+/// would otherwise hold axum's graceful shutdown forever, axum#2673). `permit` is this
+/// stream's place under `max_connections`, released with the body.
 pub fn response(
     client: ClientStream,
     permit: OwnedSemaphorePermit,
     retry: Duration,
-    end: impl Future<Output = ()> + Send + 'static,
+    end: End,
 ) -> Response {
     let head = Bytes::from(format!(
         "{}{}",
         proto::sse::PREAMBLE,
         proto::sse::retry(u64::try_from(retry.as_millis()).unwrap_or(u64::MAX))
     ));
-    let chunks = futures::stream::unfold((client, permit), |(mut client, permit)| async move {
-        let chunk = client.next_chunk().await?;
-        Some((chunk, (client, permit)))
-    });
-    let body = futures::stream::once(async { head })
-        .chain(chunks)
-        .map(Ok::<_, Infallible>)
-        .take_until(end);
+    let body = SseBody {
+        head: Some(head),
+        client,
+        _permit: permit,
+        end,
+        ended: false,
+    };
     let mut response = Response::new(Body::from_stream(body));
     let headers = response.headers_mut();
     headers.insert(
@@ -51,31 +53,92 @@ pub fn response(
     response
 }
 
-/// Resolves at a random moment within `window` after `shutdown`: streams end spread
-/// out, so their clients' reconnects do not reach the other pods as one burst.
-pub async fn drained(shutdown: CancellationToken, window: Duration) {
-    shutdown.cancelled().await;
-    tokio::time::sleep(jitter(window)).await;
+/// The body of an SSE response: the head bytes, then the client's chunks, until `end`.
+///
+/// A plain struct rather than a combinator chain over an `async` block: the response body
+/// is boxed and lives as long as the stream, so its size is what every idle client costs.
+struct SseBody {
+    head: Option<Bytes>,
+    client: ClientStream,
+    /// This stream's place under `max_connections`, released with the body.
+    _permit: OwnedSemaphorePermit,
+    end: End,
+    ended: bool,
 }
 
-/// Resolves at `at` (a token's `exp` plus leeway), or never for `None`. A stream that ends
-/// here ends cleanly; its client reconnects with a fresh token and `Last-Event-ID`.
-pub async fn expired(at: Option<SystemTime>) {
-    let Some(at) = at else {
-        return std::future::pending().await;
-    };
-    // The wall clock decides expiry; the timer runs on the monotonic one.
-    let left = at
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
-    tokio::time::sleep(left).await;
+impl Stream for SseBody {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if self.end.poll(cx).is_ready() {
+            self.ended = true;
+            return Poll::Ready(None);
+        }
+        if let Some(head) = self.head.take() {
+            return Poll::Ready(Some(Ok(head)));
+        }
+        self.client.poll_chunk(cx).map(|chunk| chunk.map(Ok))
+    }
 }
 
-/// Resolves when the first of `a` and `b` does.
-pub async fn until_either(a: impl Future<Output = ()>, b: impl Future<Output = ()>) {
-    tokio::select! {
-        () = a => {}
-        () = b => {}
+/// When a stream ends on its own: at a random moment within the drain window after the
+/// pod starts shutting down (so its clients' reconnects do not reach the other pods as one
+/// burst), or when the client's token expires (its `exp` plus leeway; the client
+/// reconnects with a fresh token and `Last-Event-ID`).
+///
+/// A hand-written future rather than an `async` block: every stream holds one for its
+/// whole life, and timers exist only once they are needed (the drain timer after the
+/// shutdown, the expiry timer for clients with a token).
+#[derive(Debug)]
+pub struct End {
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    window: Duration,
+    /// Armed once the shutdown has begun.
+    drain: Option<Pin<Box<Sleep>>>,
+    expiry: Option<Pin<Box<Sleep>>>,
+}
+
+impl End {
+    pub fn new(
+        shutdown: CancellationToken,
+        window: Duration,
+        access_ends: Option<SystemTime>,
+    ) -> Self {
+        // The wall clock decides expiry; the timer runs on the monotonic one.
+        let expiry = access_ends.map(|at| {
+            let left = at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            Box::pin(tokio::time::sleep(left))
+        });
+        Self {
+            cancelled: Box::pin(shutdown.cancelled_owned()),
+            window,
+            drain: None,
+            expiry,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(expiry) = &mut self.expiry
+            && expiry.as_mut().poll(cx).is_ready()
+        {
+            tracing::info!("access token expired; ending the stream");
+            return Poll::Ready(());
+        }
+        if self.drain.is_none() {
+            if self.cancelled.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.drain = Some(Box::pin(tokio::time::sleep(jitter(self.window))));
+        }
+        match &mut self.drain {
+            Some(drain) => drain.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
     }
 }
 
