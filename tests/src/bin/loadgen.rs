@@ -7,7 +7,7 @@
 //! ```
 //!
 //! It starts one `redis-server` and `--gateways` release `gateway` processes (Redis mode),
-//! then for each client count: spawns `--workers` worker processes (this binary, `worker`
+//! then for each client count (on fresh gateways): spawns `--workers` worker processes (this binary, `worker`
 //! subcommand; a process may hold at most 20,000 open files here), each connecting its share
 //! of change streams from its own 127.0.0.x source address, round-robin over the gateways;
 //! measures the gateways' RSS before and after (KiB per idle connection); publishes
@@ -353,12 +353,6 @@ async fn parent(args: Args) -> anyhow::Result<()> {
     let binary = gateway_binary();
     let limit = args.clients.iter().max().copied().unwrap_or(0) + 1000;
     let max_connections = limit.to_string();
-    let mut gateways = Vec::new();
-    for _ in 0..args.gateways {
-        let settings = [("GATEWAY_MAX_CONNECTIONS", max_connections.as_str())];
-        gateways.push(GatewayProcess::start(&binary, &redis.url(), &settings).await?);
-    }
-    let addrs: Vec<String> = gateways.iter().map(|g| g.addr.to_string()).collect();
     let store = RedisStore::connect_lazy(&redis.url(), RedisOptions::default())?;
     let topic = Topic::new(TOPIC)?;
     // Warm up: load the script, open the connection.
@@ -374,9 +368,20 @@ async fn parent(args: Args) -> anyhow::Result<()> {
     );
     let mut steps = Vec::new();
     for &clients in &args.clients {
+        // Fresh gateways per step: memory a previous step's clients left in the
+        // allocator's free lists would make the next step's per-connection figure too low.
+        let mut gateways = Vec::new();
+        for _ in 0..args.gateways {
+            let settings = [("GATEWAY_MAX_CONNECTIONS", max_connections.as_str())];
+            gateways.push(GatewayProcess::start(&binary, &redis.url(), &settings).await?);
+        }
+        let addrs: Vec<String> = gateways.iter().map(|g| g.addr.to_string()).collect();
         let step = run_step(&args, clients, &addrs, &gateways, &store, &topic).await?;
         print_step(&step);
         steps.push(step);
+        for gateway in gateways {
+            gateway.kill().await?;
+        }
     }
     let report = json!({
         "machine": { "cores": std::thread::available_parallelism().map_or(0, usize::from), "cpu": cpu_model() },
