@@ -3,6 +3,7 @@
 //! slot), the embedded [`MemoryStore`] in single-node mode. Live delivery is the hub's
 //! business; this module only answers "what came after id X" and "what is the newest id".
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use proto::{EventId, StreamFields, Topic};
@@ -10,6 +11,7 @@ use publisher::{ClusterLink, MemoryStore, RedisConnection, RedisTarget};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::streams::StreamRangeReply;
+use tokio::sync::Semaphore;
 
 use crate::error::BusError;
 
@@ -32,6 +34,10 @@ pub enum Bus {
 pub struct RedisStreams {
     conn: RedisConnection,
     timeout: Duration,
+    /// Reads in flight at once. Full: a read waits for a permit (its `timeout` starts
+    /// once it has one), so a herd of clients catching up queues here instead of piling
+    /// page reads into the connection until they all time out.
+    reads: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for RedisStreams {
@@ -43,15 +49,24 @@ impl std::fmt::Debug for RedisStreams {
 }
 
 impl RedisStreams {
-    pub fn new(conn: RedisConnection, timeout: Duration) -> Self {
-        Self { conn, timeout }
+    pub fn new(conn: RedisConnection, timeout: Duration, reads: usize) -> Self {
+        Self {
+            conn,
+            timeout,
+            reads: Arc::new(Semaphore::new(reads)),
+        }
     }
 
-    /// Prepares reads from `target` without connecting; each read waits at most `timeout`.
+    /// Prepares reads from `target` without connecting; each read waits at most `timeout`
+    /// for Redis, and at most `reads` are in flight at once.
     ///
     /// # Errors
     /// If a URL is unusable.
-    pub fn connect(target: &RedisTarget, timeout: Duration) -> Result<Self, redis::RedisError> {
+    pub fn connect(
+        target: &RedisTarget,
+        timeout: Duration,
+        reads: usize,
+    ) -> Result<Self, redis::RedisError> {
         let conn = match target {
             RedisTarget::Single(url) => {
                 let config = ConnectionManagerConfig::new()
@@ -70,10 +85,12 @@ impl RedisStreams {
                 RedisConnection::Cluster(ClusterLink::new(client, timeout, ClusterConfig::new()))
             }
         };
-        Ok(Self::new(conn, timeout))
+        Ok(Self::new(conn, timeout, reads))
     }
 
     async fn query(&self, cmd: redis::Cmd) -> Result<StreamRangeReply, BusError> {
+        // The semaphore is never closed.
+        let _permit = self.reads.acquire().await.ok();
         let mut conn = self.conn.clone();
         if let RedisConnection::Cluster(_) = conn {
             // The link bounds each command itself (and rebuilds after a timeout).

@@ -22,6 +22,10 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 pub const DEFAULT_RETRY: Duration = Duration::from_secs(2);
 /// Default number of stream entries read per replay round trip.
 pub const DEFAULT_REPLAY_PAGE: usize = 500;
+/// Default stream reads (replay pages) a pod has in flight on Redis at once. More clients
+/// catching up at once (a herd after a reconnect, many slow readers) wait their turn
+/// rather than pile thousands of page reads into one connection and time out.
+pub const DEFAULT_REPLAY_READS: usize = 32;
 /// Default live events buffered per topic for its slowest local client. A client further
 /// behind is caught up from the stream instead (nothing is dropped).
 pub const DEFAULT_HUB_CAPACITY: usize = 1024;
@@ -78,6 +82,9 @@ struct Flags {
     /// Stream entries per replay read [env GATEWAY_REPLAY_PAGE] [default 500]
     #[arg(long)]
     replay_page: Option<String>,
+    /// Stream reads in flight on Redis at once [env GATEWAY_REPLAY_READS] [default 32]
+    #[arg(long)]
+    replay_reads: Option<String>,
     /// Live events buffered per topic [env GATEWAY_HUB_CAPACITY] [default 1024]
     #[arg(long)]
     hub_capacity: Option<String>,
@@ -201,6 +208,7 @@ pub struct Config {
     pub heartbeat: Duration,
     pub retry: Duration,
     pub replay_page: NonZeroUsize,
+    pub replay_reads: NonZeroUsize,
     pub hub_capacity: NonZeroUsize,
     pub push_queue: NonZeroUsize,
     pub subscribe_timeout: Duration,
@@ -250,6 +258,7 @@ impl Config {
             ("heartbeat", ms(DEFAULT_HEARTBEAT)),
             ("retry", ms(DEFAULT_RETRY)),
             ("replay_page", DEFAULT_REPLAY_PAGE.to_string()),
+            ("replay_reads", DEFAULT_REPLAY_READS.to_string()),
             ("hub_capacity", DEFAULT_HUB_CAPACITY.to_string()),
             ("push_queue", DEFAULT_PUSH_QUEUE.to_string()),
             ("subscribe_timeout", ms(DEFAULT_SUBSCRIBE_TIMEOUT)),
@@ -292,6 +301,7 @@ impl Config {
             ("heartbeat", flags.heartbeat),
             ("retry", flags.retry),
             ("replay_page", flags.replay_page),
+            ("replay_reads", flags.replay_reads),
             ("hub_capacity", flags.hub_capacity),
             ("push_queue", flags.push_queue),
             ("subscribe_timeout", flags.subscribe_timeout),
@@ -337,6 +347,7 @@ impl Config {
             heartbeat,
             retry: layers.duration("retry")?,
             replay_page: layers.non_zero("replay_page")?,
+            replay_reads: layers.non_zero("replay_reads")?,
             hub_capacity: layers.non_zero("hub_capacity")?,
             push_queue: layers.non_zero("push_queue")?,
             subscribe_timeout: layers.duration("subscribe_timeout")?,
@@ -492,6 +503,7 @@ mod tests {
     fn bad_values_name_the_setting() {
         for (env, key) in [
             (("GATEWAY_REPLAY_PAGE", "0"), "`replay_page`"),
+            (("GATEWAY_REPLAY_READS", "0"), "`replay_reads`"),
             (("GATEWAY_HEARTBEAT", "0s"), "`heartbeat`"),
             (("GATEWAY_REDIS_URL", "http://x"), "`redis_url`"),
             (("GATEWAY_LISTEN", "x"), "`listen`"),

@@ -118,7 +118,11 @@ pub async fn run(
         }
         Some(target) => {
             let hub = Hub::new(config.hub_capacity.get(), false);
-            let bus = Bus::Redis(RedisStreams::connect(target, config.redis_timeout)?);
+            let bus = Bus::Redis(RedisStreams::connect(
+                target,
+                config.redis_timeout,
+                config.replay_reads.get(),
+            )?);
             let readiness = redis_sub::start(
                 &config,
                 target,
