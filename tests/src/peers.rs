@@ -316,6 +316,9 @@ http {{
         }}
         location = /sub {{
             nchan_subscriber eventsource;
+            # New subscribers start at the next message, not at the oldest buffered one
+            # (the default), like the gateway's and Centrifugo's clients without a resume id.
+            nchan_subscriber_first_message newest;
             nchan_channel_id {CHANNEL};
             nchan_redis_pass bench_redis;
         }}

@@ -40,10 +40,12 @@ use futures::StreamExt;
 use proto::EventId;
 use serde_json::{Value, json};
 use system_tests::load::{
-    Connection, Histogram, READ_BUFFER, SseEvent, cpu_model, data_u64, field_u64, unix_nanos,
+    Connection, Histogram, READ_BUFFER, SseEvent, cpu_model, cpu_seconds, data_u64, field_u64,
+    machine_cpu, unix_nanos,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
+use tokio_util::task::AbortOnDropHandle;
 
 use report::Step;
 use server::Server;
@@ -399,20 +401,15 @@ async fn parent(args: Args) -> anyhow::Result<()> {
     report::print_header();
     let mut steps = Vec::new();
     let mut failures = Vec::new();
-    'targets: for &target in &args.target {
-        for &clients in &args.clients {
-            // A target that fails (does not start, refuses a publish) is reported and
-            // skipped; the others still run.
-            let server = match Server::start(&args, target, clients).await {
-                Ok(server) => Arc::new(server),
-                Err(e) => {
-                    eprintln!("loadgen: {target:?} did not start: {e:#}");
-                    failures.push(json!({ "target": target, "clients": clients, "error": format!("start: {e:#}") }));
-                    continue 'targets;
-                }
-            };
-            for &rate in &args.rate {
-                match run_step(&args, target, clients, rate, &server).await {
+    // Every step gets a fresh redis-server and server, so its memory reading starts from
+    // a server that never held a connection. Targets take turns at each step, so a change
+    // in the machine's other load hits all of them alike rather than one target's block.
+    for &clients in &args.clients {
+        for &rate in &args.rate {
+            for &target in &args.target {
+                // A target that fails (does not start, refuses a publish) is reported and
+                // skipped; the others still run.
+                match step(&args, target, clients, rate).await {
                     Ok(step) => {
                         report::print_step(&step);
                         steps.push(step);
@@ -423,10 +420,6 @@ async fn parent(args: Args) -> anyhow::Result<()> {
                     }
                 }
             }
-            Arc::into_inner(server)
-                .context("publisher still holds the server")?
-                .stop()
-                .await?;
         }
     }
     let comparison = report::compare(&steps);
@@ -443,6 +436,25 @@ async fn parent(args: Args) -> anyhow::Result<()> {
         std::fs::write(path, report::plot(&steps))?;
     }
     Ok(())
+}
+
+/// Starts the target on a fresh Redis, runs one step, stops both.
+async fn step(args: &Args, target: Target, clients: usize, rate: u32) -> anyhow::Result<Step> {
+    let server = Arc::new(
+        Server::start(args, target, clients)
+            .await
+            .context("start")?,
+    );
+    let step = run_step(args, target, clients, rate, &server).await;
+    // After a failed step an aborted publisher may still hold the server for a moment;
+    // dropping the last reference stops it then (processes are killed on drop).
+    let stopped = match Arc::into_inner(server) {
+        Some(server) => server.stop().await,
+        None => Ok(()),
+    };
+    let step = step?;
+    stopped?;
+    Ok(step)
 }
 
 async fn run_step(
@@ -491,19 +503,30 @@ async fn run_step(
 
     // Publish at the rate, reading progress meanwhile.
     let events = u64::from(rate) * u64::from(args.seconds);
+    let worker_pids: Vec<String> = workers
+        .iter()
+        .filter_map(|(child, _)| child.id())
+        .map(|pid| pid.to_string())
+        .collect();
+    let ours = || -> f64 {
+        let workers: f64 = worker_pids.iter().filter_map(|p| cpu_seconds(p)).sum();
+        workers + cpu_seconds("self").unwrap_or(0.0)
+    };
     let (server_cpu_before, redis_cpu_before) = server.cpu();
+    let (ours_before, machine_before) = (ours(), machine_cpu());
     let started = Instant::now();
     let publish_start = unix_nanos();
+    // Aborted if the step fails, so it stops publishing to a server being torn down.
     let publishing = {
         let server = Arc::clone(server);
-        tokio::spawn(async move {
+        AbortOnDropHandle::new(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
             for seq in 1..=events {
                 tick.tick().await;
                 server.publish(seq).await?;
             }
             anyhow::Ok(())
-        })
+        }))
     };
     let mut progress = tokio::time::interval(Duration::from_secs(1));
     progress.tick().await;
@@ -546,6 +569,7 @@ async fn run_step(
         latency.merge(&pairs);
     }
     let (server_cpu_after, redis_cpu_after) = server.cpu();
+    let (ours_after, machine_after) = (ours(), machine_cpu());
     for (mut child, _) in workers {
         let _ = child.kill().await;
     }
@@ -558,6 +582,11 @@ async fn run_step(
     };
     let server_cpu = server_cpu_after - server_cpu_before;
     let redis_cpu = redis_cpu_after - redis_cpu_before;
+    let clients_cpu = ours_after - ours_before;
+    let machine_busy = match (machine_before, machine_after) {
+        (Some((before, ..)), Some((after, ..))) => after - before,
+        _ => 0.0,
+    };
     let per_connection =
         |after: u64, before: u64| after.saturating_sub(before) as f64 / held.max(1) as f64;
     Ok(Step {
@@ -584,6 +613,9 @@ async fn run_step(
         pss_kib_per_connection: per_connection(connected.pss, idle.pss),
         server_cpu_seconds: server_cpu,
         redis_cpu_seconds: redis_cpu,
+        clients_cpu_seconds: clients_cpu,
+        machine_busy_seconds: machine_busy,
+        other_cpu_seconds: (machine_busy - server_cpu - redis_cpu - clients_cpu).max(0.0),
         cpu_us_per_delivery: (totals.deliveries > 0)
             .then(|| (server_cpu + redis_cpu) * 1e6 / totals.deliveries as f64),
     })

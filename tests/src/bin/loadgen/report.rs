@@ -39,6 +39,12 @@ pub struct Step {
     /// CPU of the server's processes while publishing and draining.
     pub server_cpu_seconds: f64,
     pub redis_cpu_seconds: f64,
+    /// CPU of the client workers and this process (the publisher) over the same time.
+    pub clients_cpu_seconds: f64,
+    /// The whole machine's busy CPU over the same time.
+    pub machine_busy_seconds: f64,
+    /// Busy CPU that was none of the above: other jobs on the machine (noise).
+    pub other_cpu_seconds: f64,
     /// (server + Redis) CPU per delivery, microseconds.
     pub cpu_us_per_delivery: Option<f64>,
 }
@@ -51,11 +57,11 @@ pub fn print_header() {
     let mut out = std::io::stdout();
     let _ = writeln!(
         out,
-        "| target | clients | rate/s | complete/held | deliveries | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | KiB/conn RSS | KiB/conn PSS | server CPU s | redis CPU s | CPU µs/delivery | errors |"
+        "| target | clients | rate/s | complete/held | deliveries | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | KiB/conn RSS | KiB/conn PSS | server CPU s | redis CPU s | CPU µs/delivery | other CPU s | errors |"
     );
     let _ = writeln!(
         out,
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
     );
 }
 
@@ -63,7 +69,7 @@ pub fn print_step(s: &Step) {
     let mut out = std::io::stdout();
     let _ = writeln!(
         out,
-        "| {} | {} | {} | {}/{} | {} | {:.0} | {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {} |",
+        "| {} | {} | {} | {}/{} | {} | {:.0} | {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {:.1} | {} |",
         name(s.target),
         s.clients,
         s.rate,
@@ -81,6 +87,7 @@ pub fn print_step(s: &Step) {
         s.redis_cpu_seconds,
         s.cpu_us_per_delivery
             .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
+        s.other_cpu_seconds,
         s.errors + s.disordered,
     );
 }
