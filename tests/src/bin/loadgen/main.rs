@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! loadgen [--target gateway,nchan,centrifugo] [--clients 1000,5000,15000] [--rate 20,40]
-//!         [--seconds 10] [--gateways 2] [--workers 4] [--out results.json]
+//!         [--seconds 10] [--rounds 1] [--gateways 2] [--workers 4] [--out results.json]
 //!         [--plot results.svg] [--nginx PATH] [--nchan-module PATH] [--centrifugo PATH]
 //! ```
 //!
@@ -21,8 +21,10 @@
 //! delivered and, at the end, a latency histogram, bytes, errors and whether every client
 //! got every event exactly once in order (by the gateway's event ids, by `seq` for peers).
 //! Several rates give a saturation curve: deliveries/s stop rising with the offered rate.
-//! Results: a table per step on stdout, a side-by-side comparison with ratios (ours /
-//! peer) when several targets ran, JSON (`--out`) and an SVG plot of the first target's
+//! Every step starts a fresh server; targets take turns per step, and `--rounds` repeats
+//! the whole sweep. Results: a table per step on stdout, medians over the rounds, a
+//! side-by-side comparison of the medians with ratios (ours / peer) when several targets
+//! ran, JSON (`--out`) and an SVG plot of the first target's
 //! latency and throughput against connections (`--plot`).
 //!
 //! Workers talk to the parent with JSON lines on stdout; the parent tells them the number
@@ -83,6 +85,10 @@ struct Args {
     /// Seconds of publishing per step.
     #[arg(long, default_value_t = 10)]
     seconds: u32,
+    /// Times to run every step; medians over the rounds are compared (the machine is
+    /// shared, and one round can land on someone else's build).
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
     /// Gateway processes.
     #[arg(long, default_value_t = 2)]
     gateways: usize,
@@ -404,30 +410,37 @@ async fn parent(args: Args) -> anyhow::Result<()> {
     // Every step gets a fresh redis-server and server, so its memory reading starts from
     // a server that never held a connection. Targets take turns at each step, so a change
     // in the machine's other load hits all of them alike rather than one target's block.
-    for &clients in &args.clients {
-        for &rate in &args.rate {
-            for &target in &args.target {
-                // A target that fails (does not start, refuses a publish) is reported and
-                // skipped; the others still run.
-                match step(&args, target, clients, rate).await {
-                    Ok(step) => {
-                        report::print_step(&step);
-                        steps.push(step);
-                    }
-                    Err(e) => {
-                        eprintln!("loadgen: {target:?} {clients} clients {rate}/s failed: {e:#}");
-                        failures.push(json!({ "target": target, "clients": clients, "rate": rate, "error": format!("{e:#}") }));
+    for round in 1..=args.rounds {
+        for &clients in &args.clients {
+            for &rate in &args.rate {
+                for &target in &args.target {
+                    // A target that fails (does not start, refuses a publish) is reported
+                    // and skipped; the others still run.
+                    match step(&args, target, clients, rate).await {
+                        Ok(mut step) => {
+                            step.round = round;
+                            report::print_step(&step);
+                            steps.push(step);
+                        }
+                        Err(e) => {
+                            eprintln!(
+                                "loadgen: {target:?} {clients} clients {rate}/s failed: {e:#}"
+                            );
+                            failures.push(json!({ "round": round, "target": target, "clients": clients, "rate": rate, "error": format!("{e:#}") }));
+                        }
                     }
                 }
             }
         }
     }
-    let comparison = report::compare(&steps);
+    let summaries = report::summarize(&steps);
+    report::print_summaries(&summaries);
+    let comparison = report::compare(&summaries);
     let report = json!({
         "machine": { "cores": std::thread::available_parallelism().map_or(0, usize::from), "cpu": cpu_model() },
         "targets": args.target, "rates": args.rate, "seconds": args.seconds,
         "gateways": args.gateways, "workers": args.workers,
-        "steps": steps, "comparison": comparison, "failures": failures,
+        "rounds": args.rounds, "steps": steps, "medians": summaries, "comparison": comparison, "failures": failures,
     });
     if let Some(path) = &args.out {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
@@ -590,6 +603,7 @@ async fn run_step(
     let per_connection =
         |after: u64, before: u64| after.saturating_sub(before) as f64 / held.max(1) as f64;
     Ok(Step {
+        round: 0,
         target,
         clients,
         rate,

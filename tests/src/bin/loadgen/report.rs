@@ -7,9 +7,10 @@ use serde_json::{Value, json};
 
 use crate::Target;
 
-/// One step: a target, a client count and a rate.
+/// One step: a target, a client count and a rate, in one round.
 #[derive(Debug, serde::Serialize)]
 pub struct Step {
+    pub round: u32,
     pub target: Target,
     pub clients: usize,
     pub rate: u32,
@@ -111,15 +112,123 @@ fn x(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}x"))
 }
 
-/// Ours / peer for every step both ran (same clients and rate), and for the highest
-/// deliveries/s each reached per client count (saturation, when several rates ran).
-/// Prints both tables when there is a peer; returns them for the JSON.
-pub fn compare(steps: &[Step]) -> Value {
-    let ours: Vec<&Step> = steps
+/// One (target, clients, rate) over all rounds: the median of each figure.
+#[derive(Debug, serde::Serialize)]
+pub struct Summary {
+    pub target: Target,
+    pub clients: usize,
+    pub rate: u32,
+    pub rounds: usize,
+    /// Rounds in which every client got every event exactly once, in order.
+    pub complete_rounds: usize,
+    pub deliveries_per_second: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub p999_ms: Option<f64>,
+    pub kib_per_connection: Option<f64>,
+    pub pss_kib_per_connection: Option<f64>,
+    pub cpu_us_per_delivery: Option<f64>,
+    pub other_cpu_seconds: Option<f64>,
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+pub fn summarize(steps: &[Step]) -> Vec<Summary> {
+    let mut keys: Vec<(usize, u32, Target)> = Vec::new();
+    for s in steps {
+        if !keys.contains(&(s.clients, s.rate, s.target)) {
+            keys.push((s.clients, s.rate, s.target));
+        }
+    }
+    keys.into_iter()
+        .map(|(clients, rate, target)| {
+            let group: Vec<&Step> = steps
+                .iter()
+                .filter(|s| (s.clients, s.rate, s.target) == (clients, rate, target))
+                .collect();
+            let m = |f: &dyn Fn(&Step) -> Option<f64>| {
+                median(group.iter().filter_map(|s| f(s)).collect())
+            };
+            Summary {
+                target,
+                clients,
+                rate,
+                rounds: group.len(),
+                complete_rounds: group
+                    .iter()
+                    .filter(|s| {
+                        s.complete == s.held
+                            && s.held == s.clients as u64
+                            && s.errors + s.disordered == 0
+                    })
+                    .count(),
+                deliveries_per_second: m(&|s| Some(s.deliveries_per_second)),
+                p50_ms: m(&|s| s.p50_ms),
+                p99_ms: m(&|s| s.p99_ms),
+                p999_ms: m(&|s| s.p999_ms),
+                kib_per_connection: m(&|s| Some(s.kib_per_connection)),
+                pss_kib_per_connection: m(&|s| Some(s.pss_kib_per_connection)),
+                cpu_us_per_delivery: m(&|s| s.cpu_us_per_delivery),
+                other_cpu_seconds: m(&|s| Some(s.other_cpu_seconds)),
+            }
+        })
+        .collect()
+}
+
+fn f1(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"))
+}
+
+/// Prints the medians over the rounds, when there was more than one.
+pub fn print_summaries(summaries: &[Summary]) {
+    if summaries.iter().all(|s| s.rounds < 2) {
+        return;
+    }
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
+        "\nmedians over the rounds\n\n| target | clients | rate/s | rounds (complete) | deliveries/s | p50 ms | p99 ms | p99.9 ms | KiB/conn RSS | KiB/conn PSS | CPU µs/delivery | other CPU s |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    );
+    for s in summaries {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} |",
+            name(s.target),
+            s.clients,
+            s.rate,
+            s.rounds,
+            s.complete_rounds,
+            s.deliveries_per_second
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.0}")),
+            f1(s.p50_ms),
+            f1(s.p99_ms),
+            f1(s.p999_ms),
+            f1(s.kib_per_connection),
+            f1(s.pss_kib_per_connection),
+            s.cpu_us_per_delivery
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
+            f1(s.other_cpu_seconds),
+        );
+    }
+}
+
+/// Ours / peer (medians over the rounds) for every (clients, rate) both ran, and for the
+/// highest deliveries/s each reached per client count (saturation, when several rates
+/// ran). Prints both tables when there is a peer; returns them for the JSON.
+pub fn compare(summaries: &[Summary]) -> Value {
+    let ours: Vec<&Summary> = summaries
         .iter()
         .filter(|s| s.target == Target::Gateway)
         .collect();
-    let peers: Vec<&Step> = steps
+    let peers: Vec<&Summary> = summaries
         .iter()
         .filter(|s| s.target != Target::Gateway)
         .collect();
@@ -146,11 +255,11 @@ pub fn compare(steps: &[Step]) -> Value {
         };
         let row = json!({
             "peer": peer.target, "clients": peer.clients, "rate": peer.rate,
-            "deliveries_per_second": ratio(Some(us.deliveries_per_second), Some(peer.deliveries_per_second)),
+            "deliveries_per_second": ratio(us.deliveries_per_second, peer.deliveries_per_second),
             "p50": ratio(us.p50_ms, peer.p50_ms),
             "p99": ratio(us.p99_ms, peer.p99_ms),
-            "kib_per_connection": ratio(Some(us.kib_per_connection), Some(peer.kib_per_connection)),
-            "pss_kib_per_connection": ratio(Some(us.pss_kib_per_connection), Some(peer.pss_kib_per_connection)),
+            "kib_per_connection": ratio(us.kib_per_connection, peer.kib_per_connection),
+            "pss_kib_per_connection": ratio(us.pss_kib_per_connection, peer.pss_kib_per_connection),
             "cpu_per_delivery": ratio(us.cpu_us_per_delivery, peer.cpu_us_per_delivery),
         });
         let f = |key: &str| x(row[key].as_f64());
@@ -170,23 +279,27 @@ pub fn compare(steps: &[Step]) -> Value {
         same_step.push(row);
     }
 
-    // Saturation: the best deliveries/s over the rates, per target and client count.
+    // Saturation: the best median deliveries/s over the rates, per target and clients.
     let best = |target: Target, clients: usize| {
-        steps
+        summaries
             .iter()
             .filter(|s| s.target == target && s.clients == clients)
-            .map(|s| s.deliveries_per_second)
+            .filter_map(|s| s.deliveries_per_second)
             .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
     };
     let mut saturated = Vec::new();
-    let rates: std::collections::BTreeSet<u32> = steps.iter().map(|s| s.rate).collect();
+    let rates: std::collections::BTreeSet<u32> = summaries.iter().map(|s| s.rate).collect();
     if rates.len() > 1 {
         let _ = writeln!(
             out,
             "\nhighest deliveries/s over the rates (saturation)\n\n| peer | clients | ours/s | peer/s | ours / peer |\n|---|--:|--:|--:|--:|"
         );
-        let mut pairs: Vec<(Target, usize)> = peers.iter().map(|s| (s.target, s.clients)).collect();
-        pairs.dedup();
+        let mut pairs: Vec<(Target, usize)> = Vec::new();
+        for s in &peers {
+            if !pairs.contains(&(s.target, s.clients)) {
+                pairs.push((s.target, s.clients));
+            }
+        }
         for (peer, clients) in pairs {
             let (a, b) = (best(Target::Gateway, clients), best(peer, clients));
             let r = ratio(a, b);
