@@ -32,6 +32,8 @@ const OPEN_FILES: usize = 20_000;
 /// the buffer only serves late readers, but a full buffer evicts the oldest message,
 /// so it is sized above any step's event count.
 const NCHAN_BUFFER: u32 = 100_000;
+/// Successful probe publishes in a row before Nchan counts as ready (see `wait_ready`).
+const NCHAN_PROBES: u32 = 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerKind {
@@ -148,20 +150,44 @@ impl Peer {
         Err(last_error.unwrap_or_else(|| anyhow::anyhow!("{} did not start", kind.name())))
     }
 
+    /// Waits until the peer answers and, for Nchan, until its workers reach Redis: Nchan
+    /// accepts subscribers before its Redis connection is up and answers 503 meanwhile (a
+    /// run that started too early got 503s and no events at all). Each probe is a
+    /// publish to a probe channel on a fresh connection, which lands on either worker;
+    /// `NCHAN_PROBES` in a row must succeed.
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let url = match self.kind {
-            PeerKind::Nchan => format!("http://{}/ready", self.addr),
-            PeerKind::Centrifugo => format!("http://{}/health", self.addr),
-        };
         let until = Instant::now() + READY_DEADLINE;
         let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut in_a_row = 0;
         loop {
             tick.tick().await;
             if let Some(status) = self.child.try_wait()? {
                 bail!("{} exited with {status} before ready", self.kind.name());
             }
-            let answer = self.http.get(&url).send().await;
+            let answer = match self.kind {
+                PeerKind::Nchan => {
+                    self.http
+                        .post(format!("http://{}/probe", self.addr))
+                        .header("connection", "close")
+                        .body("probe")
+                        .send()
+                        .await
+                }
+                PeerKind::Centrifugo => {
+                    let url = format!("http://{}/health", self.addr);
+                    self.http.get(url).send().await
+                }
+            };
             if answer.is_ok_and(|res| res.status().is_success()) {
+                in_a_row += 1;
+            } else {
+                in_a_row = 0;
+            }
+            let needed = match self.kind {
+                PeerKind::Nchan => NCHAN_PROBES,
+                PeerKind::Centrifugo => 1,
+            };
+            if in_a_row >= needed {
                 return Ok(());
             }
             if Instant::now() > until {
@@ -304,8 +330,10 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
-        location = /ready {{
-            return 204;
+        location = /probe {{
+            nchan_publisher;
+            nchan_channel_id probe;
+            nchan_redis_pass bench_redis;
         }}
         location = /pub {{
             nchan_publisher;

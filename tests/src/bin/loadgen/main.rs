@@ -611,6 +611,7 @@ async fn run_step(
         held,
         complete: totals.complete,
         published: events,
+        published_per_second: events as f64 / published_in.as_secs_f64(),
         deliveries: totals.deliveries,
         deliveries_per_second: totals.deliveries as f64 / delivering.max(1e-9),
         p50_ms: latency.quantile_ms(0.5),
