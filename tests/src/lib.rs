@@ -6,10 +6,12 @@
 //! - [`cluster::RedisCluster`]: a Redis Cluster of 3 masters and 3 replicas.
 //! - [`Publisher`]: `publisher::run` on `127.0.0.1:0`, stopped on drop.
 //! - [`load`]: pieces of the load tools (release gateway processes, a lean SSE client).
+//! - [`peers`]: Nchan and Centrifugo child processes for side-by-side load runs.
 //! - [`within`]: every network await in a test goes through it, so failures are fast.
 
 pub mod cluster;
 pub mod load;
+pub mod peers;
 
 pub use cluster::RedisCluster;
 
@@ -165,6 +167,11 @@ impl RedisServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The server's process id while it runs (for `/proc` CPU and memory readings).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref()?.id()
     }
 
     pub fn url(&self) -> String {

@@ -1,7 +1,9 @@
 //! Pieces of the load tools (`latency_bench`, `loadgen`): release gateway processes, a
 //! lean SSE client over a plain `TcpStream` (chunked decoding, SSE fields, no JSON tree),
-//! `/proc` readings (RSS, CPU time) and small report helpers.
+//! a latency histogram, `/proc` readings (RSS, PSS, CPU time, child processes) and small
+//! report helpers. Peer servers (Nchan, Centrifugo) live in [`crate::peers`].
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -194,6 +196,88 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
     Some((utime + stime) as f64 / TICKS_PER_SECOND)
 }
 
+/// Proportional set size of a process, in KiB: its private pages plus its share of pages
+/// it maps together with other processes (what RSS counts once per process). Differs from
+/// RSS for multi-process servers such as nginx, whose workers share the master's pages.
+pub fn pss_kib(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup
+        .lines()
+        .find_map(|line| line.strip_prefix("Pss:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The processes whose parent is `pid` (nginx's workers), from `/proc/*/stat`.
+pub fn child_pids(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // After the command name (which may hold spaces): state, then ppid.
+                    let rest = &stat[stat.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Latency histogram: microseconds rounded to 3 significant digits (error <= 0.5%).
+
+#[derive(Debug, Default, Clone)]
+pub struct Histogram {
+    pub counts: BTreeMap<u64, u64>,
+}
+
+impl Histogram {
+    fn bucket(micros: u64) -> u64 {
+        let mut scale = 1;
+        let mut v = micros;
+        while v >= 1000 {
+            v /= 10;
+            scale *= 10;
+        }
+        v * scale
+    }
+
+    pub fn record(&mut self, nanos: u64) {
+        *self.counts.entry(Self::bucket(nanos / 1000)).or_default() += 1;
+    }
+
+    pub fn merge(&mut self, pairs: &[(u64, u64)]) {
+        for &(bucket, n) in pairs {
+            *self.counts.entry(bucket).or_default() += n;
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    /// The value (ms) at quantile `q` (nearest rank).
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let total = self.total();
+        let rank = ((total.checked_sub(1)? as f64) * q).round() as u64;
+        let mut seen = 0;
+        for (&bucket, &n) in &self.counts {
+            seen += n;
+            if seen > rank {
+                return Some(bucket as f64 / 1000.0);
+            }
+        }
+        None
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The client side: HTTP/1.1 chunked body -> SSE events
 
@@ -384,17 +468,20 @@ impl SseReader {
 /// straight from the compact JSON the gateway sends (no JSON tree per event per client).
 pub fn data_u64(change: &[u8], key: &[u8]) -> Option<u64> {
     let data = find(change, b"\"data\":{")?;
-    let object = &change[data..];
+    field_u64(&change[data..], key)
+}
+
+/// The unsigned integer at the first `"key":` in compact JSON, wherever it is nested: for
+/// peers' messages (Nchan sends the published body as is; Centrifugo wraps it in
+/// `{"channel":..,"pub":{"data":{..}}}`). A message without the key gives `None`.
+pub fn field_u64(json: &[u8], key: &[u8]) -> Option<u64> {
     let mut pattern = Vec::with_capacity(key.len() + 3);
     pattern.push(b'"');
     pattern.extend_from_slice(key);
     pattern.extend_from_slice(b"\":");
-    let at = find(object, &pattern)? + pattern.len();
-    let digits = object[at..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .count();
-    std::str::from_utf8(&object[at..at + digits])
+    let at = find(json, &pattern)? + pattern.len();
+    let digits = json[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&json[at..at + digits])
         .ok()?
         .parse()
         .ok()
@@ -606,8 +693,34 @@ mod tests {
     }
 
     #[test]
+    fn reads_numbers_anywhere_in_peer_messages() {
+        let nchan = br#"{"t":1732345678901234567,"seq":6}"#;
+        assert_eq!(field_u64(nchan, b"t"), Some(1_732_345_678_901_234_567));
+        assert_eq!(field_u64(nchan, b"seq"), Some(6));
+        let centrifugo = br#"{"channel":"load","pub":{"data":{"t":5,"seq":7},"offset":3}}"#;
+        assert_eq!(field_u64(centrifugo, b"t"), Some(5));
+        assert_eq!(field_u64(centrifugo, b"seq"), Some(7));
+        assert_eq!(field_u64(br#"{"connect":{"client":"x"}}"#, b"seq"), None);
+    }
+
+    #[test]
     fn reads_proc_of_this_process() {
-        assert!(rss_kib(std::process::id()).is_some_and(|kib| kib > 0));
+        let me = std::process::id();
+        assert!(rss_kib(me).is_some_and(|kib| kib > 0));
+        assert!(pss_kib(me).is_some_and(|kib| kib > 0));
         assert!(cpu_seconds("self").is_some());
+    }
+
+    #[test]
+    fn histogram_keeps_three_digits_and_ranks() {
+        assert_eq!(Histogram::bucket(999), 999);
+        assert_eq!(Histogram::bucket(12_345), 12_300);
+        let mut h = Histogram::default();
+        for ms in 1..=100_u64 {
+            h.record(ms * 1_000_000);
+        }
+        assert_eq!(h.quantile_ms(0.5), Some(51.0));
+        assert_eq!(h.quantile_ms(1.0), Some(100.0));
+        assert_eq!(Histogram::default().quantile_ms(0.5), None);
     }
 }
