@@ -391,6 +391,21 @@ mod tests {
         assert!(stream_request(body.as_bytes()).is_none());
     }
 
+    /// A stream connection's task lives for hours in its streaming state; the future it
+    /// runs must not reserve room for routing or hyper (it was 2,424 bytes when it did).
+    #[tokio::test]
+    async fn a_connection_task_reserves_only_the_streaming_state() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (accepted, _client) = tokio::join!(listener.accept(), client);
+        let stalled = prometheus::IntCounter::new("stalled", "test").unwrap();
+        let io = WriteDeadline::new(accepted.unwrap().0, Duration::from_secs(30), stalled);
+        let graceful = GracefulShutdown::new();
+        let task = connection(io, Router::new(), 8192, graceful.watcher());
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 768, "the connection future is {size} bytes");
+    }
+
     #[test]
     fn chunks_frame_several_events_as_one() {
         let c = chunk(&[
