@@ -110,6 +110,32 @@ fn push_queue(
     (sender, push_rx)
 }
 
+/// When a control task reconciles its subscriptions with the hub: the wanted topics
+/// changed, the reader signalled, or the PING tick came (which also proves the connection
+/// alive: redis-rs reconnects only when a command is sent).
+struct Wakes<'a> {
+    shutdown: &'a CancellationToken,
+    tick: tokio::time::Interval,
+}
+
+impl<'a> Wakes<'a> {
+    fn new(shutdown: &'a CancellationToken) -> Self {
+        let mut tick = tokio::time::interval(PING_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self { shutdown, tick }
+    }
+
+    /// Waits for the next reason to reconcile; `false` at shutdown.
+    async fn next(&mut self, hub: &Hub, signals: &Signals) -> bool {
+        tokio::select! {
+            () = self.shutdown.cancelled() => false,
+            () = hub.changed() => true,
+            () = signals.wake.notified() => true,
+            _ = self.tick.tick() => true,
+        }
+    }
+}
+
 /// What the reader tells the control task. Set by the reader, taken by the control task.
 #[derive(Debug, Default)]
 struct Signals {

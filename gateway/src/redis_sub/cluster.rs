@@ -14,7 +14,7 @@
 //!   without closing its connections: see [`publisher::store::cluster_link`]), which drops
 //!   every subscription with the old connection.
 //!
-//! A PING to every master each [`PING_INTERVAL`] decides readiness (and, when one hangs,
+//! A PING to every master each [`super::PING_INTERVAL`] decides readiness (and, when one hangs,
 //! times out and so rebuilds the link).
 //!
 //! Events published while a topic was deaf are in its stream: the nudge after the new
@@ -34,7 +34,7 @@ use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInf
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{PING_INTERVAL, Readiness, Signals, nudge, push_queue, read};
+use super::{Readiness, Signals, Wakes, nudge, push_queue, read};
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::error::RunError;
@@ -112,15 +112,8 @@ struct Control {
 
 impl Control {
     async fn run(mut self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(PING_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = self.hub.changed() => {}
-                () = self.signals.wake.notified() => {}
-                _ = tick.tick() => {}
-            }
+        let mut wakes = Wakes::new(&shutdown);
+        while wakes.next(&self.hub, &self.signals).await {
             self.step().await;
         }
         self.readiness.set(false);

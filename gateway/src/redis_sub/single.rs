@@ -12,7 +12,7 @@ use redis::{IntoConnectionInfo, ProtocolVersion};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{PING_INTERVAL, Readiness, Signals, nudge, push_queue, read};
+use super::{Readiness, Signals, Wakes, nudge, push_queue, read};
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::error::RunError;
@@ -92,15 +92,8 @@ struct Control {
 
 impl Control {
     async fn run(mut self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(PING_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = self.hub.changed() => {}
-                () = self.signals.wake.notified() => {}
-                _ = tick.tick() => {}
-            }
+        let mut wakes = Wakes::new(&shutdown);
+        while wakes.next(&self.hub, &self.signals).await {
             self.step().await;
         }
         self.readiness.set(false);
