@@ -352,6 +352,36 @@ fn publish_until_stopped(
     })
 }
 
+/// One [`publish_until_stopped`] writer per topic.
+fn publish_to_each(
+    store: &RedisStore,
+    topics: &[Topic],
+    every: Duration,
+    acks: &Arc<Acks>,
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    topics
+        .iter()
+        .map(|t| publish_until_stopped(store.clone(), t.clone(), every, acks.clone(), stop.clone()))
+        .collect()
+}
+
+/// Two watchers per topic, starting on the first and second of the pods at `bases`, each
+/// moving on to the next pod when its stream ends.
+async fn two_watchers_per_topic(
+    bases: &[String],
+    topics: &[Topic],
+) -> anyhow::Result<Vec<(Topic, Watcher)>> {
+    let mut watchers = Vec::new();
+    for topic in topics {
+        let urls: Vec<String> = bases.iter().map(|b| change_stream(b, topic)).collect();
+        for first in 0..2 {
+            watchers.push((topic.clone(), Watcher::start(urls.clone(), first).await?));
+        }
+    }
+    Ok(watchers)
+}
+
 async fn reach(what: &str, acks: &Acks, topics: &[Topic], target: usize) -> anyhow::Result<()> {
     poll_until(what, CONVERGE, || async {
         (acks.min_count(topics) >= target).then_some(())
@@ -452,31 +482,12 @@ async fn failover(cut_off_replica: bool) -> anyhow::Result<Failover> {
         GatewayProcess::start_cluster(&cluster, &[]).await?,
     ];
     // Two clients per topic, one starting on each pod.
-    let mut watchers = Vec::new();
-    for topic in &topics {
-        let urls: Vec<String> = pods
-            .iter()
-            .map(|p| change_stream(&p.url(""), topic))
-            .collect();
-        for first in 0..2 {
-            watchers.push((topic.clone(), Watcher::start(urls.clone(), first).await?));
-        }
-    }
+    let bases: Vec<String> = pods.iter().map(|p| p.url("")).collect();
+    let watchers = two_watchers_per_topic(&bases, &topics).await?;
     let store = store(&cluster, Duration::from_millis(500))?;
     let acks = Arc::new(Acks::default());
     let stop = CancellationToken::new();
-    let writers: Vec<_> = topics
-        .iter()
-        .map(|t| {
-            publish_until_stopped(
-                store.clone(),
-                t.clone(),
-                Duration::from_millis(10),
-                acks.clone(),
-                stop.clone(),
-            )
-        })
-        .collect();
+    let writers = publish_to_each(&store, &topics, Duration::from_millis(10), &acks, &stop);
 
     reach("events before the kill", &acks, &topics, 100).await?;
     let slot = cluster
@@ -593,18 +604,7 @@ async fn kill_9_of_one_of_two_gateways_loses_nothing_on_any_shard() -> anyhow::R
     let store = store(&cluster, Duration::from_secs(2))?;
     let acks = Arc::new(Acks::default());
     let stop = CancellationToken::new();
-    let writers: Vec<_> = topics
-        .iter()
-        .map(|t| {
-            publish_until_stopped(
-                store.clone(),
-                t.clone(),
-                Duration::from_millis(2),
-                acks.clone(),
-                stop.clone(),
-            )
-        })
-        .collect();
+    let writers = publish_to_each(&store, &topics, Duration::from_millis(2), &acks, &stop);
     reach("events before the kill", &acks, &topics, 200).await?;
     a.kill9().await?;
     let after = acks.min_count(&topics) + 300;
@@ -650,29 +650,13 @@ async fn a_topic_whose_slot_moves_to_another_shard_keeps_every_client_complete()
         Gateway::start_cluster(&cluster).await?,
         Gateway::start_cluster(&cluster).await?,
     ];
-    let mut watchers = Vec::new();
-    for t in [&topic, &steady] {
-        let urls: Vec<String> = pods.iter().map(|p| change_stream(&p.url(""), t)).collect();
-        for first in 0..2 {
-            watchers.push((t.clone(), Watcher::start(urls.clone(), first).await?));
-        }
-    }
+    let bases: Vec<String> = pods.iter().map(|p| p.url("")).collect();
+    let watchers = two_watchers_per_topic(&bases, &[topic.clone(), steady.clone()]).await?;
     let store = store(&cluster, Duration::from_secs(2))?;
     let acks = Arc::new(Acks::default());
     let stop = CancellationToken::new();
     let both = [topic.clone(), steady.clone()];
-    let writers: Vec<_> = both
-        .iter()
-        .map(|t| {
-            publish_until_stopped(
-                store.clone(),
-                t.clone(),
-                Duration::from_millis(5),
-                acks.clone(),
-                stop.clone(),
-            )
-        })
-        .collect();
+    let writers = publish_to_each(&store, &both, Duration::from_millis(5), &acks, &stop);
     reach("events before the move", &acks, &both, 100).await?;
     let slot = cluster.keyslot(&topic.stream_key()).await?;
     cluster.migrate_slot(slot, 1).await?;
@@ -722,31 +706,12 @@ async fn a_hung_master_is_routed_around_once_its_replica_takes_over() -> anyhow:
         GatewayProcess::start_cluster(&cluster, &[]).await?,
         GatewayProcess::start_cluster(&cluster, &[]).await?,
     ];
-    let mut watchers = Vec::new();
-    for topic in &topics {
-        let urls: Vec<String> = pods
-            .iter()
-            .map(|p| change_stream(&p.url(""), topic))
-            .collect();
-        for first in 0..2 {
-            watchers.push((topic.clone(), Watcher::start(urls.clone(), first).await?));
-        }
-    }
+    let bases: Vec<String> = pods.iter().map(|p| p.url("")).collect();
+    let watchers = two_watchers_per_topic(&bases, &topics).await?;
     let store = store(&cluster, Duration::from_millis(500))?;
     let acks = Arc::new(Acks::default());
     let stop = CancellationToken::new();
-    let writers: Vec<_> = topics
-        .iter()
-        .map(|t| {
-            publish_until_stopped(
-                store.clone(),
-                t.clone(),
-                Duration::from_millis(10),
-                acks.clone(),
-                stop.clone(),
-            )
-        })
-        .collect();
+    let writers = publish_to_each(&store, &topics, Duration::from_millis(10), &acks, &stop);
     reach("events before the hang", &acks, &topics, 50).await?;
 
     // SIGSTOP: the master keeps every connection open and answers nothing, as behind a
