@@ -11,12 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use anyhow::{Context, ensure};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-use crate::{STEP, free_port, poll_until, redis_server_binary, within};
+use crate::{STEP, free_port, poll_until, redis_server_binary, start_redis, within};
 
 /// Masters in the cluster (each has one replica).
 pub const MASTERS: usize = 3;
@@ -54,48 +53,14 @@ impl Node {
             // Each node in its own directory: the AOF directory name is fixed.
             .arg("--dir")
             .arg(&dir)
-            .args(["--loglevel", "notice"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .context("spawn redis-server (is it installed?)")?;
-        let stdout = child.stdout.take().context("redis stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(10), async {
-            let mut seen = Vec::new();
-            while let Some(line) = lines.next_line().await? {
-                if line.contains("Ready to accept connections") {
-                    return Ok(());
-                }
-                seen.push(line);
-            }
-            bail!(
-                "redis-server exited before it was ready:\n{}",
-                seen.join("\n")
-            )
+            .args(["--loglevel", "notice"]);
+        let (child, drain) = start_redis(cmd, port).await?;
+        Ok(Self {
+            port,
+            stopped: false,
+            child: Some(child),
+            drain: Some(drain),
         })
-        .await;
-        match ready {
-            Ok(Ok(())) => {
-                // Keep reading the log so Redis never blocks on a full pipe.
-                let drain =
-                    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-                Ok(Self {
-                    port,
-                    stopped: false,
-                    child: Some(child),
-                    drain: Some(drain),
-                })
-            }
-            Ok(Err(e)) => Err(e),
-            Err(_) => {
-                let _ = child.kill().await;
-                bail!("redis-server not ready within 10s on port {port}")
-            }
-        }
     }
 
     fn alive(&self) -> bool {

@@ -69,6 +69,50 @@ pub struct RedisOptions {
     pub appendonly: bool,
 }
 
+/// Spawns a `redis-server` command (its arguments set) and waits for its "Ready to accept
+/// connections" line; the child and the task that keeps reading its log (so Redis never
+/// blocks on a full pipe).
+pub(crate) async fn start_redis(
+    mut cmd: Command,
+    port: u16,
+) -> anyhow::Result<(Child, JoinHandle<()>)> {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .context("spawn redis-server (is it installed? scripts/test installs it)")?;
+    let stdout = child.stdout.take().context("redis stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut seen = Vec::new();
+        while let Some(line) = lines.next_line().await? {
+            if line.contains("Ready to accept connections") {
+                return Ok(());
+            }
+            seen.push(line);
+        }
+        bail!(
+            "redis-server exited before it was ready:\n{}",
+            seen.join("\n")
+        )
+    })
+    .await;
+    match ready {
+        Ok(Ok(())) => {
+            let drain =
+                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            Ok((child, drain))
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            let _ = child.kill().await;
+            bail!("redis-server not ready within 10s on port {port}")
+        }
+    }
+}
+
 /// A `redis-server` child process on a free loopback port. Killed on drop.
 #[derive(Debug)]
 pub struct RedisServer {
@@ -125,44 +169,10 @@ impl RedisServer {
         } else {
             cmd.args(["--appendonly", "no"]);
         }
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .context("spawn redis-server (is it installed? scripts/test installs it)")?;
-        let stdout = child.stdout.take().context("redis stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(10), async {
-            let mut seen = Vec::new();
-            while let Some(line) = lines.next_line().await? {
-                if line.contains("Ready to accept connections") {
-                    return Ok(());
-                }
-                seen.push(line);
-            }
-            bail!(
-                "redis-server exited before it was ready:\n{}",
-                seen.join("\n")
-            )
-        })
-        .await;
-        match ready {
-            Ok(Ok(())) => {
-                // Keep reading the log so Redis never blocks on a full pipe.
-                self.drain = Some(tokio::spawn(async move {
-                    while let Ok(Some(_)) = lines.next_line().await {}
-                }));
-                self.child = Some(child);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(e),
-            Err(_) => {
-                let _ = child.kill().await;
-                bail!("redis-server not ready within 10s on port {}", self.port)
-            }
-        }
+        let (child, drain) = start_redis(cmd, self.port).await?;
+        self.child = Some(child);
+        self.drain = Some(drain);
+        Ok(())
     }
 
     pub fn port(&self) -> u16 {
