@@ -12,10 +12,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use tokio::process::{Child, Command};
-use tokio::task::JoinHandle;
+use tokio::process::Command;
 
-use crate::{STEP, free_port, poll_until, redis_server_binary, start_redis, within};
+use crate::{RedisChild, STEP, free_port, poll_until, redis_server_binary, start_redis, within};
 
 /// Masters in the cluster (each has one replica).
 pub const MASTERS: usize = 3;
@@ -33,8 +32,7 @@ struct Node {
     port: u16,
     /// SIGSTOPped: alive but not answering, so left out of every query.
     stopped: bool,
-    child: Option<Child>,
-    drain: Option<JoinHandle<()>>,
+    process: Option<RedisChild>,
 }
 
 impl Node {
@@ -54,42 +52,25 @@ impl Node {
             .arg("--dir")
             .arg(&dir)
             .args(["--loglevel", "notice"]);
-        let (child, drain) = start_redis(cmd, port).await?;
         Ok(Self {
             port,
             stopped: false,
-            child: Some(child),
-            drain: Some(drain),
+            process: Some(start_redis(cmd, port).await?),
         })
     }
 
     fn alive(&self) -> bool {
-        self.child.is_some() && !self.stopped
+        self.process.is_some() && !self.stopped
     }
 
     fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
+        self.process.as_ref().and_then(RedisChild::pid)
     }
 
     async fn kill(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.start_kill()?;
-            within("redis-server to die", child.wait()).await??;
-        }
-        if let Some(drain) = self.drain.take() {
-            drain.abort();
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-        }
-        if let Some(drain) = self.drain.take() {
-            drain.abort();
+        match self.process.take() {
+            Some(process) => process.kill().await,
+            None => Ok(()),
         }
     }
 }

@@ -69,13 +69,37 @@ pub struct RedisOptions {
     pub appendonly: bool,
 }
 
+/// A running `redis-server` child and the task that keeps reading its log (so Redis never
+/// blocks on a full pipe). Killed on drop.
+#[derive(Debug)]
+pub(crate) struct RedisChild {
+    child: Child,
+    drain: JoinHandle<()>,
+}
+
+impl RedisChild {
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub(crate) async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.start_kill()?;
+        within("redis-server to die", self.child.wait()).await??;
+        Ok(())
+    }
+}
+
+impl Drop for RedisChild {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        self.drain.abort();
+    }
+}
+
 /// Spawns a `redis-server` command (its arguments set) and waits for its "Ready to accept
-/// connections" line; the child and the task that keeps reading its log (so Redis never
-/// blocks on a full pipe).
-pub(crate) async fn start_redis(
-    mut cmd: Command,
-    port: u16,
-) -> anyhow::Result<(Child, JoinHandle<()>)> {
+/// connections" line.
+pub(crate) async fn start_redis(mut cmd: Command, port: u16) -> anyhow::Result<RedisChild> {
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::null())
         .stdin(Stdio::null())
@@ -103,7 +127,7 @@ pub(crate) async fn start_redis(
         Ok(Ok(())) => {
             let drain =
                 tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            Ok((child, drain))
+            Ok(RedisChild { child, drain })
         }
         Ok(Err(e)) => Err(e),
         Err(_) => {
@@ -116,8 +140,7 @@ pub(crate) async fn start_redis(
 /// A `redis-server` child process on a free loopback port. Killed on drop.
 #[derive(Debug)]
 pub struct RedisServer {
-    child: Option<Child>,
-    drain: Option<JoinHandle<()>>,
+    process: Option<RedisChild>,
     port: u16,
     options: RedisOptions,
     dir: tempfile::TempDir,
@@ -136,8 +159,7 @@ impl RedisServer {
             let port = free_port()?;
             let dir = tempfile::tempdir()?;
             let mut server = Self {
-                child: None,
-                drain: None,
+                process: None,
                 port,
                 options: options.clone(),
                 dir,
@@ -169,9 +191,7 @@ impl RedisServer {
         } else {
             cmd.args(["--appendonly", "no"]);
         }
-        let (child, drain) = start_redis(cmd, self.port).await?;
-        self.child = Some(child);
-        self.drain = Some(drain);
+        self.process = Some(start_redis(cmd, self.port).await?);
         Ok(())
     }
 
@@ -181,7 +201,7 @@ impl RedisServer {
 
     /// The server's process id while it runs (for `/proc` CPU and memory readings).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref()?.id()
+        self.process.as_ref()?.pid()
     }
 
     pub fn url(&self) -> String {
@@ -207,31 +227,16 @@ impl RedisServer {
 
     /// SIGKILL: no shutdown, no final save. What survives is what AOF already had.
     pub async fn kill(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.start_kill()?;
-            within("redis-server to die", child.wait()).await??;
+        match self.process.take() {
+            Some(process) => process.kill().await,
+            None => Ok(()),
         }
-        if let Some(drain) = self.drain.take() {
-            drain.abort();
-        }
-        Ok(())
     }
 
     /// Starts again on the same port and data directory.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill().await?;
         self.spawn().await
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-        }
-        if let Some(drain) = self.drain.take() {
-            drain.abort();
-        }
     }
 }
 
