@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::{EventId, StreamFields, Topic};
-use publisher::{ClusterLink, MemoryStore, RedisConnection, RedisTarget};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use publisher::{MemoryStore, RedisConnection, RedisTarget};
 use redis::streams::StreamRangeReply;
 use tokio::sync::Semaphore;
 
@@ -58,7 +56,8 @@ impl RedisStreams {
     }
 
     /// Prepares reads from `target` without connecting; each read waits at most `timeout`
-    /// for Redis, and at most `reads` are in flight at once.
+    /// for Redis (a read that times out replaces the connection), and at most `reads`
+    /// are in flight at once.
     ///
     /// # Errors
     /// If a URL is unusable.
@@ -67,43 +66,36 @@ impl RedisStreams {
         timeout: Duration,
         reads: usize,
     ) -> Result<Self, redis::RedisError> {
-        let conn = match target {
-            RedisTarget::Single(url) => {
-                let config = ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(timeout))
-                    .set_connection_timeout(Some(timeout))
-                    .set_number_of_retries(1);
-                RedisConnection::Single(ConnectionManager::new_lazy_with_config(
-                    redis::Client::open(url.as_str())?,
-                    config,
-                )?)
-            }
-            // Reads are idempotent: redis-rs may follow redirects and retry after a
-            // dropped connection; the link bounds each read by `timeout`.
-            RedisTarget::Cluster(seeds) => {
-                let client = ClusterClientBuilder::new(seeds.iter().map(String::as_str)).build()?;
-                RedisConnection::Cluster(ClusterLink::new(client, timeout, ClusterConfig::new()))
-            }
-        };
-        Ok(Self::new(conn, timeout, reads))
+        Ok(Self::new(
+            RedisConnection::for_reads(target, timeout)?,
+            timeout,
+            reads,
+        ))
     }
 
     async fn query(&self, cmd: redis::Cmd) -> Result<StreamRangeReply, BusError> {
         // The semaphore is never closed.
         let _permit = self.reads.acquire().await.ok();
         let mut conn = self.conn.clone();
-        if let RedisConnection::Cluster(_) = conn {
-            // The link bounds each command itself (and rebuilds after a timeout).
-            return Ok(cmd.query_async(&mut conn).await?);
-        }
-        match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
-            Ok(reply) => Ok(reply?),
-            Err(_) => Err(BusError::Timeout(self.timeout)),
+        // The connection bounds each command itself (and is replaced after a timeout).
+        match cmd.query_async(&mut conn).await {
+            Ok(reply) => Ok(reply),
+            Err(e) if e.is_timeout() => Err(BusError::Timeout(self.timeout)),
+            Err(e) => Err(e.into()),
         }
     }
 }
 
 impl Bus {
+    /// The pod's subscription found Redis silent: the stream-read connection, which an
+    /// event refill would use first, is likely silent too, so it is replaced now (within
+    /// its backoff) rather than failing the first client reads after the network heals.
+    pub fn suspect(&self) {
+        if let Self::Redis(redis) = self {
+            redis.conn.suspect();
+        }
+    }
+
     /// Up to `count` entries of `topic` strictly after `after`, oldest first.
     ///
     /// # Errors

@@ -50,6 +50,10 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Default most topics on one `/events` stream.
 pub const DEFAULT_MAX_TOPICS: usize = 16;
+/// Default longest time a pod cut off from Redis, while a peer reaches it, keeps its
+/// streams before ending them (jittered over the drain window) so their clients resume
+/// on a pod that can serve them.
+pub const DEFAULT_PARTITION_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -112,6 +116,12 @@ struct Flags {
     /// Most topics on one /events stream [env GATEWAY_MAX_TOPICS] [default 16]
     #[arg(long)]
     max_topics: Option<String>,
+    /// The other gateway pods, comma-separated host:port (a name resolving to several addresses, such as a headless Service, counts each), asked whether they reach Redis when this pod cannot [env GATEWAY_PEERS]
+    #[arg(long)]
+    peers: Option<String>,
+    /// How long this pod may be cut off from Redis while a peer reaches it before it ends its streams [env GATEWAY_PARTITION_TIMEOUT] [default 10s]
+    #[arg(long)]
+    partition_timeout: Option<String>,
     /// Largest filter (`options`) in bytes [env GATEWAY_FILTER_MAX_BYTES] [default 4096]
     #[arg(long)]
     filter_max_bytes: Option<String>,
@@ -154,6 +164,27 @@ struct Flags {
     /// Origins allowed cross-origin: `*`, or a comma-separated list (then with credentials) [env GATEWAY_CORS_ORIGINS] [default *]
     #[arg(long)]
     cors_origins: Option<String>,
+}
+
+/// The `peers` setting: `host:port` entries, comma-separated; empty entries are ignored.
+struct Peers(Vec<String>);
+
+impl std::str::FromStr for Peers {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|peer| match peer.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                    Ok(peer.to_owned())
+                }
+                _ => Err(format!("{peer:?} is not host:port")),
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
 }
 
 /// Which browser origins may call the gateway cross-origin.
@@ -218,6 +249,10 @@ pub struct Config {
     pub max_connections: NonZeroUsize,
     pub write_timeout: Duration,
     pub max_topics: NonZeroUsize,
+    /// Other gateways (`host:port`), asked whether they reach Redis when this pod cannot
+    /// ([`crate::partition`]). Empty: this pod takes any outage for a fleet-wide one.
+    pub peers: Vec<String>,
+    pub partition_timeout: Duration,
     pub filter_max_bytes: NonZeroUsize,
     pub filter_max_depth: NonZeroUsize,
     pub filter_max_conditions: NonZeroUsize,
@@ -268,6 +303,7 @@ impl Config {
             ("max_connections", DEFAULT_MAX_CONNECTIONS.to_string()),
             ("write_timeout", ms(DEFAULT_WRITE_TIMEOUT)),
             ("max_topics", DEFAULT_MAX_TOPICS.to_string()),
+            ("partition_timeout", ms(DEFAULT_PARTITION_TIMEOUT)),
             (
                 "filter_max_bytes",
                 proto::DEFAULT_MAX_FILTER_BYTES.to_string(),
@@ -311,6 +347,8 @@ impl Config {
             ("max_connections", flags.max_connections),
             ("write_timeout", flags.write_timeout),
             ("max_topics", flags.max_topics),
+            ("peers", flags.peers),
+            ("partition_timeout", flags.partition_timeout),
             ("filter_max_bytes", flags.filter_max_bytes),
             ("filter_max_depth", flags.filter_max_depth),
             ("filter_max_conditions", flags.filter_max_conditions),
@@ -357,6 +395,11 @@ impl Config {
             max_connections: layers.non_zero("max_connections")?,
             write_timeout: layers.duration("write_timeout")?,
             max_topics: layers.non_zero("max_topics")?,
+            peers: layers
+                .get_opt::<Peers>("peers")?
+                .map(|p| p.0)
+                .unwrap_or_default(),
+            partition_timeout: layers.duration("partition_timeout")?,
             filter_max_bytes: layers.non_zero("filter_max_bytes")?,
             filter_max_depth: layers.non_zero("filter_max_depth")?,
             filter_max_conditions: layers.non_zero("filter_max_conditions")?,
@@ -459,6 +502,20 @@ mod tests {
     }
 
     #[test]
+    fn peers_and_partition_timeout() {
+        let c = load(&[], &[]).unwrap();
+        assert!(c.peers.is_empty());
+        assert_eq!(c.partition_timeout, DEFAULT_PARTITION_TIMEOUT);
+        let c = load(
+            &["--partition-timeout", "30s"],
+            &[("GATEWAY_PEERS", " gw-peers.ns.svc:8080, 10.0.0.7:9000 ,")],
+        )
+        .unwrap();
+        assert_eq!(c.peers, ["gw-peers.ns.svc:8080", "10.0.0.7:9000"]);
+        assert_eq!(c.partition_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
     fn auth_settings() {
         let c = load(&[], &[]).unwrap();
         assert!(!c.auth.is_on(), "no JWT setting: auth off");
@@ -518,6 +575,8 @@ mod tests {
             (("GATEWAY_METRICS_PUBLIC", "maybe"), "`metrics_public`"),
             (("GATEWAY_REDIS_CLUSTER", "http://a:1"), "`redis_cluster`"),
             (("GATEWAY_REDIS_CLUSTER", " , "), "`redis_cluster`"),
+            (("GATEWAY_PEERS", "gw-0:8080,gw-1"), "`peers`"),
+            (("GATEWAY_PARTITION_TIMEOUT", "soon"), "`partition_timeout`"),
         ] {
             let err = load(&[], &[env]).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");

@@ -36,6 +36,7 @@ use crate::config::{Config, CorsOrigins};
 use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::partition::{Partition, Reach};
 use crate::redis_sub::Readiness;
 use crate::replay::{ClientStream, Shape, Subscription};
 use crate::sse;
@@ -47,6 +48,9 @@ pub struct AppState {
     pub bus: Bus,
     pub config: Arc<Config>,
     pub readiness: Readiness,
+    /// The verdict when Redis is out of reach (this pod alone, or the fleet), and the token
+    /// open streams end on.
+    pub partition: Partition,
     /// Ends every open SSE response when cancelled (each at a random moment of the drain
     /// window), and turns `/readyz` and new streams away.
     pub shutdown: CancellationToken,
@@ -123,6 +127,7 @@ fn health_routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route(crate::partition::PEER_PATH, get(readyz_redis))
 }
 
 /// CORS by `cors_origins`: any origin without credentials, or a list of origins with
@@ -158,20 +163,49 @@ fn cors(origins: &CorsOrigins) -> CorsLayer {
     }
 }
 
+/// Whether the Service should send this pod new streams (docs/OPERATIONS.md, "Readiness"):
+/// - `200 ready`: Redis answers and every topic's subscription is confirmed;
+/// - `200 degraded`: Redis is out of reach from every gateway asked (a fleet-wide outage):
+///   an unready fleet would leave the Service without endpoints and the ingress would
+///   answer 503 itself, which ends EventSource for good; this pod tells streams to retry;
+/// - `503`: draining, starting, or cut off from Redis while a peer reaches it.
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.shutdown.is_cancelled() {
-        return (
+    let unavailable = |status: &str, reason: &str| {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "draining", "reason": "shutting down" })),
+            Json(json!({ "status": status, "reason": reason })),
         )
-            .into_response();
+            .into_response()
+    };
+    if state.shutdown.is_cancelled() {
+        return unavailable("draining", "shutting down");
     }
     if state.readiness.is_up() && state.hub.all_confirmed() {
-        Json(json!({ "status": "ready" })).into_response()
+        return Json(json!({ "status": "ready" })).into_response();
+    }
+    match (state.readiness.unreachable(), state.partition.reach()) {
+        (true, Reach::Fleet) => Json(json!({
+            "status": "degraded",
+            "reason": "redis unreachable from every gateway; streams are kept and new ones told to retry",
+        }))
+        .into_response(),
+        (true, Reach::Alone) => unavailable(
+            "unavailable",
+            "redis unreachable from this pod while a peer reaches it",
+        ),
+        _ => unavailable("unavailable", "redis subscription not confirmed"),
+    }
+}
+
+/// `GET /readyz/redis`: whether this pod reaches Redis now, whatever its peers do. What
+/// peers ask to tell a partition of one pod from an outage of all ([`crate::partition`]).
+async fn readyz_redis(State(state): State<AppState>) -> Response {
+    if state.readiness.is_up() {
+        Json(json!({ "redis": "up" })).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unavailable", "reason": "redis subscription not confirmed" })),
+            Json(json!({ "redis": "down" })),
         )
             .into_response()
     }
@@ -365,24 +399,102 @@ fn parse_filter(
     Ok((!filter.is_empty()).then(|| Arc::new(filter)))
 }
 
+/// Why a stream request was told to come back instead of being served.
+#[derive(Clone, Copy, Debug)]
+enum TurnedAway {
+    Redis,
+    SubscribeTimeout,
+    Full,
+    Draining,
+    ReadFailed,
+}
+
+impl TurnedAway {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::SubscribeTimeout => "subscribe-timeout",
+            Self::Full => "full",
+            Self::Draining => "draining",
+            Self::ReadFailed => "read-failed",
+        }
+    }
+}
+
+/// The answer to a stream request that cannot be served right now for a transient reason:
+/// `200` with `:ok`, a jittered `retry:` and the end, so EventSource reconnects (to this
+/// pod or, through the Service, another) instead of closing for good as it does on a 503.
+///
+/// The resume position stays exact: a client that came with one gets no `id:` and keeps
+/// it; a client without one gets an anchor ([`EventId::anchor`]) at its request's arrival,
+/// less [`ANCHOR_MARGIN`] for the clocks of this pod and Redis, so its next connection
+/// replays everything published since it asked, on any pod. No Redis read is needed, so
+/// this works while Redis is out of reach and costs nothing when shedding load.
+fn turn_away(
+    state: &AppState,
+    shape: Shape,
+    positions: &[(Topic, Option<EventId>)],
+    asked_at: SystemTime,
+    reason: TurnedAway,
+) -> Response {
+    state
+        .metrics
+        .turned_away
+        .with_label_values(&[reason.as_str()])
+        .inc();
+    tracing::debug!(
+        reason = reason.as_str(),
+        "stream turned away; told to retry"
+    );
+    let position = positions.iter().any(|(_, p)| p.is_none()).then(|| {
+        let ms = asked_at
+            .checked_sub(ANCHOR_MARGIN)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let anchor = EventId::anchor(ms);
+        match shape {
+            Shape::ChangeStream => anchor.to_string(),
+            Shape::Events => {
+                let topics: Vec<Topic> = positions.iter().map(|(t, _)| t.clone()).collect();
+                Cursor::encode_ids(
+                    Cursor::checksum(&topics),
+                    positions.iter().map(|(_, p)| p.unwrap_or(anchor)),
+                )
+            }
+        }
+    });
+    let retry = state.config.retry;
+    sse::come_back(retry + publisher::jitter::below(retry), position.as_deref())
+}
+
+/// How far before a turned-away client's request its anchor lies: more than the clocks of
+/// a pod and Redis disagree by (NTP keeps them within milliseconds). A client may get
+/// changes from up to this long before it asked, never miss one after.
+pub const ANCHOR_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Joins every topic, waits for Redis to confirm each subscription, positions the client
-/// and answers with the SSE response.
+/// and answers with the SSE response; or, when that cannot happen now, tells the client
+/// to come back ([`turn_away`]).
 async fn open_stream(
     state: AppState,
     shape: Shape,
     topics: Vec<(Topic, Option<EventId>, Option<Arc<Filter>>)>,
     access_ends: Option<SystemTime>,
 ) -> Result<Response, ApiError> {
+    let asked_at = SystemTime::now();
+    // Sorted by topic, as cursors are.
+    let mut positions: Vec<(Topic, Option<EventId>)> =
+        topics.iter().map(|(t, r, _)| (t.clone(), *r)).collect();
+    positions.sort_by(|a, b| a.0.cmp(&b.0));
+    let away = |reason| Ok(turn_away(&state, shape, &positions, asked_at, reason));
     if state.shutdown.is_cancelled() {
-        return Err(ApiError::Unavailable(
-            "this gateway is shutting down; reconnect".into(),
-        ));
+        return away(TurnedAway::Draining);
+    }
+    if state.readiness.unreachable() {
+        return away(TurnedAway::Redis);
     }
     let Ok(permit) = Arc::clone(&state.streams).try_acquire_owned() else {
-        return Err(ApiError::Unavailable(format!(
-            "this gateway holds its maximum of {} streams; retry shortly",
-            state.config.max_connections
-        )));
+        return away(TurnedAway::Full);
     };
     // Join all first, so the subscriptions are confirmed concurrently.
     let mut subscriptions: Vec<Subscription> = topics
@@ -400,12 +512,10 @@ async fn open_stream(
             .confirmed(state.config.subscribe_timeout)
             .await
         {
-            return Err(ApiError::Unavailable(
-                "the gateway could not subscribe to Redis; retry shortly".into(),
-            ));
+            return away(TurnedAway::SubscribeTimeout);
         }
     }
-    let client = ClientStream::open(
+    let client = match ClientStream::open(
         shape,
         subscriptions,
         state.bus.clone(),
@@ -414,12 +524,15 @@ async fn open_stream(
         state.metrics.clone(),
     )
     .await
-    .map_err(|e| {
-        tracing::warn!(error = %e, "cannot open stream");
-        ApiError::Unavailable("Redis is unavailable; retry shortly".into())
-    })?;
+    {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open stream");
+            return away(TurnedAway::ReadFailed);
+        }
+    };
     let end = sse::End::new(
-        state.shutdown.clone(),
+        state.partition.stream_end(),
         state.config.drain_window,
         access_ends,
     );

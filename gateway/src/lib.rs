@@ -30,6 +30,7 @@ pub mod http;
 pub mod hub;
 pub mod listener;
 pub mod metrics;
+pub mod partition;
 pub mod redis_sub;
 pub mod replay;
 pub mod serve;
@@ -73,6 +74,8 @@ fn log_config(config: &Config) {
         push_queue = config.push_queue.get(),
         max_connections = config.max_connections.get(),
         max_topics = config.max_topics.get(),
+        peers = ?config.peers,
+        partition_timeout_ms = ms(config.partition_timeout),
         filter_max_bytes = config.filter_max_bytes.get(),
         write_timeout_ms = ms(config.write_timeout),
         drain_window_ms = ms(config.drain_window),
@@ -100,6 +103,7 @@ pub async fn run(
     log_config(&config);
     let tracker = TaskTracker::new();
     let metrics = metrics::Metrics::new().map_err(std::io::Error::other)?;
+    let partition = partition::Partition::new(&shutdown);
     let (bus, hub, readiness, embedded) = match &config.redis {
         None => {
             let store = publisher::MemoryStore::new(config.retention);
@@ -132,6 +136,14 @@ pub async fn run(
                 &tracker,
                 shutdown.child_token(),
             )?;
+            tracker.spawn(partition::watch(
+                partition.clone(),
+                readiness.clone(),
+                config.peers.clone(),
+                config.partition_timeout,
+                metrics.clone(),
+                shutdown.child_token(),
+            ));
             (bus, hub, readiness, None)
         }
     };
@@ -154,6 +166,7 @@ pub async fn run(
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_connections.get())),
         config: Arc::new(config),
         readiness,
+        partition,
         shutdown: shutdown.clone(),
         metrics,
     };

@@ -43,6 +43,18 @@ pub struct Metrics {
     pub subscribed_topics: IntGauge,
     /// `gateway_pubsub_dropped_total`: messages dropped because the reader queue was full.
     pub pubsub_dropped: IntCounter,
+    /// `gateway_streams_turned_away_total{reason}`: stream requests answered with "retry"
+    /// (`200`, a `retry:` hint, end) because they could not be served right now:
+    /// `redis` (unreachable), `subscribe-timeout`, `full` (`max_connections`),
+    /// `draining`, `read-failed`.
+    pub turned_away: IntCounterVec,
+    /// `gateway_redis_cut_off`: 1 while this pod cannot reach Redis and a peer can.
+    pub cut_off: IntGauge,
+    /// `gateway_redis_fleet_outage`: 1 while neither this pod nor any peer reaches Redis.
+    pub fleet_outage: IntGauge,
+    /// `gateway_partition_stream_ends_total`: times this pod, cut off alone for longer
+    /// than `partition_timeout`, ended its streams so their clients resume elsewhere.
+    pub partition_evictions: IntCounter,
     /// `gateway_publish_to_deliver_seconds`: from the event's stream id (Redis's clock at
     /// publish) to the moment its frame is handed to a client's connection.
     pub latency: Histogram,
@@ -80,6 +92,14 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(resets.clone()))?;
+        let turned_away = IntCounterVec::new(
+            Opts::new(
+                "gateway_streams_turned_away_total",
+                "Stream requests told to retry because they could not be served now.",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(turned_away.clone()))?;
         let latency = Histogram::with_opts(
             HistogramOpts::new(
                 "gateway_publish_to_deliver_seconds",
@@ -124,6 +144,19 @@ impl Metrics {
             pubsub_dropped: counter(
                 "gateway_pubsub_dropped_total",
                 "Pub/sub messages dropped on a full reader queue.",
+            )?,
+            turned_away,
+            cut_off: gauge(
+                "gateway_redis_cut_off",
+                "1 while this pod cannot reach Redis and a peer can.",
+            )?,
+            fleet_outage: gauge(
+                "gateway_redis_fleet_outage",
+                "1 while no gateway asked reaches Redis.",
+            )?,
+            partition_evictions: counter(
+                "gateway_partition_stream_ends_total",
+                "Times this pod ended its streams after being cut off from Redis alone.",
             )?,
             latency,
             registry,

@@ -46,10 +46,15 @@ pub use single::resp3_client;
 /// How often the control task PINGs Redis (and retries failed subscriptions).
 pub const PING_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Whether this pod can serve: shared with `/readyz`.
+/// Whether this pod can serve: shared with `/readyz`, the stream handlers and
+/// [`crate::partition`].
 #[derive(Clone, Debug, Default)]
 pub struct Readiness {
+    /// Redis answers and every wanted topic is subscribed (and refilled after a loss).
     up: Arc<AtomicBool>,
+    /// The last PING (to every master, in a cluster) failed or timed out: Redis is out
+    /// of reach from here, not merely busy confirming a new topic.
+    unreachable: Arc<AtomicBool>,
 }
 
 impl Readiness {
@@ -63,8 +68,18 @@ impl Readiness {
         self.up.load(Ordering::SeqCst)
     }
 
+    /// Whether the last PING failed: new streams are turned away at once instead of
+    /// waiting for a subscription that cannot come.
+    pub fn unreachable(&self) -> bool {
+        self.unreachable.load(Ordering::SeqCst)
+    }
+
     fn set(&self, up: bool) {
         self.up.store(up, Ordering::SeqCst);
+    }
+
+    fn set_reachable(&self, reachable: bool) {
+        self.unreachable.store(!reachable, Ordering::SeqCst);
     }
 }
 

@@ -16,6 +16,11 @@
 //! continues from, never a silent skip. Memory per client is one broadcast cursor per
 //! topic plus at most one page of frames.
 //!
+//! A resume position may also be an anchor ([`EventId::anchor`]): a position between ids
+//! that a fresh client was given when it was turned away (see [`crate::http`]). It names
+//! no entry, so the first entry after it starts the chain, and an anchor newer than the
+//! stream is no reset: nothing was published since.
+//!
 //! Two shapes share this logic: the LoopBack change stream (one topic, `id:` the stream
 //! id, `event: data`) and the multi-topic `/events` stream (`id:` a [`Cursor`] with every
 //! topic's `last`, default event name, the topic inside the JSON).
@@ -221,6 +226,8 @@ impl ClientStream {
                 filter: sub.filter.filter(|f| !f.is_empty()),
             };
             match sub.resume {
+                // Nothing was published since the anchor: live from the newest.
+                Some(from) if from > newest && from.is_anchor() => {}
                 Some(from) if from > newest => resets.push((index, from, newest)),
                 Some(from) => {
                     lane.last = from;
@@ -391,7 +398,7 @@ impl ClientStream {
                 let entries = bus.range(&topic, after, count).await?;
                 let mut last = after;
                 let broken = entries.iter().any(|e| {
-                    let broken = e.fields.prev != last;
+                    let broken = e.fields.prev != last && !last.is_anchor();
                     last = e.id;
                     broken
                 });
@@ -417,7 +424,9 @@ impl ClientStream {
         };
         let full = entries.len() == self.page;
         for entry in entries {
-            if entry.fields.prev != self.lanes[index].last {
+            // After an anchor (a position between ids) the chain starts with its first entry.
+            let last = self.lanes[index].last;
+            if entry.fields.prev != last && !last.is_anchor() {
                 let from = self.lanes[index].last;
                 // `fetch_page` read the newest id when the chain broke.
                 let newest = newest.unwrap_or(from);
@@ -647,6 +656,51 @@ mod tests {
         let id = publish(&store, &topic, 7).await;
         hub.deliver(&topic, LiveEvent::new(id, newest, "{}", None));
         assert_eq!(ids(&take(&mut client, 1).await), [id.to_string()]);
+    }
+
+    #[tokio::test]
+    async fn an_anchor_resumes_from_its_millisecond_without_a_reset() {
+        let store = MemoryStore::new(Retention::default());
+        let topic = Topic::new("T").unwrap();
+        let hub = Hub::new(8, true);
+        let mut published = Vec::new();
+        for n in 1..=4 {
+            published.push(publish(&store, &topic, n).await);
+        }
+        let anchor = EventId::anchor(published[2].ms);
+        let mut client = open_one(
+            &topic,
+            store.clone(),
+            hub.join(&topic),
+            Some(anchor),
+            10,
+            Duration::from_secs(60),
+        )
+        .await;
+        let expected: Vec<String> = published
+            .iter()
+            .filter(|id| **id > anchor)
+            .map(ToString::to_string)
+            .collect();
+        assert!(expected.len() >= 2);
+        assert_eq!(ids(&take(&mut client, expected.len()).await), expected);
+
+        // An anchor newer than every entry: nothing was published since; live, no reset.
+        let newest = *published.last().unwrap();
+        let later = EventId::anchor(newest.ms + 10);
+        let mut client = open_one(
+            &topic,
+            store.clone(),
+            hub.join(&topic),
+            Some(later),
+            10,
+            Duration::from_secs(60),
+        )
+        .await;
+        let id = publish(&store, &topic, 5).await;
+        hub.deliver(&topic, LiveEvent::new(id, newest, "{}", None));
+        let chunks = take(&mut client, 1).await;
+        assert_eq!(ids(&chunks), [id.to_string()], "{:?}", text(&chunks[0]));
     }
 
     #[tokio::test]

@@ -2,7 +2,6 @@
 //! when the client goes or the pod drains.
 
 use std::convert::Infallible;
-use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -30,7 +29,7 @@ pub fn response(
     let head = Bytes::from(format!(
         "{}{}",
         proto::sse::PREAMBLE,
-        proto::sse::retry(u64::try_from(retry.as_millis()).unwrap_or(u64::MAX))
+        proto::sse::retry(millis(retry))
     ));
     let body = SseBody {
         head: Some(head),
@@ -39,7 +38,28 @@ pub fn response(
         end,
         ended: false,
     };
-    let mut response = Response::new(Body::from_stream(body));
+    with_stream_headers(Response::new(Body::from_stream(body)))
+}
+
+/// A stream that cannot be served right now, answered so that EventSource tries again
+/// (it closes for good on any non-200 answer): `200`, LoopBack's headers and `:ok`, then
+/// `retry:` (the browser's wait before it reconnects) and the end of the response.
+/// `position`, for a client that had none, is an `id:` it resumes from; a client that
+/// came with `Last-Event-ID` gets none and keeps its own.
+pub fn come_back(retry: Duration, position: Option<&str>) -> Response {
+    let mut body = String::from(proto::sse::PREAMBLE);
+    if let Some(id) = position {
+        body.push_str(&proto::sse::position_frame(id));
+    }
+    body.push_str(&proto::sse::retry(millis(retry)));
+    with_stream_headers(Response::new(Body::from(body)))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn with_stream_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -85,7 +105,8 @@ impl Stream for SseBody {
 }
 
 /// When a stream ends on its own: at a random moment within the drain window after the
-/// pod starts shutting down (so its clients' reconnects do not reach the other pods as one
+/// pod starts shutting down (or ends its streams because it is cut off from Redis alone,
+/// [`crate::partition`]) (so its clients' reconnects do not reach the other pods as one
 /// burst), or when the client's token expires (its `exp` plus leeway; the client
 /// reconnects with a fresh token and `Last-Event-ID`).
 ///
@@ -133,25 +154,15 @@ impl End {
             if self.cancelled.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            self.drain = Some(Box::pin(tokio::time::sleep(jitter(self.window))));
+            self.drain = Some(Box::pin(tokio::time::sleep(publisher::jitter::below(
+                self.window,
+            ))));
         }
         match &mut self.drain {
             Some(drain) => drain.as_mut().poll(cx),
             None => Poll::Pending,
         }
     }
-}
-
-/// A uniformly random duration below `window` (std's per-process random hash keys are
-/// randomness enough for spreading reconnects).
-fn jitter(window: Duration) -> Duration {
-    let nanos = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
-    if nanos == 0 {
-        return Duration::ZERO;
-    }
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(nanos);
-    Duration::from_nanos(hasher.finish() % nanos)
 }
 
 #[cfg(test)]
@@ -167,15 +178,5 @@ mod tests {
         assert!(body <= 512, "SseBody is {body} bytes");
         let end = std::mem::size_of::<End>();
         assert!(end <= 64, "End is {end} bytes");
-    }
-
-    #[test]
-    fn jitter_stays_in_the_window_and_varies() {
-        let window = Duration::from_secs(5);
-        let samples: Vec<Duration> = (0..200).map(|_| jitter(window)).collect();
-        assert!(samples.iter().all(|d| *d < window));
-        let distinct: std::collections::HashSet<_> = samples.iter().collect();
-        assert!(distinct.len() > 150);
-        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
     }
 }

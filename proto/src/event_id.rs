@@ -44,6 +44,26 @@ impl EventId {
         })
     }
 
+    /// A position *between* ids, for a client that has none yet and cannot be given the
+    /// stream's newest id (the gateway cannot read Redis right now): after every id of
+    /// the milliseconds before `ms`, before every id of `ms` and later. A resume from it
+    /// delivers what was published from `ms` on, by Redis's clock. It has no event, so the
+    /// id chain cannot start at it: the first entry after it is taken as it is.
+    ///
+    /// Written as a plain stream id (`<ms - 1>-18446744073709551615`, a sequence no real
+    /// entry reaches), so EventSource, cursors and every parser take it unchanged.
+    pub const fn anchor(ms: u64) -> Self {
+        Self {
+            ms: ms.saturating_sub(1),
+            seq: u64::MAX,
+        }
+    }
+
+    /// Whether this is an [`EventId::anchor`] rather than the id of an entry.
+    pub const fn is_anchor(self) -> bool {
+        self.seq == u64::MAX
+    }
+
     /// The id right after this one, for exclusive ranges where `(id` syntax is not wanted.
     pub fn successor(self) -> Option<Self> {
         match self.seq.checked_add(1) {
@@ -69,6 +89,17 @@ impl FromStr for EventId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_anchor_sits_between_milliseconds() {
+        let anchor = EventId::anchor(1_000);
+        assert!(anchor.is_anchor());
+        assert!(EventId::new(999, 5) < anchor && anchor < EventId::new(1_000, 0));
+        assert_eq!(anchor.to_string(), "999-18446744073709551615");
+        assert_eq!(EventId::parse(&anchor.to_string()).unwrap(), anchor);
+        assert!(!EventId::new(1_000, 0).is_anchor());
+        assert_eq!(EventId::anchor(0), EventId::new(0, u64::MAX));
+    }
 
     #[test]
     fn parses_and_prints_round_trip() {

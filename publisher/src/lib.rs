@@ -21,6 +21,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod jitter;
 pub mod limits;
 pub mod metrics;
 pub mod settings;
@@ -31,8 +32,8 @@ pub mod telemetry;
 pub use config::Config;
 pub use error::{ApiError, StoreError};
 pub use store::{
-    ClusterLink, MemoryStore, RedisConnection, RedisOptions, RedisStore, RedisTarget, Retention,
-    Store, Written,
+    ClusterLink, Link, MemoryStore, RedisConnection, RedisOptions, RedisStore, RedisTarget,
+    Retention, SingleLink, Store, Written,
 };
 
 use tokio::net::TcpListener;

@@ -12,11 +12,11 @@ use proto::{Change, EventId, Object, RecordId, Topic};
 
 use crate::error::StoreError;
 
-pub mod cluster_link;
+pub mod link;
 mod memory;
 mod redis_store;
 
-pub use cluster_link::ClusterLink;
+pub use link::{ClusterLink, Link, SingleLink};
 pub use memory::{MemoryStore, Published};
 pub use redis_store::{RedisConnection, RedisOptions, RedisStore, RedisTarget};
 

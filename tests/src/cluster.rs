@@ -255,6 +255,28 @@ impl RedisCluster {
             .collect()
     }
 
+    /// The ports of every node started, in start order.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// Makes every node leave the address out of its slot map (`CLUSTER SLOTS` answers
+    /// with no endpoint, `cluster-preferred-endpoint-type unknown-endpoint`), so a client
+    /// reaches each node at the address it reached its seed by, with the node's port.
+    /// With proxies on another loopback address and the nodes' ports, one client can be
+    /// put behind them while the others connect directly. (Redirects then name no host
+    /// either: do not move slots while a client is behind proxies.)
+    pub async fn answer_with_unknown_endpoints(&self) -> anyhow::Result<()> {
+        for node in self.nodes.iter().filter(|n| n.alive()) {
+            let mut set = redis::cmd("CONFIG");
+            set.arg("SET")
+                .arg("cluster-preferred-endpoint-type")
+                .arg("unknown-endpoint");
+            node_command(node.port, &mut set).await?;
+        }
+        Ok(())
+    }
+
     /// The seed list as `GATEWAY_REDIS_CLUSTER` / `PUBLISHER_REDIS_CLUSTER` take it.
     pub fn seed_list(&self) -> String {
         self.seed_urls().join(",")

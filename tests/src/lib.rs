@@ -7,12 +7,15 @@
 //! - [`Publisher`]: `publisher::run` on `127.0.0.1:0`, stopped on drop.
 //! - [`load`]: pieces of the load tools (release gateway processes, a lean SSE client).
 //! - [`peers`]: Nchan and Centrifugo child processes for side-by-side load runs.
+//! - [`Blackhole`]: a TCP proxy that can go silent (a partition with no FIN or RST).
 //! - [`within`]: every network await in a test goes through it, so failures are fast.
 
+pub mod blackhole;
 pub mod cluster;
 pub mod load;
 pub mod peers;
 
+pub use blackhole::Blackhole;
 pub use cluster::RedisCluster;
 
 use std::net::SocketAddr;
@@ -245,7 +248,8 @@ fn redis_server_binary() -> PathBuf {
     std::env::var_os("REDIS_SERVER").map_or_else(|| PathBuf::from("redis-server"), PathBuf::from)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A loopback port nobody listens on right now (it may be taken before it is used).
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -342,6 +346,23 @@ fn single(redis_url: Option<&str>) -> Option<publisher::RedisTarget> {
     redis_url.map(|url| publisher::RedisTarget::Single(url.to_owned()))
 }
 
+/// The `status` of a gateway's `/readyz` answer (`ready`, `degraded`, `unavailable`,
+/// `draining`) with its HTTP status; `(0, "")` if it does not answer.
+pub async fn ready_state(client: &reqwest::Client, url: &str) -> (u16, String) {
+    let Ok(res) = client.get(url).send().await else {
+        return (0, String::new());
+    };
+    let code = res.status().as_u16();
+    let body: serde_json::Value = res.json().await.unwrap_or_default();
+    (code, body["status"].as_str().unwrap_or("").to_owned())
+}
+
+/// Whether a gateway's `/readyz` says it serves fully: Redis answers and every
+/// subscription is confirmed (not merely `degraded`, which is also a 200).
+pub async fn is_ready(client: &reqwest::Client, url: &str) -> bool {
+    ready_state(client, url).await == (200, "ready".to_owned())
+}
+
 /// An HTTP client whose every request fails after [`STEP`] instead of hanging.
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
@@ -421,8 +442,7 @@ impl Gateway {
             let client = http();
             let url = gateway.url("/readyz");
             poll_until("gateway ready", Duration::from_secs(10), || async {
-                let res = client.get(&url).send().await.ok()?;
-                (res.status() == 200).then_some(())
+                is_ready(&client, &url).await.then_some(())
             })
             .await?;
         }
@@ -646,7 +666,15 @@ impl GatewayProcess {
             bail!("gateway exited before listening")
         })
         .await??;
-        let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // `SHOW_GATEWAY_LOGS=1` copies every pod's log to the test's output.
+        let show = std::env::var_os("SHOW_GATEWAY_LOGS").is_some();
+        let drain = tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if show {
+                    eprintln!("[gateway {addr}] {line}");
+                }
+            }
+        });
         let process = Self { child, addr, drain };
         process.wait_ready().await?;
         Ok(process)
@@ -658,18 +686,57 @@ impl GatewayProcess {
 
     /// The HTTP status of `/readyz` (0 if it does not answer).
     pub async fn ready_status(&self) -> u16 {
-        http()
-            .get(self.url("/readyz"))
-            .send()
-            .await
-            .map_or(0, |r| r.status().as_u16())
+        self.ready_state().await.0
     }
 
+    /// `/readyz`'s HTTP status and `status` field.
+    pub async fn ready_state(&self) -> (u16, String) {
+        ready_state(&http(), &self.url("/readyz")).await
+    }
+
+    /// Waits until `/readyz` says `ready` (Redis answers, subscriptions confirmed).
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
         poll_until("gateway ready", Duration::from_secs(20), || async {
-            (self.ready_status().await == 200).then_some(())
+            is_ready(&http(), &self.url("/readyz")).await.then_some(())
         })
         .await
+    }
+
+    /// One pod per entry of `each` (its `GATEWAY_*` settings, Redis included), each on a
+    /// port chosen up front and each naming all of them as `GATEWAY_PEERS`, so a pod that
+    /// cannot reach Redis asks the others whether they can.
+    pub async fn fleet(each: &[Vec<(&str, &str)>]) -> anyhow::Result<Vec<Self>> {
+        let ports = each
+            .iter()
+            .map(|_| free_port())
+            .collect::<anyhow::Result<Vec<u16>>>()?;
+        let peers = ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut pods = Vec::new();
+        for (port, settings) in ports.into_iter().zip(each) {
+            let listen = format!("127.0.0.1:{port}");
+            let mut env = vec![
+                ("GATEWAY_LISTEN", listen.as_str()),
+                ("GATEWAY_PEERS", peers.as_str()),
+            ];
+            env.extend_from_slice(settings);
+            pods.push(Self::start_env(&env).await?);
+        }
+        Ok(pods)
+    }
+
+    /// The value of metric `name` (a series without labels) on `/metrics`.
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let text = within("metrics", async {
+            http().get(self.url("/metrics")).send().await?.text().await
+        })
+        .await??;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .with_context(|| format!("no metric {name}"))
     }
 
     /// Resident memory in KiB, from `/proc/<pid>/status`.

@@ -149,8 +149,7 @@ impl GatewayProcess {
             if let Some(status) = self.child.try_wait()? {
                 bail!("gateway on {} exited with {status} before ready", self.addr);
             }
-            let answer = client.get(&url).send().await;
-            if answer.is_ok_and(|res| res.status() == 200) {
+            if crate::is_ready(&client, &url).await {
                 return Ok(());
             }
             if Instant::now() > until {

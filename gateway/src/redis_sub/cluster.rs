@@ -65,7 +65,7 @@ pub(super) fn start(
         .use_protocol(ProtocolVersion::RESP3)
         .push_sender(sender)
         .build()?;
-    let link = ClusterLink::new(client, config.redis_timeout, ClusterConfig::new());
+    let link = ClusterLink::cluster(client, config.redis_timeout, ClusterConfig::new());
     let signals = Arc::new(Signals::default());
 
     tracker.spawn(read(
@@ -167,6 +167,10 @@ impl Control {
             }
         }
         self.masters_up = masters_up;
+        self.readiness.set_reachable(masters_up);
+        if !masters_up {
+            self.bus.suspect();
+        }
 
         let complete = wanted.iter().all(|t| self.subscribed.contains(t)) && self.nudge.is_empty();
         let ready = masters_up && complete;

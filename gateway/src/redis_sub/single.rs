@@ -1,5 +1,7 @@
 //! One Redis: classic `SUBSCRIBE` on one reconnecting RESP3 connection
-//! (redis-rs `ConnectionManager`). A reconnect loses every subscription at once, so the
+//! (redis-rs `ConnectionManager`, in a [`SingleLink`] that replaces it when a command
+//! times out: a connection that went silent without closing is never healed by
+//! redis-rs). A reconnect or a replacement loses every subscription at once, so the
 //! control task subscribes everything again and nudges every topic.
 
 use std::collections::HashSet;
@@ -7,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::Topic;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use publisher::SingleLink;
+use redis::aio::ConnectionManagerConfig;
 use redis::{IntoConnectionInfo, ProtocolVersion};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -47,11 +50,9 @@ pub(super) fn start(
     let manager_config = ConnectionManagerConfig::new()
         .set_push_sender(sender)
         .set_automatic_resubscription()
-        .set_response_timeout(Some(config.redis_timeout))
-        .set_connection_timeout(Some(config.redis_timeout))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(500));
-    let conn = ConnectionManager::new_lazy_with_config(resp3_client(url)?, manager_config)?;
+    let link = SingleLink::single(resp3_client(url)?, manager_config, config.redis_timeout)?;
     let signals = Arc::new(Signals::default());
 
     tracker.spawn(read(
@@ -61,12 +62,12 @@ pub(super) fn start(
         shutdown.clone(),
     ));
     let control = Control {
-        conn,
+        generation: link.generation(),
+        link,
         hub,
         bus,
         readiness: readiness.clone(),
         signals,
-        timeout: config.redis_timeout,
         subscribed: HashSet::new(),
         nudge: false,
         metrics,
@@ -77,12 +78,15 @@ pub(super) fn start(
 
 /// The control task's state.
 struct Control {
-    conn: ConnectionManager,
+    /// Subscriptions and PINGs; every command bounded by the Redis timeout, and the
+    /// connection replaced after a timeout.
+    link: SingleLink,
+    /// The link's generation the subscriptions were made on.
+    generation: u64,
     hub: Arc<Hub>,
     bus: Bus,
     readiness: Readiness,
     signals: Arc<Signals>,
-    timeout: Duration,
     /// Topics subscribed on the current connection, as far as we know.
     subscribed: HashSet<Topic>,
     /// After a reconnect: tell every topic's clients the newest id, so they refill.
@@ -103,16 +107,25 @@ impl Control {
         if self.signals.take_disconnected() {
             self.lost();
         }
+        // A replaced connection took its subscriptions with it.
+        let generation = self.link.generation();
+        if generation != self.generation {
+            self.generation = generation;
+            self.lost();
+        }
         // Confirmations of our own UNSUBSCRIBEs would land here; one Redis never drops a
         // classic subscription by itself.
         self.signals.take_unsubscribed();
-        let ping = redis::cmd("PING");
-        let mut conn = self.conn.clone();
-        let alive = matches!(
-            tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut conn)).await,
-            Ok(Ok(_))
-        );
+        let alive = self
+            .link
+            .run(
+                |mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await },
+            )
+            .await
+            .is_ok();
+        self.readiness.set_reachable(alive);
         if !alive {
+            self.bus.suspect();
             if self.readiness.is_up() || !self.subscribed.is_empty() {
                 tracing::warn!("redis unreachable; not ready");
             }
@@ -122,31 +135,33 @@ impl Control {
         let wanted: HashSet<Topic> = self.hub.wanted().into_iter().collect();
         for topic in &wanted {
             if !self.subscribed.contains(topic) {
-                let call = conn.subscribe(topic.redis_channel());
-                match tokio::time::timeout(self.timeout, call).await {
-                    Ok(Ok(())) => {
-                        self.subscribed.insert(topic.clone());
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(%topic, error = %e, "subscribe failed; retrying");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::warn!(%topic, "subscribe timed out; retrying");
-                        return;
-                    }
+                let channel = topic.redis_channel();
+                let call = self
+                    .link
+                    .run(|mut conn| async move { conn.subscribe(channel).await });
+                if let Err(e) = call.await {
+                    tracing::warn!(%topic, error = %e, "subscribe failed; retrying");
+                    return;
                 }
+                // Confirmed on a connection that has been replaced since: gone with it.
+                if self.link.generation() != self.generation {
+                    return;
+                }
+                self.subscribed.insert(topic.clone());
             }
             self.hub.confirm(topic, true);
         }
         let stale: Vec<Topic> = self.subscribed.difference(&wanted).cloned().collect();
         for topic in stale {
-            match tokio::time::timeout(self.timeout, conn.unsubscribe(topic.redis_channel())).await
-            {
-                Ok(Ok(())) => {
+            let channel = topic.redis_channel();
+            let call = self
+                .link
+                .run(|mut conn| async move { conn.unsubscribe(channel).await });
+            match call.await {
+                Ok(()) => {
                     self.subscribed.remove(&topic);
                 }
-                _ => tracing::debug!(%topic, "unsubscribe failed; retrying"),
+                Err(e) => tracing::debug!(%topic, error = %e, "unsubscribe failed; retrying"),
             }
         }
         if self.nudge {

@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use proto::script::{OP_CREATE, OP_CREATE_AUTO, OP_DELETE, OP_PATCH, OP_PUBLISH, OP_REPLACE};
 use proto::{Change, EventId, Object, RecordId, Topic};
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use redis::{AsyncCommands, ErrorKind, RedisFuture, ServerErrorKind};
 
-use super::cluster_link::ClusterLink;
+use super::link::{ClusterLink, SingleLink};
 use super::{
     NewRecord, Retention, Store, Written, check_body_id, in_id_order, json, merged, parse_record,
     plan_create, replacement,
@@ -32,6 +32,10 @@ const MAX_PATCH_ATTEMPTS: usize = 8;
 /// did not run (`MOVED`, `TRYAGAIN`, a refused connection during a failover); doubled
 /// each time, within the response timeout.
 const CLUSTER_RETRY_PAUSE: Duration = Duration::from_millis(25);
+
+/// How often redis-rs may resend an idempotent read in a cluster (a redirect to follow,
+/// a node connection that dropped): its own default.
+const CLUSTER_READ_RETRIES: u32 = 16;
 
 /// Where the Redis data lives.
 #[derive(Clone, PartialEq, Eq)]
@@ -93,14 +97,84 @@ impl Default for RedisOptions {
 
 /// A command connection to one Redis or to a Redis Cluster, usable wherever redis-rs
 /// takes a connection (`query_async`, `Script::invoke_async`). Cheap to clone. The
-/// gateway reads streams over one too.
+/// gateway reads streams over one too. Either kind bounds every command by its timeout
+/// and is replaced after a timeout ([`super::link`]).
 #[derive(Clone)]
 pub enum RedisConnection {
-    /// Multiplexed, reconnecting on its own.
-    Single(ConnectionManager),
+    /// Multiplexed, reconnecting on its own after a drop.
+    Single(SingleLink),
     /// Routes each command to the master of its keys' slot and follows the cluster's
-    /// topology (`MOVED`, `ASK`, failovers; a hung node through a rebuild).
+    /// topology (`MOVED`, `ASK`, failovers).
     Cluster(ClusterLink),
+}
+
+impl RedisConnection {
+    /// The connection [`RedisStore`] writes over (not connected yet), each command bounded
+    /// by `timeout`. Nothing is resent by redis-rs after a dropped connection: the script
+    /// is not idempotent (a create would happen twice), so [`RedisStore`] resends only
+    /// after refusals that prove nothing ran.
+    ///
+    /// # Errors
+    /// If a URL is unusable.
+    pub fn for_scripts(target: &RedisTarget, timeout: Duration) -> redis::RedisResult<Self> {
+        Self::new(target, timeout, 0)
+    }
+
+    /// A connection for idempotent reads (the gateway's stream reads): in a cluster,
+    /// redis-rs follows redirects and retries after a dropped node connection by itself.
+    ///
+    /// # Errors
+    /// If a URL is unusable.
+    pub fn for_reads(target: &RedisTarget, timeout: Duration) -> redis::RedisResult<Self> {
+        Self::new(target, timeout, CLUSTER_READ_RETRIES)
+    }
+
+    fn new(
+        target: &RedisTarget,
+        timeout: Duration,
+        cluster_retries: u32,
+    ) -> redis::RedisResult<Self> {
+        Ok(match target {
+            RedisTarget::Single(url) => {
+                let config = ConnectionManagerConfig::new()
+                    // Commands wait on a reconnect in progress, retries included. Keep that
+                    // short so a request during an outage fails fast; the next command
+                    // starts a fresh reconnect, so giving up here never strands anyone.
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_millis(200));
+                Self::Single(SingleLink::single(
+                    redis::Client::open(url.as_str())?,
+                    config,
+                    timeout,
+                )?)
+            }
+            RedisTarget::Cluster(seeds) => {
+                let client = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+                    .retries(cluster_retries)
+                    .build()?;
+                Self::Cluster(ClusterLink::cluster(client, timeout, ClusterConfig::new()))
+            }
+        })
+    }
+
+    /// How many times the connection was replaced after a timeout.
+    pub fn generation(&self) -> u64 {
+        match self {
+            Self::Single(link) => link.generation(),
+            Self::Cluster(link) => link.generation(),
+        }
+    }
+
+    /// Another connection to the same Redis timed out: this one is likely silent too.
+    /// Replaced as after a timeout of its own (within the same backoff), so it is fresh
+    /// before its next command needs it.
+    pub fn suspect(&self) {
+        match self {
+            Self::Single(link) => link.timed_out(),
+            Self::Cluster(link) => link.timed_out(),
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisConnection {
@@ -196,54 +270,31 @@ impl RedisStore {
     /// # Errors
     /// [`StoreError::Redis`] if a URL is invalid.
     pub fn connect(target: &RedisTarget, mut options: RedisOptions) -> Result<Self, StoreError> {
-        let url = match target {
-            RedisTarget::Single(url) => url,
-            RedisTarget::Cluster(seeds) => {
-                options.sharded = true;
-                let client = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
-                    .retries(0)
-                    .build()
-                    .map_err(StoreError::Redis)?;
-                let link = ClusterLink::new(client, options.response_timeout, ClusterConfig::new());
-                return Ok(Self {
-                    conn: RedisConnection::Cluster(link),
-                    script: Arc::new(redis::Script::new(proto::script::PUBLISH_SCRIPT)),
-                    options,
-                });
-            }
-        };
-        let client = redis::Client::open(url.as_str()).map_err(StoreError::Redis)?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(options.response_timeout))
-            .set_connection_timeout(Some(options.response_timeout))
-            // Commands wait on a reconnect in progress, retries included. Keep that short
-            // so a request during an outage fails fast with 503; the next request starts
-            // a fresh reconnect, so giving up here never strands the publisher.
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(200));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(StoreError::Redis)?;
+        options.sharded |= target.is_cluster();
+        let conn = RedisConnection::for_scripts(target, options.response_timeout)
+            .map_err(StoreError::Redis)?;
         Ok(Self {
-            conn: RedisConnection::Single(conn),
+            conn,
             script: Arc::new(redis::Script::new(proto::script::PUBLISH_SCRIPT)),
             options,
         })
     }
 
-    /// Bounds one Redis round trip by the response timeout, connecting included. (A
-    /// cluster link bounds each command itself, so that it sees its timeouts.)
+    /// A failed call as a [`StoreError`]: a timeout names the configured wait.
+    fn failed(&self, e: redis::RedisError) -> StoreError {
+        if e.is_timeout() {
+            StoreError::Timeout(self.options.response_timeout)
+        } else {
+            e.into()
+        }
+    }
+
+    /// One call over the connection, which bounds it by the response timeout.
     async fn bounded<T>(
         &self,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        if let RedisConnection::Cluster(_) = self.conn {
-            return Ok(call.await?);
-        }
-        match tokio::time::timeout(self.options.response_timeout, call).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(StoreError::Timeout(self.options.response_timeout)),
-        }
+        call.await.map_err(|e| self.failed(e))
     }
 
     /// Runs the publish script for `topic` with the operation's arguments.
@@ -294,7 +345,7 @@ impl RedisStore {
                     tokio::time::sleep(pause).await;
                     pause = pause.saturating_mul(2);
                 }
-                result => return Ok(result?),
+                result => return result.map_err(|e| self.failed(e)),
             }
         }
     }
@@ -463,7 +514,9 @@ impl Store for RedisStore {
                     MultipleNodeRoutingInfo::AllMasters,
                     Some(ResponsePolicy::AllSucceeded),
                 ));
-                link.route_command(redis::cmd("PING"), routing).await?;
+                link.route_command(redis::cmd("PING"), routing)
+                    .await
+                    .map_err(|e| self.failed(e))?;
             }
         }
         Ok(())
