@@ -127,13 +127,24 @@ async fn kill_9_of_one_of_two_gateways_loses_nothing() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Redis down for 10 s under two pods that know each other (`GATEWAY_PEERS`): a fleet-wide
+/// outage. Both pods stay ready (`degraded`), so a Service keeps its endpoints and the
+/// ingress never answers 503 itself; they keep every stream past `partition_timeout`;
+/// new streams are told to retry (200) instead of a 503 that would end EventSource; and
+/// once Redis is back every client holds every event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_for_10s_with_aof_then_every_sequence_is_complete() -> anyhow::Result<()> {
     let mut redis = RedisServer::start_with(RedisOptions { appendonly: true }).await?;
-    let pods = [
-        GatewayProcess::start(&redis.url(), &[]).await?,
-        GatewayProcess::start(&redis.url(), &[]).await?,
+    let url = redis.url();
+    let settings = vec![
+        ("GATEWAY_REDIS_URL", url.as_str()),
+        // Shorter than the outage: a pod that took it for its own partition would end
+        // its streams.
+        ("GATEWAY_PARTITION_TIMEOUT", "2s"),
+        // Test clients give up on a stream silent for 5 s.
+        ("GATEWAY_HEARTBEAT", "1s"),
     ];
+    let pods = GatewayProcess::fleet(&[settings.clone(), settings]).await?;
     let urls: Vec<String> = pods.iter().map(stream_url).collect();
     let mut watchers = Vec::new();
     for i in 0..10 {
@@ -158,22 +169,39 @@ async fn redis_down_for_10s_with_aof_then_every_sequence_is_complete() -> anyhow
     reach("events before the outage", &tally.ok, 100).await?;
     redis.kill().await?;
     for pod in &pods {
-        poll_until("readyz 503", CONVERGE, || async {
-            (pod.ready_status().await == 503).then_some(())
+        poll_until("readyz degraded", CONVERGE, || async {
+            (pod.ready_state().await == (200, "degraded".to_owned())).then_some(())
         })
         .await?;
     }
+    // A new stream during the outage is told to retry: 200 (EventSource closes for good
+    // on a 503), `:ok`, a resume position for a fresh client, a `retry:` hint, the end.
+    let mut fresh = SseClient::connect(&urls[0], None).await?;
+    while fresh.next_frame().await?.is_some() {}
+    assert!(
+        fresh.received.starts_with(":ok\n\nid: ") && fresh.received.contains("\nretry: "),
+        "{:?}",
+        fresh.received
+    );
+    // One that comes with a position keeps it: no `id:`.
+    let mut resuming = SseClient::connect(&urls[1], Some("1-0")).await?;
+    while resuming.next_frame().await?.is_some() {}
+    assert!(
+        resuming.received.starts_with(":ok\n\nretry: "),
+        "{:?}",
+        resuming.received
+    );
     // The outage lasts ten seconds; publishing keeps trying all along, and both pods stay
-    // not-ready the whole time.
+    // ready (degraded) the whole time.
     let mut second = tokio::time::interval(Duration::from_secs(1));
     second.tick().await;
     for _ in 0..10 {
         second.tick().await;
         for pod in &pods {
             assert_eq!(
-                pod.ready_status().await,
-                503,
-                "not ready while Redis is down"
+                pod.ready_state().await,
+                (200, "degraded".to_owned()),
+                "a fleet-wide outage keeps every pod in the Service"
             );
         }
     }
@@ -190,7 +218,18 @@ async fn redis_down_for_10s_with_aof_then_every_sequence_is_complete() -> anyhow
     stop.cancel();
     writer.await?;
 
-    all_complete(&redis, watchers).await?;
+    let results = all_complete(&redis, watchers).await?;
+    assert!(
+        results.iter().all(|w| w.reconnects == 0),
+        "every stream was kept through the outage: {:?}",
+        results.iter().map(|w| w.reconnects).collect::<Vec<_>>()
+    );
+    for pod in &pods {
+        assert_eq!(
+            pod.metric("gateway_partition_stream_ends_total").await?,
+            0.0
+        );
+    }
     Ok(())
 }
 

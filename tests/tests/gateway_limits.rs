@@ -10,8 +10,10 @@ fn stream_url(gateway: &Gateway) -> String {
     gateway.url("/api/Limits/change-stream?_format=event-stream")
 }
 
+/// A full pod answers so that EventSource tries again (it closes for good on a 503): `200`,
+/// `:ok`, for a fresh client a position to resume from, a jittered `retry:`, the end.
 #[tokio::test]
-async fn over_the_connection_cap_is_503_with_retry_after() -> anyhow::Result<()> {
+async fn over_the_connection_cap_a_stream_is_told_to_retry() -> anyhow::Result<()> {
     let gateway = Gateway::start_with(None, |c| {
         c.max_connections = 3.try_into().expect("non-zero")
     })
@@ -20,16 +22,32 @@ async fn over_the_connection_cap_is_503_with_retry_after() -> anyhow::Result<()>
     for _ in 0..3 {
         open.push(SseClient::connect(&stream_url(&gateway), None).await?);
     }
-    let res = http().get(stream_url(&gateway)).send().await?;
-    assert_eq!(res.status(), 503);
-    assert_eq!(res.headers()["retry-after"], "1");
-    let body: Value = res.json().await?;
+    let mut turned_away = SseClient::connect(&stream_url(&gateway), None).await?;
+    let mut frames = Vec::new();
+    while let Some(frame) = turned_away.next_frame().await? {
+        frames.push(frame);
+    }
+    assert_eq!(
+        turned_away.response_headers["content-type"],
+        "text/event-stream"
+    );
+    assert_eq!(frames[0].comment.as_deref(), Some("ok"));
+    let anchor = frames[1].id.clone().expect("a position");
+    let anchor = proto::EventId::parse(&anchor)?;
+    assert!(anchor.is_anchor(), "{anchor}");
+    let retry: u64 = frames[2].retry.as_deref().expect("retry").parse()?;
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("maximum of 3 streams"),
-        "{body}"
+        (2000..4000).contains(&retry),
+        "jittered above the 2 s default: {retry}"
+    );
+    assert_eq!(frames.len(), 3, "then the end: {frames:?}");
+    // With a position of its own, it keeps it.
+    let mut resuming = SseClient::connect(&stream_url(&gateway), Some("1-0")).await?;
+    while resuming.next_frame().await?.is_some() {}
+    assert!(
+        resuming.received.starts_with(":ok\n\nretry: "),
+        "{:?}",
+        resuming.received
     );
 
     // A closed stream frees its place.
@@ -53,10 +71,13 @@ async fn sigterm_drains_streams_over_the_window_and_turns_new_clients_away() -> 
     gateway.shutdown.cancel();
 
     // While draining the listener is closed: a new connection is refused or closed at
-    // once (EventSource retries that, through the Service, to another pod), or it gets a
-    // 503; it is never left hanging.
+    // once (EventSource retries that, through the Service, to another pod), or it is
+    // told to retry (200); it is never left hanging and never gets a 503.
     match http().get(stream_url(&gateway)).send().await {
-        Ok(res) => assert_eq!(res.status(), 503),
+        Ok(res) => {
+            assert_eq!(res.status(), 200);
+            assert!(res.text().await?.contains("retry: "));
+        }
         Err(e) => assert!(!e.is_timeout(), "{e}"),
     }
 

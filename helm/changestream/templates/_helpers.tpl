@@ -251,6 +251,9 @@ affinity:
 {{- fail (printf "gateway.config.%s: Redis is set by redis.url, redis.existingSecret or redis.cluster" $key) }}
 {{- end }}
 {{- end }}
+{{- if hasKey $.Values.gateway.config "peers" }}
+{{- fail "gateway.config.peers is set by the chart (the gateway's headless peers Service)" }}
+{{- end }}
 {{- $owned := dict "listen" "0.0.0.0:8080" "grace_period" (printf "%ds" (int .Values.gateway.gracePeriodSeconds)) "drain_window" (printf "%ds" (int .Values.gateway.drainWindowSeconds)) -}}
 # Read by the gateway via GATEWAY_CONFIG. GATEWAY_* variables override these keys.
 {{- include "changestream.configFile" (dict "owned" $owned "config" .Values.gateway.config "where" "gateway.config") }}
