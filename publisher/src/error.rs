@@ -30,6 +30,13 @@ pub enum StoreError {
     IdMismatch { url: RecordId, body: RecordId },
     #[error("record {id} of {topic} kept changing while it was patched; try again")]
     Contended { topic: Topic, id: RecordId },
+    /// The collection's counter is at the largest safe id: a create without an id cannot
+    /// be given one. The collection itself is fine (reads, and creates with an id, work).
+    #[error(
+        "{topic} has used its last automatic id ({max}, the largest integer a browser's \
+         JSON.parse keeps exact); create records with an explicit id instead"
+    )]
+    IdsExhausted { topic: Topic, max: i64 },
     #[error(transparent)]
     Invalid(#[from] DecodeError),
 }
@@ -138,6 +145,11 @@ impl ApiError {
                 StoreError::Exists { .. } => (StatusCode::CONFLICT, "DUPLICATE_ID"),
                 StoreError::IdMismatch { .. } => (StatusCode::BAD_REQUEST, "ID_MISMATCH"),
                 StoreError::Contended { .. } => (StatusCode::CONFLICT, "CONTENDED"),
+                // 409, not 5xx: the server is not failing and a retry would fail alike; the
+                // request conflicts with the collection's state (its counter reached the
+                // end of the safe range), and the client can resolve it by naming an id.
+                // A 5xx would also be retried by clients and proxies, and page operators.
+                StoreError::IdsExhausted { .. } => (StatusCode::CONFLICT, "ID_COUNTER_EXHAUSTED"),
                 StoreError::Invalid(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
             },
         }
