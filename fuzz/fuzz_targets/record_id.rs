@@ -3,7 +3,8 @@
 //! The input is read both ways: as a path segment and, when it is JSON, as a body's `id`.
 //! Checked: an id maps one-to-one onto its hash field (`key`) and back through the path
 //! form, so two different ids never share a stored record; JSON ids round-trip through
-//! `to_json`, `json_text` and serde; string ids are within the documented limits.
+//! `to_json`, `json_text` and serde; string ids are within the documented limits, and
+//! integer ids within JavaScript's safe range (2^53-1 in size).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -12,6 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 const MAX_STRING_ID_LEN: usize = 256;
+const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
 
 fn check(id: &RecordId) {
     // The stored key reads back as the same id: `7` and `"7"` cannot alias.
@@ -25,10 +27,19 @@ fn check(id: &RecordId) {
         serde_json::from_str::<RecordId>(&text).ok().as_ref(),
         Some(id)
     );
-    if let RecordId::Str(s) = id {
-        assert!(!s.is_empty() && s.len() <= MAX_STRING_ID_LEN);
-        assert!(!s.chars().any(char::is_control));
-        assert!(s.parse::<i64>().map_or(true, |n| n.to_string() != *s));
+    match id {
+        RecordId::Int(n) => assert!(n.unsigned_abs() <= MAX_SAFE_INTEGER as u64),
+        RecordId::Str(s) => {
+            assert!(!s.is_empty() && s.len() <= MAX_STRING_ID_LEN);
+            assert!(!s.chars().any(char::is_control));
+            // No string id reads as an integer, of any size.
+            let digits = s.strip_prefix('-').unwrap_or(s);
+            let canonical = !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && (digits == "0" || !digits.starts_with('0'))
+                && s != "-0";
+            assert!(!canonical, "{s}");
+        }
     }
 }
 

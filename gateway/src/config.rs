@@ -131,7 +131,7 @@ struct Flags {
     /// Most conditions in a filter's where [env GATEWAY_FILTER_MAX_CONDITIONS] [default 64]
     #[arg(long)]
     filter_max_conditions: Option<String>,
-    /// Embedded mode: largest REST body in bytes [env GATEWAY_BODY_LIMIT] [default 102400]
+    /// Largest request body in bytes (POST change-stream, embedded REST) [env GATEWAY_BODY_LIMIT] [default 102400]
     #[arg(long)]
     body_limit: Option<String>,
     /// Embedded mode: history kept per topic [env GATEWAY_STREAM_MAX_LEN] [default 10000]

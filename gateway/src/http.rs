@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::FromRef;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -238,10 +238,13 @@ async fn change_stream_post(
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<StreamQuery>, QueryRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    // LoopBack's POST variant takes `options` in a JSON body; an empty body is fine.
+    // LoopBack's POST variant takes `options` in a JSON body; an empty body is fine. Read
+    // here, not by axum's `Bytes` extractor: its 2 MiB limit and plain-text rejections
+    // would bypass `body_limit` and the JSON error shape.
+    let body = publisher::api::read_body(&headers, body, state.config.body_limit).await?;
     let mut options = query.options.as_deref().map(parse_options).transpose()?;
     if !body.iter().all(u8::is_ascii_whitespace) {
         let parsed: Value =

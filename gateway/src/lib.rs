@@ -181,11 +181,10 @@ pub async fn run(
     let app = http::router(state, embedded, metrics_here).map_err(std::io::Error::other)?;
     tracing::info!(addr = %axum::serve::Listener::local_addr(&listener)?, mode, "gateway listening");
     // On shutdown the accept loop stops at once; open streams end over the drain window.
-    let max_head = state_limits.max_url_bytes + state_limits.max_header_bytes + 1024;
     let serve = tokio::spawn(serve::serve(
         listener,
         app,
-        max_head,
+        state_limits,
         shutdown.clone(),
         tracker.clone(),
     ));

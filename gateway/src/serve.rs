@@ -12,6 +12,13 @@
 //!
 //! Every other connection (REST, health, metrics, `POST` change streams, HTTP/1.0,
 //! HTTP/2, anything unusual) is handed to hyper with the bytes already read, unchanged.
+//!
+//! A first request whose head is malformed, too large, or badly framed
+//! ([`publisher::framing`]: `Transfer-Encoding: chunked, chunked`, a bad `Content-Length`,
+//! ...) is answered here, in LoopBack's JSON shape with `connection: close`: hyper would
+//! answer it with an empty 400 or 431 of its own. (Later requests on a kept-alive hyper
+//! connection are parsed by hyper alone; the request middleware catches what it lets
+//! through, [`publisher::limits::check_request`].)
 
 use std::io;
 use std::pin::Pin;
@@ -20,7 +27,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderName, HeaderValue, Method, Request, Version, header};
+use axum::http::{HeaderName, HeaderValue, Method, Request, Uri, Version, header};
+use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::FutureExt;
 use http_body_util::BodyExt;
@@ -28,6 +36,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use publisher::limits::RequestLimits;
+use publisher::{ApiError, FramingError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +50,21 @@ use crate::listener::{TimedListener, WriteDeadline};
 const HEAD_START: usize = 1024;
 /// Most headers parsed on the fast path; more go to hyper.
 const MAX_HEADERS: usize = 64;
+/// Most header fields hyper takes in a request (its default `max_headers`); a head with
+/// more is refused here with a 431.
+const HYPER_MAX_HEADERS: usize = 100;
+/// Room in a head beyond the URL and header limits: the request line's method and
+/// version, `: ` and CRLF around each of up to [`HYPER_MAX_HEADERS`] fields.
+const HEAD_OVERHEAD: usize = 1024;
+/// How an HTTP/2 prior-knowledge connection starts (its preface, `PRI * HTTP/2.0`);
+/// httparse refuses it as a bad version, and it goes to hyper.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2";
+/// After a refusal, the client's unread bytes are read and dropped for at most this long
+/// (or [`LINGER_BYTES`]) before the socket closes: closing with unread data sends a
+/// reset, which can destroy the answer before the client reads it.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+/// Most bytes read and dropped after a refusal.
+const LINGER_BYTES: usize = 256 * 1024;
 /// Longest wait for a request head to arrive (slow-loris).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most queued events written in one chunk.
@@ -53,7 +78,7 @@ type Io = WriteDeadline<TcpStream>;
 pub async fn serve(
     mut listener: TimedListener,
     app: Router,
-    max_head: usize,
+    limits: RequestLimits,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -66,7 +91,7 @@ pub async fn serve(
         let app = app.clone();
         let watcher = graceful.watcher();
         tracker.spawn(async move {
-            if let Err(e) = connection(io, app, max_head, watcher).await {
+            if let Err(e) = connection(io, app, limits, watcher).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
@@ -83,10 +108,10 @@ pub async fn serve(
 fn connection(
     io: Io,
     app: Router,
-    max_head: usize,
+    limits: RequestLimits,
     graceful: hyper_util::server::graceful::Watcher,
 ) -> impl Future<Output = io::Result<()>> + Send {
-    let start = Box::pin(start(io, app, max_head, graceful));
+    let start = Box::pin(start(io, app, limits, graceful));
     async move {
         match start.await? {
             Some((io, body)) => stream(io, body).await,
@@ -96,19 +121,31 @@ fn connection(
 }
 
 /// Reads the request head and answers it: an event stream's connection and body, which
-/// [`stream`] writes from here; `None` when the connection is done (hyper served it, or
-/// the answer was not a stream).
+/// [`stream`] writes from here; `None` when the connection is done (hyper served it, the
+/// answer was not a stream, or the head was refused).
 async fn start(
     mut io: Io,
     app: Router,
-    max_head: usize,
+    limits: RequestLimits,
     graceful: hyper_util::server::graceful::Watcher,
 ) -> io::Result<Option<(Io, Body)>> {
     let mut head = BytesMut::with_capacity(HEAD_START);
-    let parsed = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut io, &mut head, max_head))
+    let parsed = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut io, &mut head, limits))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request head timed out"))??;
-    match parsed.and_then(|len| stream_request(&head[..len])) {
+    let request = match parsed {
+        Head::Complete(len) => stream_request(&head[..len]),
+        Head::Hyper => None,
+        Head::Refused(error) => {
+            drop(graceful);
+            drop(head);
+            tracing::debug!(%error, "request head refused");
+            write_whole(&mut io, error.into_response()).await?;
+            linger(&mut io).await;
+            return Ok(None);
+        }
+    };
+    match request {
         Some(request) => {
             // Streams end with their body (spread over the drain window); only hyper's
             // connections are waited for by the graceful shutdown.
@@ -138,24 +175,117 @@ fn hyper(
     Box::pin(async move { served.await.map_err(io::Error::other) })
 }
 
-/// Reads until the request head is complete; its length, or `None` when the bytes read
-/// are not one (yet) within `max_head` (hyper then decides).
-async fn read_head(io: &mut Io, buf: &mut BytesMut, max_head: usize) -> io::Result<Option<usize>> {
+/// What the first bytes of a connection are.
+#[derive(Debug)]
+enum Head {
+    /// A complete HTTP/1 request head of this many bytes, soundly framed.
+    Complete(usize),
+    /// Not a head this module reads (HTTP/2 prior knowledge; a client gone mid-head):
+    /// hyper decides.
+    Hyper,
+    /// The client's error, answered here.
+    Refused(ApiError),
+}
+
+/// Reads until the bytes read are a complete head, or something else ([`examine`]).
+async fn read_head(io: &mut Io, buf: &mut BytesMut, limits: RequestLimits) -> io::Result<Head> {
     loop {
         if buf.capacity() == buf.len() {
             buf.reserve(buf.len().max(HEAD_START));
         }
         if io.read_buf(buf).await? == 0 {
-            return Ok(None);
+            return Ok(Head::Hyper);
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        match httparse::Request::new(&mut headers).parse(buf) {
-            Ok(httparse::Status::Complete(len)) => return Ok(Some(len)),
-            Ok(httparse::Status::Partial) if buf.len() < max_head => {}
-            // Too long, too many headers or malformed: hyper answers.
-            _ => return Ok(None),
+        if let Some(head) = examine(buf, limits) {
+            return Ok(head);
         }
     }
+}
+
+/// What `buf`, the first bytes of a connection, holds; `None` if it needs more bytes.
+/// Stricter than hyper's own parser wherever they differ, so that hyper, handed a head
+/// that passed, never answers it with a bare error.
+fn examine(buf: &[u8], limits: RequestLimits) -> Option<Head> {
+    if buf.starts_with(H2_PREFACE) {
+        return Some(Head::Hyper);
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let verdict = match examine_with(buf, limits, &mut headers) {
+        // Rare: more fields than the fast path parses, but perhaps as many as hyper takes.
+        Err(httparse::Error::TooManyHeaders) => {
+            let mut headers = vec![httparse::EMPTY_HEADER; HYPER_MAX_HEADERS];
+            examine_with(buf, limits, &mut headers)
+        }
+        verdict => verdict,
+    };
+    match verdict {
+        Ok(head) => head,
+        Err(httparse::Error::TooManyHeaders) => Some(Head::Refused(ApiError::TooManyHeaders {
+            max: HYPER_MAX_HEADERS,
+        })),
+        Err(e) => Some(Head::Refused(FramingError::Head(e.to_string()).into())),
+    }
+}
+
+fn examine_with<'b>(
+    buf: &'b [u8],
+    limits: RequestLimits,
+    headers: &mut [httparse::Header<'b>],
+) -> Result<Option<Head>, httparse::Error> {
+    let max_head = limits
+        .max_url_bytes
+        .saturating_add(limits.max_header_bytes)
+        .saturating_add(HEAD_OVERHEAD);
+    let mut request = httparse::Request::new(headers);
+    let len = match request.parse(buf)? {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial if buf.len() < max_head => return Ok(None),
+        // Over every limit without an end: the target itself if the request line has
+        // not ended either.
+        httparse::Status::Partial => {
+            return Ok(Some(Head::Refused(if buf.contains(&b'\n') {
+                ApiError::HeadersTooLarge {
+                    limit: limits.max_header_bytes,
+                }
+            } else {
+                ApiError::UriTooLong {
+                    limit: limits.max_url_bytes,
+                }
+            })));
+        }
+    };
+    // httparse takes some targets the router's Uri does not (hyper: a bare 400).
+    if request
+        .path
+        .is_none_or(|target| target.parse::<Uri>().is_err())
+    {
+        return Ok(Some(Head::Refused(FramingError::Target.into())));
+    }
+    let version = match request.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let fields = request.headers.iter().map(|h| (h.name.as_bytes(), h.value));
+    Ok(Some(match publisher::framing::check(version, fields) {
+        Ok(()) => Head::Complete(len),
+        Err(e) => Head::Refused(e.into()),
+    }))
+}
+
+/// Reads and drops what the client still sends, within [`LINGER_TIME`] and
+/// [`LINGER_BYTES`], so the answer already written is not lost to a reset.
+async fn linger(io: &mut Io) {
+    let mut scratch = [0_u8; 4096];
+    let mut left = LINGER_BYTES;
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        while left > 0 {
+            match io.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 /// The request, if `head` is a plain HTTP/1.1 `GET` of a stream with no body.
@@ -200,25 +330,33 @@ async fn answer(io: &mut Io, app: Router, request: Request<Body>) -> io::Result<
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if !is_stream {
+        write_whole(io, response).await?;
+        return Ok(None);
+    }
     let (parts, body) = response.into_parts();
     let mut out = BytesMut::with_capacity(512);
     write_head(&mut out, &parts);
-    if !is_stream {
-        let bytes = body.collect().await.map_err(io::Error::other)?.to_bytes();
-        put_header(
-            &mut out,
-            "content-length",
-            bytes.len().to_string().as_bytes(),
-        );
-        out.put_slice(b"connection: close\r\n\r\n");
-        out.put_slice(&bytes);
-        io.write_all(&out).await?;
-        io.shutdown().await?;
-        return Ok(None);
-    }
     out.put_slice(b"transfer-encoding: chunked\r\n\r\n");
     io.write_all(&out).await?;
     Ok(Some(body))
+}
+
+/// Writes a whole answer (not a stream) and closes the connection's write side.
+async fn write_whole(io: &mut Io, response: Response) -> io::Result<()> {
+    let (parts, body) = response.into_parts();
+    let mut out = BytesMut::with_capacity(512);
+    write_head(&mut out, &parts);
+    let bytes = body.collect().await.map_err(io::Error::other)?.to_bytes();
+    put_header(
+        &mut out,
+        "content-length",
+        bytes.len().to_string().as_bytes(),
+    );
+    out.put_slice(b"connection: close\r\n\r\n");
+    out.put_slice(&bytes);
+    io.write_all(&out).await?;
+    io.shutdown().await
 }
 
 /// Writes an event stream's `body` as chunks until it ends or the client goes.
@@ -391,6 +529,92 @@ mod tests {
         assert!(stream_request(body.as_bytes()).is_none());
     }
 
+    fn refused(head: &str) -> (u16, String) {
+        match examine(head.as_bytes(), RequestLimits::default()) {
+            Some(Head::Refused(error)) => {
+                let text = error.to_string();
+                (error.into_response().status().as_u16(), text)
+            }
+            other => panic!("{head:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sound_heads_go_on_and_h2_goes_to_hyper() {
+        let limits = RequestLimits::default();
+        let complete = |head: &str| match examine(head.as_bytes(), limits) {
+            Some(Head::Complete(len)) => assert_eq!(len, head.find("\r\n\r\n").unwrap() + 4),
+            other => panic!("{head:?}: {other:?}"),
+        };
+        complete("GET /events?topic=A HTTP/1.1\r\nHost: x\r\n\r\n");
+        complete("GET /healthz HTTP/1.0\r\n\r\n");
+        complete("POST /api/A HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}");
+        let many: String = (0..80).map(|i| format!("x-{i}: v\r\n")).collect();
+        complete(&format!("GET / HTTP/1.1\r\n{many}\r\n"));
+        for partial in ["", "GET /events HTTP/1.1\r\nHost", "PRI * HTTP/"] {
+            assert!(examine(partial.as_bytes(), limits).is_none(), "{partial:?}");
+        }
+        assert!(matches!(
+            examine(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0", limits),
+            Some(Head::Hyper)
+        ));
+    }
+
+    #[test]
+    fn bad_heads_are_refused_here() {
+        let post = |headers: &str| format!("POST /api/A/change-stream HTTP/1.1\r\n{headers}\r\n");
+        for (head, status, text) in [
+            (
+                post("Transfer-Encoding: chunked, chunked\r\n"),
+                400,
+                "chunked more than once",
+            ),
+            (
+                post("Transfer-Encoding: gzip\r\n"),
+                400,
+                "ends with chunked",
+            ),
+            (
+                "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n".into(),
+                400,
+                "HTTP/1.0",
+            ),
+            (post("Content-Length: 1x\r\n"), 400, "Content-Length"),
+            (
+                post("Content-Length: 1\r\nContent-Length: 2\r\n"),
+                400,
+                "disagree",
+            ),
+            ("GARBAGE\r\n\r\n".into(), 400, "malformed request head"),
+            (
+                "GET / HTTP/1.1\r\nbad header\r\n\r\n".into(),
+                400,
+                "malformed request head",
+            ),
+            (
+                "GET http://[::1/ HTTP/1.1\r\n\r\n".into(),
+                400,
+                "malformed request target",
+            ),
+        ] {
+            let (got, message) = refused(&head);
+            assert_eq!(got, status, "{head:?}");
+            assert!(message.contains(text), "{head:?}: {message}");
+        }
+        let many: String = (0..=HYPER_MAX_HEADERS)
+            .map(|i| format!("x-{i}: v\r\n"))
+            .collect();
+        let (status, message) = refused(&format!("GET / HTTP/1.1\r\n{many}\r\n"));
+        assert_eq!((status, message.contains("more than 100")), (431, true));
+        // Past every limit with no end in sight: the headers, or the target itself.
+        let limits = RequestLimits::default();
+        let max = limits.max_url_bytes + limits.max_header_bytes + HEAD_OVERHEAD;
+        let big = format!("GET / HTTP/1.1\r\nx: {}", "a".repeat(max));
+        assert_eq!(refused(&big).0, 431);
+        let long = format!("GET /{}", "a".repeat(max));
+        assert_eq!(refused(&long).0, 414);
+    }
+
     /// A stream connection's task lives for hours in its streaming state; the future it
     /// runs must not reserve room for routing or hyper (it was 2,424 bytes when it did).
     #[tokio::test]
@@ -401,7 +625,12 @@ mod tests {
         let stalled = prometheus::IntCounter::new("stalled", "test").unwrap();
         let io = WriteDeadline::new(accepted.unwrap().0, Duration::from_secs(30), stalled);
         let graceful = GracefulShutdown::new();
-        let task = connection(io, Router::new(), 8192, graceful.watcher());
+        let task = connection(
+            io,
+            Router::new(),
+            RequestLimits::default(),
+            graceful.watcher(),
+        );
         let size = std::mem::size_of_val(&task);
         assert!(size <= 768, "the connection future is {size} bytes");
     }

@@ -18,6 +18,11 @@ pub enum DecodeError {
     RecordIdType { found: &'static str },
     #[error("id {id:?} is a string that reads as an integer; send it as a JSON number")]
     RecordIdAmbiguous { id: String },
+    #[error(
+        "id {id} is outside JavaScript's safe integer range: integer ids must be between \
+         -{max} and {max} (2^53-1), the numbers a browser's JSON.parse keeps exact"
+    )]
+    RecordIdRange { id: String, max: i64 },
     #[error("id must not be empty, longer than {max} bytes, or contain control characters")]
     RecordIdString { max: usize },
     #[error("change type must be \"create\", \"update\" or \"remove\", got {found:?}")]

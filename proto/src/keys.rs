@@ -5,7 +5,7 @@
 //! | what | name | type |
 //! |---|---|---|
 //! | records | `cs:{MyModels}:records` | hash: record key -> record JSON |
-//! | id counter | `cs:{MyModels}:seq` | string (INCR) |
+//! | id counter | `cs:{MyModels}:seq` | string: the highest integer id given, at most 2^53-1 |
 //! | change stream | `cs:{MyModels}:stream` | stream of change events (replay) |
 //! | pub/sub channel | `cs:{MyModels}:events` | channel carrying [`crate::Envelope`]s |
 

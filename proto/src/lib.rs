@@ -37,7 +37,7 @@ pub use filter::{
     DEFAULT_MAX_FILTER_BYTES, DEFAULT_MAX_FILTER_CONDITIONS, DEFAULT_MAX_FILTER_DEPTH,
     DEFAULT_MAX_PATTERN_BYTES, Filter, FilterLimits,
 };
-pub use record_id::RecordId;
+pub use record_id::{MAX_SAFE_INTEGER, RecordId};
 pub use topic::{MAX_TOPIC_LEN, Topic};
 
 /// A JSON object, in insertion order (serde_json is built with `preserve_order`), so a

@@ -25,10 +25,13 @@
 //! | `ARGV[6..]` | operation arguments, below |
 //!
 //! Replies: `{"ok", stream_id}` (create_auto: `{"ok", stream_id, id, record}`), or one of
-//! `{"exists"}`, `{"missing"}`, `{"conflict"}` with nothing written.
+//! `{"exists"}`, `{"missing"}`, `{"conflict"}`, `{"exhausted"}` with nothing written.
 
-/// `ARGV[6]` = record JSON without `id` (a compact object). Assigns the next integer id,
-/// appends `"id":N` as the record's last key.
+/// `ARGV[6]` = record JSON without `id` (a compact object). Assigns the next integer id
+/// (the counter + 1, past ids already taken), appends `"id":N` as the record's last key.
+/// Answers `exhausted` when that id would pass [`crate::MAX_SAFE_INTEGER`]: the counter
+/// is read and compared before anything is written, so the refusal changes nothing and
+/// creates with an explicit id still work.
 pub const OP_CREATE_AUTO: &str = "create_auto";
 /// `ARGV[6..9]` = key, record, change, integer id or empty. Refuses an existing key.
 pub const OP_CREATE: &str = "create";
@@ -79,9 +82,17 @@ local function emit(change, last)
 end
 
 if op == 'create_auto' then
-  local n = redis.call('INCR', seq)
-  while redis.call('HEXISTS', records, n) == 1 do n = redis.call('INCR', seq) end
+  -- Lua numbers are doubles, exact up to 2^53: the counter never goes past max_id, and
+  -- every key is formatted with %d (a number argument to redis.call would be printed
+  -- with %.17g). A counter already past it (written before this limit) is refused too.
+  local max_id = 9007199254740991
+  local n = tonumber(redis.call('GET', seq) or '0') + 1
+  while n <= max_id and redis.call('HEXISTS', records, string.format('%d', n)) == 1 do
+    n = n + 1
+  end
+  if n > max_id then return {'exhausted'} end
   local key = string.format('%d', n)
+  redis.call('SET', seq, key)
   local body = ARGV[6]
   local record
   if body == '{}' then
@@ -146,5 +157,8 @@ mod tests {
             assert!(PUBLISH_SCRIPT.contains(&format!("op == '{op}'")), "{op}");
         }
         assert!(PUBLISH_SCRIPT.contains(r"'1\n' .. id .. '\n' .. prev .. '\n' .. change .. '\n'"));
+        // The counter's limit is the id range RecordId accepts.
+        assert!(PUBLISH_SCRIPT.contains(&format!("local max_id = {}\n", crate::MAX_SAFE_INTEGER)));
+        assert!(PUBLISH_SCRIPT.contains("return {'exhausted'}"));
     }
 }

@@ -229,7 +229,7 @@ where
     }
 }
 
-/// Checks the content type and reads at most `limit` bytes.
+/// Checks the content type and reads at most `limit` bytes ([`read_body`]).
 async fn read_json_body(
     headers: &HeaderMap,
     body: Body,
@@ -250,6 +250,21 @@ async fn read_json_body(
     {
         return Err(ApiError::UnsupportedMediaType(content_type));
     }
+    read_body(headers, body, limit).await
+}
+
+/// Reads a request body of at most `limit` bytes, whatever its type: a declared
+/// `Content-Length` over the limit is refused before reading, a chunked body when it
+/// passes the limit.
+///
+/// # Errors
+/// [`ApiError::PayloadTooLarge`] over the limit; [`ApiError::Malformed`] for a body that
+/// cannot be read (bad chunked framing, cut short).
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -257,9 +272,17 @@ async fn read_json_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge { limit })
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // `to_bytes` wraps the limit's own error; anything else is the body itself.
+        let over_limit = std::error::Error::source(&e)
+            .is_some_and(|inner| inner.is::<http_body_util::LengthLimitError>());
+        if over_limit {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            tracing::debug!(error = %e, "request body unreadable");
+            ApiError::Malformed(crate::FramingError::Body)
+        }
+    })
 }
 
 fn topic(path: &str) -> Result<Topic, ApiError> {
@@ -477,6 +500,32 @@ mod tests {
             req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
         req.body(Body::from(body)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_413_and_a_broken_one_400() {
+        let chunks = |parts: Vec<Result<&'static str, std::io::Error>>| {
+            Body::from_stream(futures::stream::iter(parts))
+        };
+        let none = HeaderMap::new();
+        let ok = read_body(&none, chunks(vec![Ok("{}"), Ok(" ")]), 3).await;
+        assert_eq!(ok.unwrap(), "{} ");
+        let over = read_body(&none, chunks(vec![Ok("{}"), Ok("  ")]), 3).await;
+        assert!(matches!(over, Err(ApiError::PayloadTooLarge { limit: 3 })));
+        let broken = read_body(
+            &none,
+            chunks(vec![Ok("{"), Err(std::io::Error::other("bad chunk"))]),
+            3,
+        )
+        .await;
+        assert!(matches!(
+            broken,
+            Err(ApiError::Malformed(crate::FramingError::Body))
+        ));
+        let mut declared = HeaderMap::new();
+        declared.insert(header::CONTENT_LENGTH, "4".parse().unwrap());
+        let early = read_body(&declared, chunks(vec![]), 3).await;
+        assert!(matches!(early, Err(ApiError::PayloadTooLarge { limit: 3 })));
     }
 
     #[tokio::test]

@@ -1,4 +1,5 @@
-//! Errors: [`StoreError`] from the record stores, [`ApiError`] for HTTP responses.
+//! Errors: [`StoreError`] from the record stores, [`FramingError`] for a request whose
+//! framing cannot be trusted, [`ApiError`] for HTTP responses.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -30,6 +31,13 @@ pub enum StoreError {
     IdMismatch { url: RecordId, body: RecordId },
     #[error("record {id} of {topic} kept changing while it was patched; try again")]
     Contended { topic: Topic, id: RecordId },
+    /// The collection's counter is at the largest safe id: a create without an id cannot
+    /// be given one. The collection itself is fine (reads, and creates with an id, work).
+    #[error(
+        "{topic} has used its last automatic id ({max}, the largest integer a browser's \
+         JSON.parse keeps exact); create records with an explicit id instead"
+    )]
+    IdsExhausted { topic: Topic, max: i64 },
     #[error(transparent)]
     Invalid(#[from] DecodeError),
 }
@@ -60,6 +68,29 @@ impl From<redis::RedisError> for StoreError {
     }
 }
 
+/// A request whose body cannot be delimited, or read, as HTTP/1 says (RFC 9112): after one
+/// of these the connection's remaining bytes mean nothing, so the answer closes it. Each
+/// message says what was wrong in words a client can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FramingError {
+    #[error("malformed request head: {0}")]
+    Head(String),
+    #[error("malformed request target")]
+    Target,
+    #[error("Transfer-Encoding is not allowed in an HTTP/1.0 request")]
+    TransferEncodingInHttp10,
+    #[error("Transfer-Encoding must be a list of codings that ends with chunked")]
+    NotChunked,
+    #[error("Transfer-Encoding names chunked more than once; a body is chunked once")]
+    ChunkedTwice,
+    #[error("Content-Length must be a single decimal number of bytes")]
+    ContentLength,
+    #[error("Content-Length headers disagree: {first} and {second}")]
+    ContentLengths { first: u64, second: u64 },
+    #[error("request body is malformed (bad chunked framing) or was cut short")]
+    Body,
+}
+
 /// An HTTP error in LoopBack's shape:
 /// `{"error":{"statusCode":404,"name":"Error","code":"MODEL_NOT_FOUND","message":"..."}}`.
 ///
@@ -78,6 +109,11 @@ pub enum ApiError {
     UriTooLong { limit: usize },
     #[error("request headers are larger than the limit of {limit} bytes")]
     HeadersTooLarge { limit: usize },
+    #[error("request has more than {max} header fields")]
+    TooManyHeaders { max: usize },
+    /// Bad framing: a 400 that closes the connection.
+    #[error(transparent)]
+    Malformed(#[from] FramingError),
     /// A token's subject published faster than `publish_rate`; try again after the wait.
     #[error("too many events for this token; retry in {} ms", retry_after.as_millis())]
     TooManyRequests { retry_after: std::time::Duration },
@@ -113,10 +149,11 @@ impl ApiError {
             }
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
             Self::UriTooLong { .. } => (StatusCode::URI_TOO_LONG, "URI_TOO_LONG"),
-            Self::HeadersTooLarge { .. } => (
+            Self::HeadersTooLarge { .. } | Self::TooManyHeaders { .. } => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "REQUEST_HEADER_FIELDS_TOO_LARGE",
             ),
+            Self::Malformed(_) => (StatusCode::BAD_REQUEST, "MALFORMED_REQUEST"),
             Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS"),
             Self::NoRoute { .. } => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
@@ -138,6 +175,11 @@ impl ApiError {
                 StoreError::Exists { .. } => (StatusCode::CONFLICT, "DUPLICATE_ID"),
                 StoreError::IdMismatch { .. } => (StatusCode::BAD_REQUEST, "ID_MISMATCH"),
                 StoreError::Contended { .. } => (StatusCode::CONFLICT, "CONTENDED"),
+                // 409, not 5xx: the server is not failing and a retry would fail alike; the
+                // request conflicts with the collection's state (its counter reached the
+                // end of the safe range), and the client can resolve it by naming an id.
+                // A 5xx would also be retried by clients and proxies, and page operators.
+                StoreError::IdsExhausted { .. } => (StatusCode::CONFLICT, "ID_COUNTER_EXHAUSTED"),
                 StoreError::Invalid(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
             },
         }
@@ -210,6 +252,13 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, Self::Malformed(_)) {
+            // The rest of the connection cannot be read as requests; hyper closes it
+            // after this answer.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Some(challenge) = challenge {
             response.headers_mut().insert(

@@ -11,6 +11,8 @@
 //!   gateway's embedded bus). Rust backends use a store directly as a library.
 //! - [`api`]: the HTTP routes; one [`ApiError`] decides every error status.
 //! - [`auth`]: JWT verification and topic grants, shared with the gateway.
+//! - [`limits`], [`framing`]: request size limits and HTTP/1 framing checks, shared with
+//!   the gateway.
 //! - [`config`], [`settings`]: layered configuration. [`telemetry`], [`shutdown`]: process
 //!   plumbing shared with the gateway.
 //!
@@ -21,6 +23,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod framing;
 pub mod jitter;
 pub mod limits;
 pub mod metrics;
@@ -30,7 +33,7 @@ pub mod store;
 pub mod telemetry;
 
 pub use config::Config;
-pub use error::{ApiError, StoreError};
+pub use error::{ApiError, FramingError, StoreError};
 pub use store::{
     ClusterLink, Link, MemoryStore, RedisConnection, RedisOptions, RedisStore, RedisTarget,
     Retention, SingleLink, Store, Written,

@@ -1,5 +1,6 @@
-//! Request limits shared by both binaries: URL length and header size, checked before any
-//! handler runs, and a rate of published events per token subject.
+//! Request limits shared by both binaries: the framing of the body ([`crate::framing`]),
+//! URL length and header size, checked before any handler runs, and a rate of published
+//! events per token subject.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -35,13 +36,21 @@ impl Default for RequestLimits {
     }
 }
 
-/// Middleware: 414 for a longer request target, 431 for more header bytes, as LoopBack
+/// Middleware: 400 for framing hyper let through ([`crate::framing::check`], closing the
+/// connection), 414 for a longer request target, 431 for more header bytes, as LoopBack
 /// JSON, before routing.
 pub async fn check_request(
     State(limits): State<RequestLimits>,
     request: Request,
     next: Next,
 ) -> Response {
+    let headers = request
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
+    if let Err(e) = crate::framing::check(request.version(), headers) {
+        return ApiError::Malformed(e).into_response();
+    }
     let url = request
         .uri()
         .path_and_query()
@@ -135,6 +144,34 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
+    use axum::http::{StatusCode, header};
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn framing_hyper_lets_through_is_a_json_400_that_closes() {
+        let app = axum::Router::new()
+            .route("/x", axum::routing::post(|| async { "ok" }))
+            .layer(axum::middleware::from_fn_with_state(
+                RequestLimits::default(),
+                check_request,
+            ));
+        let request = |te: &str| {
+            Request::post("/x")
+                .header(header::TRANSFER_ENCODING, te)
+                .body(Body::empty())
+                .unwrap()
+        };
+        let res = app.clone().oneshot(request("chunked")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let res = app.oneshot(request("chunked, chunked")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(res.headers()[header::CONNECTION], "close");
+        let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "MALFORMED_REQUEST", "{body}");
+        assert_eq!(body["error"]["name"], "BadRequestError", "{body}");
+    }
 
     #[test]
     fn a_bucket_allows_its_burst_then_its_rate() {

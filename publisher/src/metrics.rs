@@ -60,7 +60,11 @@ impl PublisherMetrics {
             Ok(_) => "ok",
             Err(StoreError::Unavailable(_) | StoreError::Timeout(_)) => "unavailable",
             Err(StoreError::NotFound { .. }) => "not_found",
-            Err(StoreError::Exists { .. } | StoreError::Contended { .. }) => "conflict",
+            Err(
+                StoreError::Exists { .. }
+                | StoreError::Contended { .. }
+                | StoreError::IdsExhausted { .. },
+            ) => "conflict",
             Err(StoreError::IdMismatch { .. } | StoreError::Invalid(_)) => "invalid",
             Err(StoreError::Redis(_) | StoreError::Reply(_)) => "error",
         };

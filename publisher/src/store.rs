@@ -132,6 +132,27 @@ pub(crate) fn plan_create(mut body: Object) -> Result<NewRecord, StoreError> {
     }
 }
 
+/// The id a create without one gets: the first integer after the counter `seq` that
+/// `taken` does not hold, never past [`proto::MAX_SAFE_INTEGER`] (the publish script's
+/// `create_auto` does the same in Lua). The caller stores it as the new counter.
+pub(crate) fn next_auto_id(
+    topic: &Topic,
+    seq: i64,
+    taken: impl Fn(i64) -> bool,
+) -> Result<i64, StoreError> {
+    let max = proto::MAX_SAFE_INTEGER;
+    let exhausted = || StoreError::IdsExhausted {
+        topic: topic.clone(),
+        max,
+    };
+    // A counter can only be past `max` if it was moved there before ids were bounded.
+    let mut n = seq.checked_add(1).ok_or_else(exhausted)?;
+    while n <= max && taken(n) {
+        n += 1;
+    }
+    if n > max { Err(exhausted()) } else { Ok(n) }
+}
+
 /// Appends `"id": n` to an auto-id record, as the publish script does in Lua.
 pub(crate) fn append_id(mut body: Object, id: &RecordId) -> Object {
     body.insert("id".into(), id.to_json());
@@ -226,6 +247,26 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(plan_create(obj(json!({"id":true}))).is_err());
+    }
+
+    #[test]
+    fn auto_ids_skip_taken_ones_and_stop_at_the_safe_range() {
+        let topic = Topic::new("T").unwrap();
+        let max = proto::MAX_SAFE_INTEGER;
+        assert_eq!(next_auto_id(&topic, 0, |_| false).unwrap(), 1);
+        assert_eq!(next_auto_id(&topic, 0, |n| n < 3).unwrap(), 3);
+        assert_eq!(next_auto_id(&topic, max - 1, |_| false).unwrap(), max);
+        for seq in [max, i64::MAX] {
+            assert!(matches!(
+                next_auto_id(&topic, seq, |_| false),
+                Err(StoreError::IdsExhausted { .. })
+            ));
+        }
+        // The last ids taken by explicit creates: nothing is left either.
+        assert!(matches!(
+            next_auto_id(&topic, max - 2, |n| n >= max - 1),
+            Err(StoreError::IdsExhausted { .. })
+        ));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 import { spawn } from 'node:child_process';
 import { EventEmitter, once } from 'node:events';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -118,20 +118,34 @@ function logField(line, key, message) {
   return fields[key];
 }
 
-/** `redis-server` without persistence on a free port, ready when it says so. */
-export async function startRedis() {
+/**
+ * `redis-server` on a free port, ready when it says so; without persistence, or with
+ * `appendonly` (every write fsynced) so a `kill()` and `start()` keep the data.
+ */
+export async function startRedis({ appendonly = false } = {}) {
   let lastError;
   for (let attempt = 0; attempt < 5; attempt += 1) {
     const port = await freePort();
     const dir = await mkdtemp(path.join(tmpdir(), 'cs-redis-'));
-    const child = new Child(`redis:${port}`, 'redis-server', [
+    const spawnRedis = () => new Child(`redis:${port}`, 'redis-server', [
       '--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '',
-      '--appendonly', 'no', '--daemonize', 'no', '--loglevel', 'notice',
+      ...(appendonly ? ['--appendonly', 'yes', '--appendfsync', 'always'] : ['--appendonly', 'no']),
+      '--daemonize', 'no', '--loglevel', 'notice',
     ], {}, 'stdout');
+    const ready = (child) =>
+      child.waitForLine('ready', (l) => (l.includes('Ready to accept connections') ? true : undefined));
+    let child = spawnRedis();
     try {
-      await child.waitForLine('ready', (l) => (l.includes('Ready to accept connections') ? true : undefined));
+      await ready(child);
       return {
         url: `redis://127.0.0.1:${port}/`,
+        /** SIGKILL: what survives is what the AOF had. */
+        kill: () => child.kill(),
+        /** Starts again on the same port and data directory. */
+        async start() {
+          child = spawnRedis();
+          await ready(child);
+        },
         async stop() {
           await child.kill();
           await rm(dir, { recursive: true, force: true });
@@ -161,7 +175,11 @@ async function waitOk(what, url, ms = STEP_MS) {
   }
 }
 
-/** A server binary on 127.0.0.1:0; resolves once it logged its address and is ready. */
+/**
+ * A server binary on 127.0.0.1:0 (or its `*_LISTEN` in `env`); resolves once it logged its
+ * address and `/readyz` answers 200 (for a gateway in an outage of the whole fleet that
+ * is `degraded`: it serves by telling streams to retry).
+ */
 async function startServer(name, env) {
   const child = new Child(name, binary(name), [], { RUST_LOG: 'info', ...env }, 'stderr');
   const addr = await child.waitForLine('listening address', (line) => logField(line, 'addr'));
@@ -200,6 +218,71 @@ export function startGateway({ redisUrl, env = {} } = {}) {
 export function startPublisher({ redisUrl }) {
   return startServer('publisher', { PUBLISHER_LISTEN: '127.0.0.1:0', PUBLISHER_REDIS_URL: redisUrl });
 }
+
+/** Debian's nginx (`nginx-light`), installed by scripts/test. */
+export const NGINX = process.env.NGINX ?? '/usr/sbin/nginx';
+
+/**
+ * A real reverse proxy in front of the fleet, as an ingress is: nginx on a free port with
+ * `conf(port)` as the body of its `http {}` block (temp paths and logs in its own
+ * directory, one process, in the foreground); `files` are written to its directory, its
+ * `root`. Resolves once it answers.
+ */
+export async function startNginx(conf, files = {}) {
+  let lastError;
+  for (let attempt = 0; attempt < 5; attempt += 1) {
+    const port = await freePort();
+    const dir = await mkdtemp(path.join(tmpdir(), 'cs-nginx-'));
+    for (const [name, text] of Object.entries(files)) await writeFile(path.join(dir, name), text);
+    await writeFile(path.join(dir, 'nginx.conf'), `
+daemon off;
+master_process off;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 256; }
+http {
+  access_log ${dir}/access.log;
+  client_body_temp_path ${dir}/body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  root ${dir};
+  ${conf(port)}
+}
+`);
+    const child = new Child(`nginx:${port}`, NGINX, ['-p', dir, '-c', path.join(dir, 'nginx.conf')], {}, 'stderr');
+    try {
+      await Promise.race([
+        waitOk('nginx answers', `http://127.0.0.1:${port}/nginx.conf`),
+        child.exited.then(() => { throw new Error(`nginx exited:\n${child.lines.join('\n')}`); }),
+      ]);
+      return {
+        base: `http://127.0.0.1:${port}`,
+        async stop() {
+          await child.kill();
+          await rm(dir, { recursive: true, force: true });
+        },
+      };
+    } catch (error) {
+      lastError = error;
+      await child.kill();
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+  throw lastError;
+}
+
+/**
+ * LoopBack 3's documented browser code, verbatim: "Realtime server-sent events", section
+ * "Using ChangeStreams in the browser" (the "Browser script" example). No reconnect code.
+ */
+export const LOOPBACK_SNIPPET = `var urlToChangeStream = '/api/MyModels/change-stream?_format=event-stream';
+var src = new EventSource(urlToChangeStream);
+src.addEventListener('data', function(msg) {
+  var data = JSON.parse(msg.data);
+  console.log(data); // the change object
+});`;
 
 /** Debian's Chromium, headless; Playwright's own browser builds are never downloaded. */
 export function launchBrowser() {

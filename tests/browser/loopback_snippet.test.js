@@ -3,16 +3,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
-import { cleanup, launchBrowser, REPO, rest, startGateway, within } from './harness.js';
-
-// Quoted verbatim from LoopBack 3's documentation, "Realtime server-sent events", section
-// "Using ChangeStreams in the browser" (the "Browser script" example).
-const LOOPBACK_SNIPPET = `var urlToChangeStream = '/api/MyModels/change-stream?_format=event-stream';
-var src = new EventSource(urlToChangeStream);
-src.addEventListener('data', function(msg) {
-  var data = JSON.parse(msg.data);
-  console.log(data); // the change object
-});`;
+import { cleanup, launchBrowser, LOOPBACK_SNIPPET, REPO, rest, startGateway, within } from './harness.js';
 
 test('the quoted snippet is the documented one', (t) => {
   // The documents the project was started from sit beside the repo (not in a clone of it

@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 
 use super::{
     NewRecord, Retention, Store, Written, append_id, check_body_id, in_id_order, json, merged,
-    parse_record, plan_create, replacement,
+    next_auto_id, parse_record, plan_create, replacement,
 };
 use crate::error::StoreError;
 
@@ -176,10 +176,9 @@ impl Store for MemoryStore {
         let state = inner.topics.entry(topic.clone()).or_default();
         let (id, record) = match plan {
             NewRecord::Auto(body) => {
-                let mut n = state.seq + 1;
-                while state.records.contains_key(&n.to_string()) {
-                    n += 1;
-                }
+                let n = next_auto_id(topic, state.seq, |n| {
+                    state.records.contains_key(&n.to_string())
+                })?;
                 state.seq = n;
                 let id = RecordId::Int(n);
                 let record = append_id(body, &id);
@@ -305,5 +304,39 @@ impl Store for MemoryStore {
 
     async fn ready(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: serde_json::Value) -> Object {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_counter_at_the_safe_limit_refuses_only_creates_without_an_id() {
+        let store = MemoryStore::new(Retention::default());
+        let topic = Topic::new("T").unwrap();
+        let max = proto::MAX_SAFE_INTEGER;
+        let last = store.create(&topic, obj(json!({"id": max}))).await.unwrap();
+        assert_eq!(last.id, RecordId::Int(max));
+        let mut events = store.subscribe();
+        for _ in 0..2 {
+            assert!(matches!(
+                store.create(&topic, obj(json!({"a": 1}))).await,
+                Err(StoreError::IdsExhausted { .. })
+            ));
+        }
+        // Nothing was written or published, and the collection still works.
+        assert!(events.try_recv().is_err());
+        assert_eq!(store.last_id(&topic), last.event);
+        store.create(&topic, obj(json!({"id": 5}))).await.unwrap();
+        assert_eq!(
+            store.list(&topic).await.unwrap(),
+            [r#"{"id":5}"#.to_owned(), format!(r#"{{"id":{max}}}"#)]
+        );
     }
 }

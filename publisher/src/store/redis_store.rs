@@ -384,6 +384,10 @@ impl Store for RedisStore {
                         event: EventId::parse(event)
                             .map_err(|_| StoreError::Reply(format!("{reply:?}")))?,
                     }),
+                    [refused] if refused == "exhausted" => Err(StoreError::IdsExhausted {
+                        topic: topic.clone(),
+                        max: proto::MAX_SAFE_INTEGER,
+                    }),
                     _ => Err(StoreError::Reply(format!("{reply:?}"))),
                 }
             }
