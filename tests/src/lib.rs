@@ -8,12 +8,15 @@
 //! - [`load`]: pieces of the load tools (release gateway processes, a lean SSE client).
 //! - [`peers`]: Nchan and Centrifugo child processes for side-by-side load runs.
 //! - [`Blackhole`]: a TCP proxy that can go silent (a partition with no FIN or RST).
+//! - [`traffic`]: a writer that creates records until stopped, and the exactly-once check
+//!   of every client against the stream.
 //! - [`within`]: every network await in a test goes through it, so failures are fast.
 
 pub mod blackhole;
 pub mod cluster;
 pub mod load;
 pub mod peers;
+pub mod traffic;
 
 pub use blackhole::Blackhole;
 pub use cluster::RedisCluster;

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use proto::{Object, Topic};
+use proto::Topic;
 use publisher::{RedisOptions as StoreOptions, RedisStore, Store};
 use redis::AsyncCommands;
 use serde_json::json;
+use system_tests::traffic::{self, Tally, body};
 use system_tests::{
     GatewayProcess, RedisOptions, RedisServer, SseClient, Watched, Watcher, poll_until,
 };
@@ -23,22 +24,11 @@ fn stream_url(pod: &GatewayProcess) -> String {
     pod.url(&format!("/api/{TOPIC}/change-stream?_format=event-stream"))
 }
 
-fn body(n: usize) -> Object {
-    json!({ "n": n }).as_object().cloned().expect("object")
-}
-
 async fn stream_ids(redis: &RedisServer) -> anyhow::Result<Vec<String>> {
     let mut conn = redis.connection().await?;
     let reply: redis::streams::StreamRangeReply =
         conn.xrange_all(Topic::new(TOPIC)?.stream_key()).await?;
     Ok(reply.ids.into_iter().map(|e| e.id).collect())
-}
-
-/// Publishes one event per tick until stopped, counting what Redis took and refused.
-#[derive(Default)]
-struct Tally {
-    ok: AtomicUsize,
-    failed: AtomicUsize,
 }
 
 fn publish_until_stopped(
@@ -47,51 +37,17 @@ fn publish_until_stopped(
     tally: Arc<Tally>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let topic = Topic::new(TOPIC).expect("topic");
-        let mut tick = tokio::time::interval(every);
-        let mut n = 0;
-        while !stop.is_cancelled() {
-            tick.tick().await;
-            n += 1;
-            match store.create(&topic, body(n)).await {
-                Ok(_) => tally.ok.fetch_add(1, Ordering::SeqCst),
-                Err(_) => tally.failed.fetch_add(1, Ordering::SeqCst),
-            };
-        }
-    })
+    traffic::publish_until_stopped(store, Topic::new(TOPIC).expect("topic"), every, tally, stop)
 }
 
 async fn reach(what: &str, count: &AtomicUsize, target: usize) -> anyhow::Result<()> {
-    poll_until(what, CONVERGE, || async {
-        (count.load(Ordering::SeqCst) >= target).then_some(())
-    })
-    .await
+    traffic::reach(what, count, target, CONVERGE).await
 }
 
 /// Waits for every watcher to reach the stream's last id, then checks each one got the
 /// whole stream, in order, once.
 async fn all_complete(redis: &RedisServer, watchers: Vec<Watcher>) -> anyhow::Result<Vec<Watched>> {
-    let expected = stream_ids(redis).await?;
-    let last = expected.last().expect("events were published").clone();
-    let mut results = Vec::new();
-    for mut watcher in watchers {
-        watcher.wait_for(&last, CONVERGE).await?;
-        results.push(watcher.stop().await?);
-    }
-    for (i, watched) in results.iter().enumerate() {
-        assert!(
-            watched.resets().is_empty(),
-            "client {i} was reset: {:?}",
-            watched.resets()
-        );
-        assert_eq!(
-            watched.data_ids(),
-            expected,
-            "client {i}: every event, in order, once"
-        );
-    }
-    Ok(results)
+    traffic::all_complete(watchers, &stream_ids(redis).await?, CONVERGE).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,10 +17,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use proto::{Object, Topic};
-use publisher::{RedisOptions as StoreOptions, RedisStore, RedisTarget, Store};
+use proto::Topic;
+use publisher::{RedisOptions as StoreOptions, RedisStore, RedisTarget};
 use redis::AsyncCommands;
 use serde_json::{Value, json};
+use system_tests::traffic::{self, Tally};
 use system_tests::{
     Blackhole, GatewayProcess, Publisher, RedisCluster, RedisServer, SseClient, Watcher, http,
     poll_until, within,
@@ -41,35 +42,16 @@ fn stream_url(pod: &GatewayProcess) -> String {
     pod.url(&format!("/api/{TOPIC}/change-stream?_format=event-stream"))
 }
 
-fn body(n: usize) -> Object {
-    json!({ "n": n }).as_object().cloned().expect("object")
-}
-
-/// Creates one record every [`EVERY`] until stopped, counting what was acknowledged.
 fn write_until_stopped(
     store: RedisStore,
-    acked: Arc<AtomicUsize>,
+    tally: Arc<Tally>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let topic = Topic::new(TOPIC).expect("topic");
-        let mut tick = tokio::time::interval(EVERY);
-        let mut n = 0;
-        while !stop.is_cancelled() {
-            tick.tick().await;
-            n += 1;
-            if store.create(&topic, body(n)).await.is_ok() {
-                acked.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    })
+    traffic::publish_until_stopped(store, Topic::new(TOPIC).expect("topic"), EVERY, tally, stop)
 }
 
 async fn reach(what: &str, count: &AtomicUsize, target: usize) -> anyhow::Result<()> {
-    poll_until(what, CONVERGE, || async {
-        (count.load(Ordering::SeqCst) >= target).then_some(())
-    })
-    .await
+    traffic::reach(what, count, target, CONVERGE).await
 }
 
 async fn wait_state(pod: &GatewayProcess, want: (u16, &str)) -> anyhow::Result<Duration> {
@@ -92,23 +74,11 @@ async fn watchers(a: &GatewayProcess, b: &GatewayProcess) -> anyhow::Result<Vec<
     Ok(watchers)
 }
 
-/// Waits until every watcher holds the stream's last id, then checks each holds the whole
-/// stream once, in order, with no reset. Returns each watcher's reconnect count.
+/// Every watcher holds the whole stream once, in order, with no reset; each one's
+/// reconnect count.
 async fn all_complete(watchers: Vec<Watcher>, stream: &[String]) -> anyhow::Result<Vec<usize>> {
-    let last = stream.last().expect("events were published");
-    let mut reconnects = Vec::new();
-    for (i, mut watcher) in watchers.into_iter().enumerate() {
-        watcher.wait_for(last, CONVERGE).await?;
-        let watched = watcher.stop().await?;
-        assert!(watched.resets().is_empty(), "client {i} was reset");
-        assert_eq!(
-            watched.data_ids(),
-            stream,
-            "client {i}: every event once, in order"
-        );
-        reconnects.push(watched.reconnects);
-    }
-    Ok(reconnects)
+    let watched = traffic::all_complete(watchers, stream, CONVERGE).await?;
+    Ok(watched.iter().map(|w| w.reconnects).collect())
 }
 
 /// Gateway `a` reaches Redis only through `proxies`, `b` directly. The proxies go silent
@@ -122,18 +92,18 @@ async fn gateway_partition_heals(
     stream: impl AsyncFn() -> anyhow::Result<Vec<String>>,
 ) -> anyhow::Result<()> {
     let watchers = watchers(a, b).await?;
-    let acked = Arc::new(AtomicUsize::new(0));
+    let tally = Arc::new(Tally::default());
     let stop = CancellationToken::new();
-    let writer = write_until_stopped(store, acked.clone(), stop.clone());
-    reach("creates before the partition", &acked, 20).await?;
+    let writer = write_until_stopped(store, tally.clone(), stop.clone());
+    reach("creates before the partition", &tally.ok, 20).await?;
 
     for proxy in proxies {
         proxy.partition();
     }
     let noticed = wait_state(a, (503, "unavailable")).await?;
     assert_eq!(b.ready_state().await, (200, "ready".to_owned()));
-    let during = acked.load(Ordering::SeqCst) + DURING;
-    reach("creates during the partition", &acked, during).await?;
+    let during = tally.ok.load(Ordering::SeqCst) + DURING;
+    reach("creates during the partition", &tally.ok, during).await?;
     assert_eq!(
         a.ready_state().await.0,
         503,
@@ -146,13 +116,13 @@ async fn gateway_partition_heals(
     let healed = Instant::now();
     a.wait_ready().await?;
     let recovered = healed.elapsed();
-    let after = acked.load(Ordering::SeqCst) + 20;
-    reach("creates after the partition", &acked, after).await?;
+    let after = tally.ok.load(Ordering::SeqCst) + 20;
+    reach("creates after the partition", &tally.ok, after).await?;
     stop.cancel();
     writer.await?;
 
     let stream = stream().await?;
-    assert!(stream.len() >= acked.load(Ordering::SeqCst));
+    assert!(stream.len() >= tally.ok.load(Ordering::SeqCst));
     let reconnects = all_complete(watchers, &stream).await?;
     eprintln!(
         "partition noticed after {noticed:?}; ready {recovered:?} after the network healed; \
@@ -394,10 +364,10 @@ async fn a_pod_cut_off_past_the_bound_moves_its_clients_to_a_healthy_pod() -> an
     let (a, b) = (&pods[0], &pods[1]);
     let watchers = watchers(a, b).await?;
     let store = RedisStore::connect_lazy(&redis.url(), StoreOptions::default())?;
-    let acked = Arc::new(AtomicUsize::new(0));
+    let tally = Arc::new(Tally::default());
     let stop = CancellationToken::new();
-    let writer = write_until_stopped(store, acked.clone(), stop.clone());
-    reach("creates before the partition", &acked, 20).await?;
+    let writer = write_until_stopped(store, tally.clone(), stop.clone());
+    reach("creates before the partition", &tally.ok, 20).await?;
 
     proxy.partition();
     wait_state(a, (503, "unavailable")).await?;
@@ -416,7 +386,7 @@ async fn a_pod_cut_off_past_the_bound_moves_its_clients_to_a_healthy_pod() -> an
         turned_away.received
     );
     let anchor = anchor.expect("a fresh client turned away gets a position");
-    let asked_at = acked.load(Ordering::SeqCst);
+    let asked_at = tally.ok.load(Ordering::SeqCst);
 
     // Past the bound the pod ends its streams; its clients move to B.
     poll_until("streams ended by the cut-off pod", CONVERGE, || async {
@@ -424,8 +394,8 @@ async fn a_pod_cut_off_past_the_bound_moves_its_clients_to_a_healthy_pod() -> an
         (ends >= 1.0).then_some(())
     })
     .await?;
-    let after = acked.load(Ordering::SeqCst) + 40;
-    reach("creates after the clients moved", &acked, after).await?;
+    let after = tally.ok.load(Ordering::SeqCst) + 40;
+    reach("creates after the clients moved", &tally.ok, after).await?;
     stop.cancel();
     writer.await?;
     // Still partitioned: everything below reaches the clients through B.
@@ -445,7 +415,7 @@ async fn a_pod_cut_off_past_the_bound_moves_its_clients_to_a_healthy_pod() -> an
         .filter(|id| proto::EventId::parse(id).is_ok_and(|id| id > anchor_id))
         .cloned()
         .collect();
-    assert!(since.len() >= acked.load(Ordering::SeqCst) - asked_at);
+    assert!(since.len() >= tally.ok.load(Ordering::SeqCst) - asked_at);
     let mut got = Vec::new();
     while got.len() < since.len() {
         let frame = resumed.next_event().await?;
