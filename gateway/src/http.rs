@@ -163,7 +163,8 @@ fn cors(origins: &CorsOrigins) -> CorsLayer {
     }
 }
 
-/// Whether the Service should send this pod new streams (docs/OPERATIONS.md, "Readiness"):
+/// Whether the Service should send this pod new streams (docs/OPERATIONS.md, "When Redis
+/// is out of reach"):
 /// - `200 ready`: Redis answers and every topic's subscription is confirmed;
 /// - `200 degraded`: Redis is out of reach from every gateway asked (a fleet-wide outage):
 ///   an unready fleet would leave the Service without endpoints and the ingress would
