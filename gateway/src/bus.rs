@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::{EventId, StreamFields, Topic};
-use publisher::{MemoryStore, RedisConnection, RedisTarget};
+use publisher::MemoryStore;
 use redis::streams::StreamRangeReply;
+use service::{RedisConnection, RedisTarget};
 use tokio::sync::Semaphore;
 
 use crate::error::BusError;

@@ -8,11 +8,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use publisher::auth::{Auth, DEFAULT_JWT_LEEWAY, DEFAULT_METRICS_PUBLIC};
-use publisher::limits::{self, RequestLimits};
-pub use publisher::settings::ConfigError;
-use publisher::settings::{Layers, SettingsError};
-use publisher::{RedisTarget, Retention};
+use publisher::Retention;
+use service::RedisTarget;
+use service::auth::{Auth, DEFAULT_JWT_LEEWAY, DEFAULT_METRICS_PUBLIC};
+use service::limits::{self, RequestLimits};
+pub use service::settings::ConfigError;
+use service::settings::{Layers, SettingsError};
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -316,7 +317,7 @@ impl Config {
                 "filter_max_conditions",
                 proto::DEFAULT_MAX_FILTER_CONDITIONS.to_string(),
             ),
-            ("body_limit", publisher::api::DEFAULT_BODY_LIMIT.to_string()),
+            ("body_limit", service::http::DEFAULT_BODY_LIMIT.to_string()),
             ("stream_max_len", retention.max_len.to_string()),
             ("stream_max_age", ms(retention.max_age)),
             ("jwt_leeway", ms(DEFAULT_JWT_LEEWAY)),

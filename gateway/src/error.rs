@@ -1,9 +1,9 @@
-//! The gateway's errors. HTTP errors reuse [`publisher::ApiError`], so both binaries
+//! The gateway's errors. HTTP errors reuse [`service::ApiError`], so both binaries
 //! answer in the same LoopBack JSON shape.
 
 use std::time::Duration;
 
-pub use publisher::ApiError;
+pub use service::ApiError;
 
 /// A read from the bus (the topic's stream) failed.
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,7 @@
 //! multi-topic stream (`GET /events?topic=A&topic=B`), health, readiness and, in embedded
 //! mode, the publisher's REST API.
 //!
-//! Auth ([`publisher::auth`]): a presented token is verified by the [`Caller`] extractor
+//! Auth ([`service::auth`]): a presented token is verified by the [`Caller`] extractor
 //! (401 if bad); each topic is then checked with [`Auth::authorize_subscribe`] (401 without
 //! a token, 403 without a grant; public topics need none), and the stream ends when
 //! [`Auth::access_ends`] says (the earliest of its topics). `/healthz` and `/readyz` never
@@ -21,11 +21,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use proto::{Cursor, EventId, Filter, Topic};
 use publisher::MemoryStore;
-use publisher::api::{ApiState, healthz, metrics_route, no_route, wrong_method};
-use publisher::auth::{Auth, Caller};
+use publisher::api::ApiState;
 use publisher::metrics::PublisherMetrics;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use service::auth::{Auth, Caller};
+use service::http::{healthz, metrics_route, no_route, wrong_method};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -104,10 +105,10 @@ pub fn router(
     Ok(app
         .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
-        .layer(publisher::telemetry::http_trace())
+        .layer(service::telemetry::http_trace())
         .layer(axum::middleware::from_fn_with_state(
             limits,
-            publisher::limits::check_request,
+            service::limits::check_request,
         ))
         .layer(cors(&cors_origins)))
 }
@@ -120,7 +121,7 @@ pub fn admin_router(state: AppState) -> Router {
         .with_state(state)
         .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
-        .layer(publisher::telemetry::http_trace())
+        .layer(service::telemetry::http_trace())
 }
 
 fn health_routes() -> Router<AppState> {
@@ -245,7 +246,7 @@ async fn change_stream_post(
     // LoopBack's POST variant takes `options` in a JSON body; an empty body is fine. Read
     // here, not by axum's `Bytes` extractor: its 2 MiB limit and plain-text rejections
     // would bypass `body_limit` and the JSON error shape.
-    let body = publisher::api::read_body(&headers, body, state.config.body_limit).await?;
+    let body = service::http::read_body(&headers, body, state.config.body_limit).await?;
     let mut options = query.options.as_deref().map(parse_options).transpose()?;
     if !body.iter().all(u8::is_ascii_whitespace) {
         let parsed: Value =
@@ -468,7 +469,7 @@ fn turn_away(
         }
     });
     let retry = state.config.retry;
-    sse::come_back(retry + publisher::jitter::below(retry), position.as_deref())
+    sse::come_back(retry + service::jitter::below(retry), position.as_deref())
 }
 
 /// How far before a turned-away client's request its anchor lies: more than the clocks of

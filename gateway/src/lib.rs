@@ -40,8 +40,8 @@ use std::sync::Arc;
 
 pub use config::Config;
 pub use error::RunError;
-pub use publisher::shutdown;
-pub use publisher::telemetry;
+pub use service::shutdown;
+pub use service::telemetry;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -61,12 +61,12 @@ fn log_config(config: &Config) {
             .redis
             .as_ref()
             .filter(|r| !r.is_cluster())
-            .map(publisher::RedisTarget::redacted),
+            .map(service::RedisTarget::redacted),
         redis_cluster = config
             .redis
             .as_ref()
             .filter(|r| r.is_cluster())
-            .map(publisher::RedisTarget::redacted),
+            .map(service::RedisTarget::redacted),
         heartbeat_ms = ms(config.heartbeat),
         retry_ms = ms(config.retry),
         replay_page = config.replay_page.get(),
@@ -149,8 +149,8 @@ pub async fn run(
     };
     let mode = match &config.redis {
         None => "embedded single-node",
-        Some(publisher::RedisTarget::Single(_)) => "redis",
-        Some(publisher::RedisTarget::Cluster(_)) => "redis cluster",
+        Some(service::RedisTarget::Single(_)) => "redis",
+        Some(service::RedisTarget::Cluster(_)) => "redis cluster",
     };
     let grace = config.grace_period;
     let config_admin = config.admin_listen;
@@ -173,7 +173,7 @@ pub async fn run(
     let metrics_here = match config_admin {
         None => true,
         Some(addr) => {
-            publisher::admin::serve(addr, http::admin_router(state.clone()), shutdown.clone())
+            service::admin::serve(addr, http::admin_router(state.clone()), shutdown.clone())
                 .await?;
             false
         }

@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proto::{Envelope, Topic};
-use publisher::RedisTarget;
 use redis::{PushInfo, PushKind};
+use service::RedisTarget;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

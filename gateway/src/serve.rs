@@ -14,11 +14,11 @@
 //! HTTP/2, anything unusual) is handed to hyper with the bytes already read, unchanged.
 //!
 //! A first request whose head is malformed, too large, or badly framed
-//! ([`publisher::framing`]: `Transfer-Encoding: chunked, chunked`, a bad `Content-Length`,
+//! ([`service::framing`]: `Transfer-Encoding: chunked, chunked`, a bad `Content-Length`,
 //! ...) is answered here, in LoopBack's JSON shape with `connection: close`: hyper would
 //! answer it with an empty 400 or 431 of its own. (Later requests on a kept-alive hyper
 //! connection are parsed by hyper alone; the request middleware catches what it lets
-//! through, [`publisher::limits::check_request`].)
+//! through, [`service::limits::check_request`].)
 
 use std::io;
 use std::pin::Pin;
@@ -36,8 +36,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use publisher::limits::RequestLimits;
-use publisher::{ApiError, FramingError};
+use service::limits::RequestLimits;
+use service::{ApiError, FramingError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -266,7 +266,7 @@ fn examine_with<'b>(
         _ => Version::HTTP_11,
     };
     let fields = request.headers.iter().map(|h| (h.name.as_bytes(), h.value));
-    Ok(Some(match publisher::framing::check(version, fields) {
+    Ok(Some(match service::framing::check(version, fields) {
         Ok(()) => Head::Complete(len),
         Err(e) => Head::Refused(e.into()),
     }))

@@ -154,7 +154,7 @@ impl End {
             if self.cancelled.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            self.drain = Some(Box::pin(tokio::time::sleep(publisher::jitter::below(
+            self.drain = Some(Box::pin(tokio::time::sleep(service::jitter::below(
                 self.window,
             ))));
         }

@@ -18,10 +18,9 @@
 //! `subscribe` or `publish` grant. `/healthz` and `/readyz` never need one; `/metrics`
 //! only with `metrics_public = false`.
 
-use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRef, FromRequest, Path, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::extract::{FromRef, Path, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -31,16 +30,14 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::auth::{Auth, Authenticated, Claims};
-use crate::error::{ApiError, StoreError};
-use crate::limits::RateLimiter;
-use crate::metrics::PublisherMetrics;
 use prometheus::Registry;
+use service::auth::{Auth, Authenticated, Claims};
+use service::http::{BodyLimit, JsonObject, healthz, metrics_route, no_route, wrong_method};
+use service::limits::RateLimiter;
 
+use crate::error::{ApiError, StoreError};
+use crate::metrics::PublisherMetrics;
 use crate::store::Store;
-
-/// Default largest request body, in bytes: body-parser's `100kb`, which LoopBack uses.
-pub const DEFAULT_BODY_LIMIT: usize = 100 * 1024;
 
 /// What the handlers share.
 #[derive(Clone, Debug)]
@@ -97,10 +94,6 @@ impl<S> ApiState<S> {
     }
 }
 
-/// Largest accepted request body, in bytes.
-#[derive(Clone, Copy, Debug)]
-pub struct BodyLimit(pub usize);
-
 impl<S: Clone> FromRef<ApiState<S>> for BodyLimit {
     fn from_ref(state: &ApiState<S>) -> Self {
         state.body_limit
@@ -123,7 +116,7 @@ pub fn router<S: Store>(state: ApiState<S>, registry: Option<Registry>) -> Route
     app.method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
         .with_state(state)
-        .layer(crate::telemetry::http_trace())
+        .layer(service::telemetry::http_trace())
 }
 
 /// What the admin port serves: health and `/metrics`.
@@ -133,26 +126,7 @@ pub fn admin_router<S: Store>(state: ApiState<S>, registry: Registry) -> Router 
         .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
         .with_state(state)
-        .layer(crate::telemetry::http_trace())
-}
-
-/// `GET /metrics`: Prometheus text of `registry`. With auth on and `metrics_public =
-/// false` it needs a valid token (any grants); otherwise tokens are not looked at.
-pub fn metrics_route<St>(registry: Registry) -> axum::routing::MethodRouter<St>
-where
-    St: Clone + Send + Sync + 'static,
-    Auth: FromRef<St>,
-{
-    get(
-        move |State(auth): State<Auth>, headers: HeaderMap, uri: Uri| async move {
-            if !auth.metrics_public() {
-                let token = crate::auth::find_token(&headers, uri.query())?;
-                let claims = auth.authenticate(token.as_deref())?;
-                auth.authorize_metrics(claims.as_ref())?;
-            }
-            Ok::<_, ApiError>(metrics_response(&registry))
-        },
-    )
+        .layer(service::telemetry::http_trace())
 }
 
 fn health_routes<S: Store>() -> Router<ApiState<S>> {
@@ -174,115 +148,6 @@ pub fn routes<S: Store>() -> Router<ApiState<S>> {
                 .delete(delete::<S>),
         )
         .route("/publish", post(publish::<S>))
-}
-
-/// Prometheus text exposition of `registry`.
-pub fn metrics_response(registry: &Registry) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        crate::metrics::encode(registry),
-    )
-        .into_response()
-}
-
-/// The JSON 404 for unknown paths.
-pub async fn no_route(method: Method, uri: Uri) -> ApiError {
-    ApiError::NoRoute {
-        method: method.to_string(),
-        path: uri.path().to_owned(),
-    }
-}
-
-/// The JSON 405 for a known path and a method it does not serve.
-pub async fn wrong_method(method: Method, uri: Uri) -> ApiError {
-    ApiError::MethodNotAllowed {
-        method: method.to_string(),
-        path: uri.path().to_owned(),
-    }
-}
-
-/// A request body that is a JSON object: right content type, within the size limit.
-#[derive(Debug)]
-pub struct JsonObject(pub Object);
-
-impl<St> FromRequest<St> for JsonObject
-where
-    St: Send + Sync,
-    BodyLimit: FromRef<St>,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &St) -> Result<Self, ApiError> {
-        let BodyLimit(limit) = BodyLimit::from_ref(state);
-        let (parts, body) = req.into_parts();
-        let bytes = read_json_body(&parts.headers, body, limit).await?;
-        match serde_json::from_slice::<serde_json::Value>(&bytes) {
-            Ok(serde_json::Value::Object(object)) => Ok(Self(object)),
-            Ok(_) => Err(ApiError::BadRequest(
-                "request body must be a JSON object".into(),
-            )),
-            Err(e) => Err(ApiError::InvalidJson(e.to_string())),
-        }
-    }
-}
-
-/// Checks the content type and reads at most `limit` bytes ([`read_body`]).
-async fn read_json_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<axum::body::Bytes, ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .unwrap_or_default();
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if essence != "application/json"
-        && !(essence.starts_with("application/") && essence.ends_with("+json"))
-    {
-        return Err(ApiError::UnsupportedMediaType(content_type));
-    }
-    read_body(headers, body, limit).await
-}
-
-/// Reads a request body of at most `limit` bytes, whatever its type: a declared
-/// `Content-Length` over the limit is refused before reading, a chunked body when it
-/// passes the limit.
-///
-/// # Errors
-/// [`ApiError::PayloadTooLarge`] over the limit; [`ApiError::Malformed`] for a body that
-/// cannot be read (bad chunked framing, cut short).
-pub async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<axum::body::Bytes, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        // `to_bytes` wraps the limit's own error; anything else is the body itself.
-        let over_limit = std::error::Error::source(&e)
-            .is_some_and(|inner| inner.is::<http_body_util::LengthLimitError>());
-        if over_limit {
-            ApiError::PayloadTooLarge { limit }
-        } else {
-            tracing::debug!(error = %e, "request body unreadable");
-            ApiError::Malformed(crate::FramingError::Body)
-        }
-    })
 }
 
 fn topic(path: &str) -> Result<Topic, ApiError> {
@@ -428,11 +293,6 @@ async fn publish<S: Store>(
     Ok(Json(json!({ "id": id.to_string() })))
 }
 
-/// Liveness: the process answers.
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
-}
-
 async fn readyz<S: Store>(State(state): State<ApiState<S>>) -> Response {
     match state.store.ready().await {
         Ok(()) => Json(json!({ "status": "ready" })).into_response(),
@@ -450,10 +310,13 @@ async fn readyz<S: Store>(State(state): State<ApiState<S>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::AuthOptions;
-    use crate::store::{MemoryStore, Retention};
     use axum::body::Body;
+    use axum::extract::Request;
+    use service::auth::AuthOptions;
+    use service::http::DEFAULT_BODY_LIMIT;
     use tower::ServiceExt;
+
+    use crate::store::{MemoryStore, Retention};
 
     const SECRET: &str = "api-tests-secret-of-at-least-32-bytes";
 
@@ -500,32 +363,6 @@ mod tests {
             req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
         req.body(Body::from(body)).unwrap()
-    }
-
-    #[tokio::test]
-    async fn a_body_over_the_limit_is_413_and_a_broken_one_400() {
-        let chunks = |parts: Vec<Result<&'static str, std::io::Error>>| {
-            Body::from_stream(futures::stream::iter(parts))
-        };
-        let none = HeaderMap::new();
-        let ok = read_body(&none, chunks(vec![Ok("{}"), Ok(" ")]), 3).await;
-        assert_eq!(ok.unwrap(), "{} ");
-        let over = read_body(&none, chunks(vec![Ok("{}"), Ok("  ")]), 3).await;
-        assert!(matches!(over, Err(ApiError::PayloadTooLarge { limit: 3 })));
-        let broken = read_body(
-            &none,
-            chunks(vec![Ok("{"), Err(std::io::Error::other("bad chunk"))]),
-            3,
-        )
-        .await;
-        assert!(matches!(
-            broken,
-            Err(ApiError::Malformed(crate::FramingError::Body))
-        ));
-        let mut declared = HeaderMap::new();
-        declared.insert(header::CONTENT_LENGTH, "4".parse().unwrap());
-        let early = read_body(&declared, chunks(vec![]), 3).await;
-        assert!(matches!(early, Err(ApiError::PayloadTooLarge { limit: 3 })));
     }
 
     #[tokio::test]

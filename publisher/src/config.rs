@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::api::DEFAULT_BODY_LIMIT;
-use crate::auth::{Auth, DEFAULT_JWT_LEEWAY, DEFAULT_METRICS_PUBLIC};
-use crate::limits::{self, RequestLimits};
-pub use crate::settings::ConfigError;
-use crate::settings::{Layers, SettingsError};
-use crate::store::{
-    DEFAULT_STREAM_MAX_AGE, DEFAULT_STREAM_MAX_LEN, RedisOptions, RedisTarget, Retention,
-};
+use service::RedisTarget;
+use service::auth::{Auth, DEFAULT_JWT_LEEWAY, DEFAULT_METRICS_PUBLIC};
+use service::http::DEFAULT_BODY_LIMIT;
+use service::limits::{self, RequestLimits};
+pub use service::settings::ConfigError;
+use service::settings::{Layers, SettingsError};
+
+use crate::store::{DEFAULT_STREAM_MAX_AGE, DEFAULT_STREAM_MAX_LEN, RedisOptions, Retention};
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8081";
@@ -203,13 +203,13 @@ impl Config {
     }
 
     /// The write-rate limiter, if `publish_rate` sets one.
-    pub fn rate_limiter(&self) -> Option<crate::limits::RateLimiter> {
+    pub fn rate_limiter(&self) -> Option<service::limits::RateLimiter> {
         let burst = if self.publish_burst == 0 {
             self.publish_rate
         } else {
             self.publish_burst
         };
-        crate::limits::RateLimiter::new(self.publish_rate, burst)
+        service::limits::RateLimiter::new(self.publish_rate, burst)
     }
 
     pub fn redis_options(&self) -> RedisOptions {

@@ -9,35 +9,24 @@
 //!
 //! - [`store`]: the [`Store`] trait, [`RedisStore`] (production) and [`MemoryStore`] (the
 //!   gateway's embedded bus). Rust backends use a store directly as a library.
-//! - [`api`]: the HTTP routes; one [`ApiError`] decides every error status.
-//! - [`auth`]: JWT verification and topic grants, shared with the gateway.
-//! - [`limits`], [`framing`]: request size limits and HTTP/1 framing checks, shared with
-//!   the gateway.
-//! - [`config`], [`settings`]: layered configuration. [`telemetry`], [`shutdown`]: process
-//!   plumbing shared with the gateway.
+//! - [`api`]: the HTTP routes; every error is a [`service::ApiError`], the store's own
+//!   through [`StoreError`].
+//! - [`config`]: the publisher's settings.
 //!
-//! What it does not own: SSE, subscriptions, replay (the gateway's).
+//! The plumbing it runs on (settings layering, auth, limits, telemetry, shutdown, Redis
+//! connections) is the [`service`] crate, shared with the gateway. What it does not own:
+//! SSE, subscriptions, replay (the gateway's).
 
-pub mod admin;
 pub mod api;
-pub mod auth;
 pub mod config;
 pub mod error;
-pub mod framing;
-pub mod jitter;
-pub mod limits;
 pub mod metrics;
-pub mod settings;
-pub mod shutdown;
 pub mod store;
-pub mod telemetry;
 
 pub use config::Config;
-pub use error::{ApiError, FramingError, StoreError};
-pub use store::{
-    ClusterLink, Link, MemoryStore, RedisConnection, RedisOptions, RedisStore, RedisTarget,
-    Retention, SingleLink, Store, Written,
-};
+pub use error::{ApiError, StoreError};
+pub use service::RedisTarget;
+pub use store::{MemoryStore, RedisOptions, RedisStore, Retention, Store, Written};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -87,13 +76,13 @@ pub async fn run(
         None => api::router(state, Some(registry)),
         Some(addr) => {
             let admin_app = api::admin_router(state.clone(), registry);
-            admin::serve(addr, admin_app, shutdown.clone()).await?;
+            service::admin::serve(addr, admin_app, shutdown.clone()).await?;
             api::router(state, None)
         }
     };
     let app = app.layer(axum::middleware::from_fn_with_state(
         config.request_limits,
-        limits::check_request,
+        service::limits::check_request,
     ));
 
     tracing::info!(addr = %listener.local_addr()?, "publisher listening");

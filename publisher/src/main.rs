@@ -3,7 +3,7 @@ use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    publisher::telemetry::init();
+    service::telemetry::init();
     let config = match publisher::Config::from_env() {
         Ok(config) => config,
         Err(publisher::config::ConfigError::Flags(e)) => e.exit(),
@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("bind {}", config.listen))?;
-    let shutdown = publisher::shutdown::on_signal();
+    let shutdown = service::shutdown::on_signal();
     publisher::run(config, listener, shutdown).await?;
     Ok(())
 }

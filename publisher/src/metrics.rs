@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 use crate::error::StoreError;
 
@@ -73,12 +71,4 @@ impl PublisherMetrics {
             .with_label_values(&[kind])
             .observe(took.as_secs_f64());
     }
-}
-
-/// Prometheus text exposition of everything in `registry`.
-pub fn encode(registry: &Registry) -> String {
-    let mut out = Vec::new();
-    // Encoding gathered families into a Vec cannot fail for the text format.
-    let _ = TextEncoder::new().encode(&registry.gather(), &mut out);
-    String::from_utf8(out).unwrap_or_default()
 }

@@ -12,13 +12,11 @@ use proto::{Change, EventId, Object, RecordId, Topic};
 
 use crate::error::StoreError;
 
-pub mod link;
 mod memory;
 mod redis_store;
 
-pub use link::{ClusterLink, Link, SingleLink};
 pub use memory::{MemoryStore, Published};
-pub use redis_store::{RedisConnection, RedisOptions, RedisStore, RedisTarget};
+pub use redis_store::{RedisOptions, RedisStore};
 
 /// Default stream length limit per topic (approximate, see [`Retention`]).
 pub const DEFAULT_STREAM_MAX_LEN: u64 = 10_000;

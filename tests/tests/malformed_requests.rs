@@ -172,7 +172,7 @@ async fn embedded_stream_bodies_honour_body_limit_and_framing_errors_are_json() 
 
     // The default limit (LoopBack's 100kb), not axum's 2 MiB.
     let gateway = Gateway::start_with(None, |_| {}).await?;
-    oversized_stream_bodies_are_413(&gateway, publisher::api::DEFAULT_BODY_LIMIT).await?;
+    oversized_stream_bodies_are_413(&gateway, service::http::DEFAULT_BODY_LIMIT).await?;
     gateway.stop().await
 }
 

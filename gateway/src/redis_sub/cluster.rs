@@ -11,7 +11,7 @@
 //!   once its replica has taken over; until then the pod is not ready, while topics on
 //!   healthy shards are subscribed and refilled at once;
 //! - the [`ClusterLink`] was rebuilt after a command timed out (a master that hangs
-//!   without closing its connections: see [`publisher::store::cluster_link`]), which drops
+//!   without closing its connections: see [`service::redis_link`]), which drops
 //!   every subscription with the old connection.
 //!
 //! A PING to every master each [`super::PING_INTERVAL`] decides readiness (and, when one hangs,
@@ -27,10 +27,10 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use proto::Topic;
-use publisher::ClusterLink;
 use redis::ProtocolVersion;
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+use service::ClusterLink;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::Topic;
-use publisher::SingleLink;
 use redis::aio::ConnectionManagerConfig;
 use redis::{IntoConnectionInfo, ProtocolVersion};
+use service::SingleLink;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 

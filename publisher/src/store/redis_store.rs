@@ -11,12 +11,11 @@ use std::time::Duration;
 
 use proto::script::{OP_CREATE, OP_CREATE_AUTO, OP_DELETE, OP_PATCH, OP_PUBLISH, OP_REPLACE};
 use proto::{Change, EventId, Object, RecordId, Topic};
-use redis::aio::{ConnectionLike, ConnectionManagerConfig};
-use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::AsyncCommands;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
-use redis::{AsyncCommands, ErrorKind, RedisFuture, ServerErrorKind};
+use redis::{ErrorKind, ServerErrorKind};
+use service::{RedisConnection, RedisTarget};
 
-use super::link::{ClusterLink, SingleLink};
 use super::{
     NewRecord, Retention, Store, Written, check_body_id, in_id_order, json, merged, parse_record,
     plan_create, replacement,
@@ -32,47 +31,6 @@ const MAX_PATCH_ATTEMPTS: usize = 8;
 /// did not run (`MOVED`, `TRYAGAIN`, a refused connection during a failover); doubled
 /// each time, within the response timeout.
 const CLUSTER_RETRY_PAUSE: Duration = Duration::from_millis(25);
-
-/// How often redis-rs may resend an idempotent read in a cluster (a redirect to follow,
-/// a node connection that dropped): its own default.
-const CLUSTER_READ_RETRIES: u32 = 16;
-
-/// Where the Redis data lives.
-#[derive(Clone, PartialEq, Eq)]
-pub enum RedisTarget {
-    /// One Redis server: `redis://host:port/db`.
-    Single(String),
-    /// Seed nodes of a Redis Cluster (`redis://host:port` each); the rest of the cluster
-    /// is discovered from them.
-    Cluster(Vec<String>),
-}
-
-impl RedisTarget {
-    pub fn is_cluster(&self) -> bool {
-        matches!(self, Self::Cluster(_))
-    }
-
-    /// For logs: the URL(s) with any password replaced by `***`.
-    pub fn redacted(&self) -> String {
-        match self {
-            Self::Single(url) => crate::settings::redact_url(url),
-            Self::Cluster(seeds) => seeds
-                .iter()
-                .map(|s| crate::settings::redact_url(s))
-                .collect::<Vec<_>>()
-                .join(","),
-        }
-    }
-}
-
-impl std::fmt::Debug for RedisTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Single(_) => write!(f, "Single({})", self.redacted()),
-            Self::Cluster(_) => write!(f, "Cluster({})", self.redacted()),
-        }
-    }
-}
 
 /// Connection settings for [`RedisStore`].
 #[derive(Clone, Debug)]
@@ -91,125 +49,6 @@ impl Default for RedisOptions {
             retention: Retention::default(),
             response_timeout: Duration::from_secs(2),
             sharded: false,
-        }
-    }
-}
-
-/// A command connection to one Redis or to a Redis Cluster, usable wherever redis-rs
-/// takes a connection (`query_async`, `Script::invoke_async`). Cheap to clone. The
-/// gateway reads streams over one too. Either kind bounds every command by its timeout
-/// and is replaced after a timeout ([`super::link`]).
-#[derive(Clone)]
-pub enum RedisConnection {
-    /// Multiplexed, reconnecting on its own after a drop.
-    Single(SingleLink),
-    /// Routes each command to the master of its keys' slot and follows the cluster's
-    /// topology (`MOVED`, `ASK`, failovers).
-    Cluster(ClusterLink),
-}
-
-impl RedisConnection {
-    /// The connection [`RedisStore`] writes over (not connected yet), each command bounded
-    /// by `timeout`. Nothing is resent by redis-rs after a dropped connection: the script
-    /// is not idempotent (a create would happen twice), so [`RedisStore`] resends only
-    /// after refusals that prove nothing ran.
-    ///
-    /// # Errors
-    /// If a URL is unusable.
-    pub fn for_scripts(target: &RedisTarget, timeout: Duration) -> redis::RedisResult<Self> {
-        Self::new(target, timeout, 0)
-    }
-
-    /// A connection for idempotent reads (the gateway's stream reads): in a cluster,
-    /// redis-rs follows redirects and retries after a dropped node connection by itself.
-    ///
-    /// # Errors
-    /// If a URL is unusable.
-    pub fn for_reads(target: &RedisTarget, timeout: Duration) -> redis::RedisResult<Self> {
-        Self::new(target, timeout, CLUSTER_READ_RETRIES)
-    }
-
-    fn new(
-        target: &RedisTarget,
-        timeout: Duration,
-        cluster_retries: u32,
-    ) -> redis::RedisResult<Self> {
-        Ok(match target {
-            RedisTarget::Single(url) => {
-                let config = ConnectionManagerConfig::new()
-                    // Commands wait on a reconnect in progress, retries included. Keep that
-                    // short so a request during an outage fails fast; the next command
-                    // starts a fresh reconnect, so giving up here never strands anyone.
-                    .set_number_of_retries(1)
-                    .set_min_delay(Duration::from_millis(50))
-                    .set_max_delay(Duration::from_millis(200));
-                Self::Single(SingleLink::single(
-                    redis::Client::open(url.as_str())?,
-                    config,
-                    timeout,
-                )?)
-            }
-            RedisTarget::Cluster(seeds) => {
-                let client = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
-                    .retries(cluster_retries)
-                    .build()?;
-                Self::Cluster(ClusterLink::cluster(client, timeout, ClusterConfig::new()))
-            }
-        })
-    }
-
-    /// How many times the connection was replaced after a timeout.
-    pub fn generation(&self) -> u64 {
-        match self {
-            Self::Single(link) => link.generation(),
-            Self::Cluster(link) => link.generation(),
-        }
-    }
-
-    /// Another connection to the same Redis timed out: this one is likely silent too.
-    /// Replaced as after a timeout of its own (within the same backoff), so it is fresh
-    /// before its next command needs it.
-    pub fn suspect(&self) {
-        match self {
-            Self::Single(link) => link.timed_out(),
-            Self::Cluster(link) => link.timed_out(),
-        }
-    }
-}
-
-impl std::fmt::Debug for RedisConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Single(_) => "RedisConnection::Single",
-            Self::Cluster(_) => "RedisConnection::Cluster",
-        })
-    }
-}
-
-impl ConnectionLike for RedisConnection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
-        match self {
-            Self::Single(conn) => conn.req_packed_command(cmd),
-            Self::Cluster(conn) => conn.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<redis::Value>> {
-        match self {
-            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(conn) => conn.get_db(),
-            Self::Cluster(conn) => conn.get_db(),
         }
     }
 }

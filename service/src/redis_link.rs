@@ -1,5 +1,6 @@
-//! [`Link`]: a Redis connection (one Redis, or a Redis Cluster) that is replaced when a
-//! command times out, as after a disconnect.
+//! Where Redis is ([`RedisTarget`]: one Redis or a Cluster's seed nodes) and the command
+//! connections both binaries use ([`RedisConnection`]), each a [`Link`]: a connection
+//! that is replaced when a command times out, as after a disconnect.
 //!
 //! redis-rs reconnects when a connection *drops* (`BrokenPipe`, `ConnectionReset`, EOF).
 //! A connection that goes silent without closing (a network partition, a dropped route,
@@ -28,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::RoutingInfo;
 use redis::{RedisError, RedisFuture, RedisResult};
@@ -41,6 +42,166 @@ pub const REBUILD_INTERVAL: Duration = Duration::from_secs(1);
 /// how long a process stays cut off after the network heals: at most about this long
 /// plus one command timeout.
 pub const MAX_REBUILD_INTERVAL: Duration = Duration::from_secs(4);
+
+/// How often redis-rs may resend an idempotent read in a cluster (a redirect to follow,
+/// a node connection that dropped): its own default.
+const CLUSTER_READ_RETRIES: u32 = 16;
+
+/// Where the Redis data lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One Redis server: `redis://host:port/db`.
+    Single(String),
+    /// Seed nodes of a Redis Cluster (`redis://host:port` each); the rest of the cluster
+    /// is discovered from them.
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
+    /// For logs: the URL(s) with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Single(url) => redact_url(url),
+            Self::Cluster(seeds) => seeds
+                .iter()
+                .map(|s| redact_url(s))
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Single(_) => write!(f, "Single({})", self.redacted()),
+            Self::Cluster(_) => write!(f, "Cluster({})", self.redacted()),
+        }
+    }
+}
+
+/// A command connection to one Redis or to a Redis Cluster, usable wherever redis-rs
+/// takes a connection (`query_async`, `Script::invoke_async`). Cheap to clone. The
+/// gateway reads streams over one too. Either kind bounds every command by its timeout
+/// and is replaced after a timeout (see [`Link`]).
+#[derive(Clone)]
+pub enum RedisConnection {
+    /// Multiplexed, reconnecting on its own after a drop.
+    Single(SingleLink),
+    /// Routes each command to the master of its keys' slot and follows the cluster's
+    /// topology (`MOVED`, `ASK`, failovers).
+    Cluster(ClusterLink),
+}
+
+impl RedisConnection {
+    /// The connection the publisher's `RedisStore` writes over (not connected yet), each command bounded
+    /// by `timeout`. Nothing is resent by redis-rs after a dropped connection: the script
+    /// is not idempotent (a create would happen twice), so `RedisStore` resends only
+    /// after refusals that prove nothing ran.
+    ///
+    /// # Errors
+    /// If a URL is unusable.
+    pub fn for_scripts(target: &RedisTarget, timeout: Duration) -> redis::RedisResult<Self> {
+        Self::new(target, timeout, 0)
+    }
+
+    /// A connection for idempotent reads (the gateway's stream reads): in a cluster,
+    /// redis-rs follows redirects and retries after a dropped node connection by itself.
+    ///
+    /// # Errors
+    /// If a URL is unusable.
+    pub fn for_reads(target: &RedisTarget, timeout: Duration) -> redis::RedisResult<Self> {
+        Self::new(target, timeout, CLUSTER_READ_RETRIES)
+    }
+
+    fn new(
+        target: &RedisTarget,
+        timeout: Duration,
+        cluster_retries: u32,
+    ) -> redis::RedisResult<Self> {
+        Ok(match target {
+            RedisTarget::Single(url) => {
+                let config = ConnectionManagerConfig::new()
+                    // Commands wait on a reconnect in progress, retries included. Keep that
+                    // short so a request during an outage fails fast; the next command
+                    // starts a fresh reconnect, so giving up here never strands anyone.
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_millis(200));
+                Self::Single(SingleLink::single(
+                    redis::Client::open(url.as_str())?,
+                    config,
+                    timeout,
+                )?)
+            }
+            RedisTarget::Cluster(seeds) => {
+                let client = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+                    .retries(cluster_retries)
+                    .build()?;
+                Self::Cluster(ClusterLink::cluster(client, timeout, ClusterConfig::new()))
+            }
+        })
+    }
+
+    /// How many times the connection was replaced after a timeout.
+    pub fn generation(&self) -> u64 {
+        match self {
+            Self::Single(link) => link.generation(),
+            Self::Cluster(link) => link.generation(),
+        }
+    }
+
+    /// Another connection to the same Redis timed out: this one is likely silent too.
+    /// Replaced as after a timeout of its own (within the same backoff), so it is fresh
+    /// before its next command needs it.
+    pub fn suspect(&self) {
+        match self {
+            Self::Single(link) => link.timed_out(),
+            Self::Cluster(link) => link.timed_out(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Single(_) => "RedisConnection::Single",
+            Self::Cluster(_) => "RedisConnection::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
 
 /// A connection to one Redis (a multiplexed, reconnecting `ConnectionManager`).
 pub type SingleLink = Link<ConnectionManager>;
@@ -277,5 +438,37 @@ where
 
     fn get_db(&self) -> i64 {
         self.lock().conn.get_db()
+    }
+}
+/// `url` with any password replaced by `***`, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => format!("{}***{}", &url[..scheme + 3], &url[at..]),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379/"),
+            "redis://127.0.0.1:6379/"
+        );
+        assert_eq!(redact_url("redis://:s3cret@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(
+            redact_url("rediss://user:s3cret@h:1"),
+            "rediss://user:***@h:1"
+        );
+        assert_eq!(redact_url("redis://token@h"), "redis://***@h");
     }
 }

@@ -12,7 +12,7 @@
 //! on what hyper passed on, which is where `chunked, chunked` would get through.
 //!
 //! Not owned here: the request line and header syntax (httparse, hyper), body limits
-//! ([`crate::api::read_body`]).
+//! ([`crate::http::read_body`]).
 
 use axum::http::Version;
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::store::RedisTarget;
+use crate::redis_link::{RedisTarget, redact_url};
 
 /// A setting that could not be read, named the way the user wrote it.
 #[derive(Debug, thiserror::Error)]
@@ -402,38 +402,5 @@ mod tests {
         let mut f = tempfile::Builder::new().suffix(suffix).tempfile().unwrap();
         f.write_all(text.as_bytes()).unwrap();
         f
-    }
-}
-
-/// `url` with any password replaced by `***`, for logs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => format!("{}***{}", &url[..scheme + 3], &url[at..]),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod redact_tests {
-    use super::redact_url;
-
-    #[test]
-    fn passwords_never_reach_logs() {
-        assert_eq!(
-            redact_url("redis://127.0.0.1:6379/"),
-            "redis://127.0.0.1:6379/"
-        );
-        assert_eq!(redact_url("redis://:s3cret@h:1/0"), "redis://:***@h:1/0");
-        assert_eq!(
-            redact_url("rediss://user:s3cret@h:1"),
-            "rediss://user:***@h:1"
-        );
-        assert_eq!(redact_url("redis://token@h"), "redis://***@h");
     }
 }

@@ -8,7 +8,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 
 use super::{Auth, AuthError, Claims, TOKEN_COOKIE, TOKEN_QUERY_PARAM};
-use crate::error::ApiError;
 
 /// The request's token, from the first source that has one: `Authorization: Bearer`, the
 /// `access_token` cookie, the `access_token` query parameter. An `Authorization` header of
@@ -153,9 +152,9 @@ where
     S: Send + Sync,
     Auth: FromRef<S>,
 {
-    type Rejection = ApiError;
+    type Rejection = AuthError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AuthError> {
         let auth = Auth::from_ref(state);
         if !auth.is_on() {
             return Ok(Self(None));
@@ -183,12 +182,12 @@ where
     S: Send + Sync,
     Auth: FromRef<S>,
 {
-    type Rejection = ApiError;
+    type Rejection = AuthError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AuthError> {
         let caller = Caller::from_request_parts(parts, state).await?;
         if caller.claims().is_none() && Auth::from_ref(state).is_on() {
-            return Err(AuthError::Missing.into());
+            return Err(AuthError::Missing);
         }
         Ok(Self(caller))
     }

@@ -1,6 +1,6 @@
 //! The optional admin port: `/metrics`, `/healthz` and `/readyz` on their own address, so
 //! the metrics need not be reachable where the public API is (`admin_listen`). Without it
-//! they are served on the main port. The routes are [`crate::api::admin_router`] (and the
+//! they are served on the main port. The routes are `publisher::api::admin_router` (and the
 //! gateway's own); `/metrics` there follows `metrics_public` as on the main port.
 
 use std::future::IntoFuture;

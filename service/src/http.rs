@@ -1,0 +1,195 @@
+//! HTTP plumbing both servers share: liveness, `/metrics`, the JSON 404/405 fallbacks and
+//! request bodies read within the limit, all answering in LoopBack's error shape
+//! ([`ApiError`]).
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{FromRef, FromRequest, Request, State};
+use axum::http::{HeaderMap, Method, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus::{Encoder, Registry, TextEncoder};
+use proto::Object;
+use serde_json::json;
+
+use crate::auth::Auth;
+use crate::error::{ApiError, FramingError};
+
+/// Default largest request body, in bytes: body-parser's `100kb`, which LoopBack uses.
+pub const DEFAULT_BODY_LIMIT: usize = 100 * 1024;
+
+/// Largest accepted request body, in bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimit(pub usize);
+
+/// `GET /metrics`: Prometheus text of `registry`. With auth on and `metrics_public =
+/// false` it needs a valid token (any grants); otherwise tokens are not looked at.
+pub fn metrics_route<St>(registry: Registry) -> axum::routing::MethodRouter<St>
+where
+    St: Clone + Send + Sync + 'static,
+    Auth: FromRef<St>,
+{
+    get(
+        move |State(auth): State<Auth>, headers: HeaderMap, uri: Uri| async move {
+            if !auth.metrics_public() {
+                let token = crate::auth::find_token(&headers, uri.query())?;
+                let claims = auth.authenticate(token.as_deref())?;
+                auth.authorize_metrics(claims.as_ref())?;
+            }
+            Ok::<_, ApiError>(metrics_response(&registry))
+        },
+    )
+}
+
+/// Prometheus text exposition of `registry`.
+pub fn metrics_response(registry: &Registry) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        encode(registry),
+    )
+        .into_response()
+}
+
+/// The JSON 404 for unknown paths.
+pub async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NoRoute {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}
+
+/// The JSON 405 for a known path and a method it does not serve.
+pub async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}
+
+/// A request body that is a JSON object: right content type, within the size limit.
+#[derive(Debug)]
+pub struct JsonObject(pub Object);
+
+impl<St> FromRequest<St> for JsonObject
+where
+    St: Send + Sync,
+    BodyLimit: FromRef<St>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &St) -> Result<Self, ApiError> {
+        let BodyLimit(limit) = BodyLimit::from_ref(state);
+        let (parts, body) = req.into_parts();
+        let bytes = read_json_body(&parts.headers, body, limit).await?;
+        match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(serde_json::Value::Object(object)) => Ok(Self(object)),
+            Ok(_) => Err(ApiError::BadRequest(
+                "request body must be a JSON object".into(),
+            )),
+            Err(e) => Err(ApiError::InvalidJson(e.to_string())),
+        }
+    }
+}
+
+/// Checks the content type and reads at most `limit` bytes ([`read_body`]).
+async fn read_json_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence != "application/json"
+        && !(essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        return Err(ApiError::UnsupportedMediaType(content_type));
+    }
+    read_body(headers, body, limit).await
+}
+
+/// Reads a request body of at most `limit` bytes, whatever its type: a declared
+/// `Content-Length` over the limit is refused before reading, a chunked body when it
+/// passes the limit.
+///
+/// # Errors
+/// [`ApiError::PayloadTooLarge`] over the limit; [`ApiError::Malformed`] for a body that
+/// cannot be read (bad chunked framing, cut short).
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // `to_bytes` wraps the limit's own error; anything else is the body itself.
+        let over_limit = std::error::Error::source(&e)
+            .is_some_and(|inner| inner.is::<http_body_util::LengthLimitError>());
+        if over_limit {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            tracing::debug!(error = %e, "request body unreadable");
+            ApiError::Malformed(FramingError::Body)
+        }
+    })
+}
+
+/// Liveness: the process answers.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// The text exposition of every series in `registry`.
+fn encode(registry: &Registry) -> String {
+    let mut out = Vec::new();
+    // Encoding gathered families into a Vec cannot fail for the text format.
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_413_and_a_broken_one_400() {
+        let chunks = |parts: Vec<Result<&'static str, std::io::Error>>| {
+            Body::from_stream(futures::stream::iter(parts))
+        };
+        let none = HeaderMap::new();
+        let ok = read_body(&none, chunks(vec![Ok("{}"), Ok(" ")]), 3).await;
+        assert_eq!(ok.unwrap(), "{} ");
+        let over = read_body(&none, chunks(vec![Ok("{}"), Ok("  ")]), 3).await;
+        assert!(matches!(over, Err(ApiError::PayloadTooLarge { limit: 3 })));
+        let broken = read_body(
+            &none,
+            chunks(vec![Ok("{"), Err(std::io::Error::other("bad chunk"))]),
+            3,
+        )
+        .await;
+        assert!(matches!(
+            broken,
+            Err(ApiError::Malformed(FramingError::Body))
+        ));
+        let mut declared = HeaderMap::new();
+        declared.insert(header::CONTENT_LENGTH, "4".parse().unwrap());
+        let early = read_body(&declared, chunks(vec![]), 3).await;
+        assert!(matches!(early, Err(ApiError::PayloadTooLarge { limit: 3 })));
+    }
+}
