@@ -6,7 +6,8 @@ use publisher::MemoryStore;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Hub, LiveEvent};
+use crate::event::LiveEvent;
+use crate::hub::Hub;
 
 /// Forwards every event of the store to the hub until `shutdown`.
 pub async fn feed(store: MemoryStore, hub: Arc<Hub>, shutdown: CancellationToken) {
@@ -17,25 +18,14 @@ pub async fn feed(store: MemoryStore, hub: Arc<Hub>, shutdown: CancellationToken
             () = shutdown.cancelled() => return,
         };
         match received {
-            Ok(p) => hub.deliver(
-                &p.topic,
-                LiveEvent::new(
-                    p.envelope.id,
-                    p.envelope.prev,
-                    &p.envelope.change,
-                    p.envelope.last.as_deref(),
-                ),
-            ),
+            Ok(p) => hub.deliver(&p.topic, LiveEvent::from_envelope(&p.envelope)),
             // The feed fell behind the store: hand every topic its newest entry, whose
             // `prev` tells each client whether to refill from history.
             Err(RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "embedded feed lagged; clients refill from history");
                 for topic in hub.wanted() {
                     if let Some((id, fields)) = store.last_entry(&topic) {
-                        hub.deliver(
-                            &topic,
-                            LiveEvent::new(id, fields.prev, &fields.change, fields.last.as_deref()),
-                        );
+                        hub.deliver(&topic, LiveEvent::from_entry(id, &fields));
                     }
                 }
             }

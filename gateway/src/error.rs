@@ -5,9 +5,9 @@ use std::time::Duration;
 
 pub use service::ApiError;
 
-/// A read from the bus (the topic's stream) failed.
+/// A read of a topic's history (its stream) failed.
 #[derive(Debug, thiserror::Error)]
-pub enum BusError {
+pub enum HistoryError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("redis reply: {0}")]

@@ -32,21 +32,21 @@ use tokio_util::sync::CancellationToken;
 
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use crate::bus::Bus;
+use crate::client::{ClientStream, Shape, Subscription};
 use crate::config::{Config, CorsOrigins};
 use crate::error::ApiError;
+use crate::history::History;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::partition::{Partition, Reach};
-use crate::redis_sub::Readiness;
-use crate::replay::{ClientStream, Shape, Subscription};
 use crate::sse;
+use crate::subscription::Readiness;
 
 /// What every handler shares.
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub hub: Arc<Hub>,
-    pub bus: Bus,
+    pub history: History,
     pub config: Arc<Config>,
     pub readiness: Readiness,
     /// The verdict when Redis is out of reach (this pod alone, or the fleet), and the token
@@ -523,7 +523,7 @@ async fn open_stream(
     let client = match ClientStream::open(
         shape,
         subscriptions,
-        state.bus.clone(),
+        state.history.clone(),
         state.config.replay_page.get(),
         state.config.heartbeat,
         state.metrics.clone(),

@@ -3,87 +3,19 @@
 //!
 //! The hub also owns the set of topics this pod needs from Redis: the first client of a
 //! topic adds it, the last one leaving removes it, and the subscription task
-//! ([`crate::redis_sub`]) reconciles Redis with that set, confirming each topic once
+//! ([`crate::subscription`]) reconciles Redis with that set, confirming each topic once
 //! Redis has acknowledged the SUBSCRIBE. Delivery never waits on a client: `send` on a
 //! broadcast overwrites the oldest event of a lagging receiver, which that client then
-//! reads back from the stream ([`crate::replay`]).
+//! reads back from the stream ([`crate::client`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
-use proto::{EventId, Object, Topic};
+use proto::Topic;
 use tokio::sync::{Notify, broadcast, watch};
 
-/// One live event of a topic, ready to write.
-#[derive(Debug)]
-pub struct LiveEvent {
-    pub id: EventId,
-    /// The topic's previous id: a client whose last id differs has missed something.
-    pub prev: EventId,
-    /// The single-topic SSE frame (`id:`, `event: data`, `data:`), encoded once.
-    pub frame: Bytes,
-    /// Where the change JSON starts in `frame` (it ends before the final blank line).
-    change_at: usize,
-    /// A removed record's last state (JSON), which filters test a `remove` against.
-    pub last: Option<Box<str>>,
-    /// The change parsed, for clients with a filter: once per pod, on first use.
-    parsed: OnceLock<Option<ParsedChange>>,
-    /// The multi-topic `data:` JSON, for `/events` clients: once per pod, on first use.
-    topic_change: OnceLock<Box<str>>,
-}
-
-impl LiveEvent {
-    pub fn new(id: EventId, prev: EventId, change_json: &str, last: Option<&str>) -> Self {
-        let frame = proto::sse::change_frame(id, change_json);
-        let change_at = frame.len() - change_json.len() - 2;
-        Self {
-            id,
-            prev,
-            frame: Bytes::from(frame),
-            change_at,
-            last: last.map(Box::from),
-            parsed: OnceLock::new(),
-            topic_change: OnceLock::new(),
-        }
-    }
-
-    /// The change object's JSON, as published.
-    pub fn change(&self) -> &str {
-        // The frame was built from a `&str` at these offsets.
-        std::str::from_utf8(&self.frame[self.change_at..self.frame.len() - 2]).unwrap_or("{}")
-    }
-
-    /// The change parsed for filtering; `None` if it is not a JSON object.
-    pub fn parsed(&self) -> Option<&ParsedChange> {
-        self.parsed
-            .get_or_init(|| ParsedChange::parse(self.change(), self.last.as_deref()))
-            .as_ref()
-    }
-
-    /// The change with its topic first, for the multi-topic stream.
-    pub fn topic_change(&self, topic: &Topic) -> &str {
-        self.topic_change
-            .get_or_init(|| proto::sse::topic_change(topic, self.change()).into())
-    }
-}
-
-/// A change object parsed once, for filters.
-#[derive(Debug)]
-pub struct ParsedChange {
-    pub change: Object,
-    /// A removed record's last state.
-    pub last: Option<Object>,
-}
-
-impl ParsedChange {
-    pub fn parse(change_json: &str, last: Option<&str>) -> Option<Self> {
-        let change = serde_json::from_str(change_json).ok()?;
-        let last = last.and_then(|l| serde_json::from_str(l).ok());
-        Some(Self { change, last })
-    }
-}
+use crate::event::LiveEvent;
 
 #[derive(Debug)]
 struct Slot {
@@ -91,7 +23,7 @@ struct Slot {
     /// lagging client, which gets `Lagged` and catches up from the stream.
     events_tx: broadcast::Sender<Arc<LiveEvent>>,
     members: usize,
-    /// True once Redis has confirmed the subscription (always, on the embedded bus).
+    /// True once Redis has confirmed the subscription (always, on the embedded store).
     confirmed_tx: watch::Sender<bool>,
 }
 
@@ -102,7 +34,7 @@ pub struct Hub {
     /// Wakes the subscription task when the set of wanted topics changes.
     changed: Notify,
     capacity: usize,
-    /// Embedded bus: every topic is "subscribed" as soon as it is wanted.
+    /// Embedded store: every topic is "subscribed" as soon as it is wanted.
     auto_confirm: bool,
 }
 
@@ -231,6 +163,7 @@ impl Drop for TopicGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::EventId;
 
     #[test]
     fn first_join_and_last_leave_change_the_wanted_set() {

@@ -6,7 +6,7 @@
 //!                                           |
 //!   browser <-- sse <-- replay::ClientStream (stream replay, then live; gap refill)
 //!                                           |
-//! Redis stream  <-- bus (XRANGE by id) -----+
+//! Redis stream  <-- history (XRANGE by id) -----+
 //! ```
 //!
 //! - [`hub`]: per-topic fan-out; each event decoded and framed once; never waits on a client.
@@ -14,27 +14,28 @@
 //!   Cluster), reconnection, readiness.
 //! - [`replay`]: a client's position; replay from `Last-Event-ID`, exact hand-over to live,
 //!   gap refill by the id chain, `reset` when history is gone.
-//! - [`bus`]: stream reads (Redis, or the embedded [`publisher::MemoryStore`]).
+//! - [`history`]: stream reads (Redis, or the embedded [`publisher::MemoryStore`]).
 //! - [`http`], [`sse`]: routes and the SSE response.
 //! - [`assets`]: the browser client (`/client/live-set.js`) and the `/demo` page.
 //!
-//! With no Redis configured the gateway runs single-node on the embedded bus and serves the
+//! With no Redis configured the gateway runs single-node on the embedded history and serves the
 //! publisher's REST API too ([`embedded`]).
 
 pub mod assets;
-pub mod bus;
+pub mod client;
 pub mod config;
 pub mod embedded;
 pub mod error;
+pub mod event;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod listener;
 pub mod metrics;
 pub mod partition;
-pub mod redis_sub;
-pub mod replay;
 pub mod serve;
 pub mod sse;
+pub mod subscription;
 
 use std::sync::Arc;
 
@@ -47,9 +48,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bus::{Bus, RedisStreams};
+use crate::history::{History, RedisHistory};
 use crate::hub::Hub;
-use crate::redis_sub::Readiness;
+use crate::subscription::Readiness;
 
 /// The effective configuration, one line, secrets redacted.
 fn log_config(config: &Config) {
@@ -104,7 +105,7 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let metrics = metrics::Metrics::new().map_err(std::io::Error::other)?;
     let partition = partition::Partition::new(&shutdown);
-    let (bus, hub, readiness, embedded) = match &config.redis {
+    let (history, hub, readiness, embedded) = match &config.redis {
         None => {
             let store = publisher::MemoryStore::new(config.retention);
             let hub = Hub::new(config.hub_capacity.get(), true);
@@ -114,7 +115,7 @@ pub async fn run(
                 shutdown.child_token(),
             ));
             (
-                Bus::Memory(store.clone()),
+                History::Memory(store.clone()),
                 hub,
                 Readiness::always(),
                 Some(store),
@@ -122,16 +123,16 @@ pub async fn run(
         }
         Some(target) => {
             let hub = Hub::new(config.hub_capacity.get(), false);
-            let bus = Bus::Redis(RedisStreams::connect(
+            let history = History::Redis(RedisHistory::connect(
                 target,
                 config.redis_timeout,
                 config.replay_reads.get(),
             )?);
-            let readiness = redis_sub::start(
+            let readiness = subscription::start(
                 &config,
                 target,
                 hub.clone(),
-                bus.clone(),
+                history.clone(),
                 metrics.clone(),
                 &tracker,
                 shutdown.child_token(),
@@ -144,7 +145,7 @@ pub async fn run(
                 metrics.clone(),
                 shutdown.child_token(),
             ));
-            (bus, hub, readiness, None)
+            (history, hub, readiness, None)
         }
     };
     let mode = match &config.redis {
@@ -162,7 +163,7 @@ pub async fn run(
     let state_limits = config.request_limits;
     let state = http::AppState {
         hub,
-        bus,
+        history,
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_connections.get())),
         config: Arc::new(config),
         readiness,

@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::redis_sub::Readiness;
+use crate::subscription::Readiness;
 
 /// How often a pod that cannot reach Redis asks its peers whether they can.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);

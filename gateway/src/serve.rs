@@ -7,7 +7,7 @@
 //! is read into a small buffer and parsed with httparse, the request goes through the same
 //! router as every other (auth, filters, errors), and an event-stream answer is written by
 //! this module with chunked framing, several queued events per write. Afterwards the
-//! connection holds its socket, its [`crate::replay::ClientStream`] and nothing else. The
+//! connection holds its socket, its [`crate::client::ClientStream`] and nothing else. The
 //! stream's end closes the connection (EventSource reconnects with a new request anyway).
 //!
 //! Every other connection (REST, health, metrics, `POST` change streams, HTTP/1.0,

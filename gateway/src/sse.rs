@@ -15,7 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::replay::ClientStream;
+use crate::client::ClientStream;
 
 /// `text/event-stream` with LoopBack's headers. The body ends at `end` (an open SSE body
 /// would otherwise hold axum's graceful shutdown forever, axum#2673). `permit` is this

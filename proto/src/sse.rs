@@ -29,6 +29,15 @@ pub fn retry(ms: u64) -> String {
 
 /// One event. `event` is `None` for the default event name (`onmessage`).
 pub fn frame(id: Option<&str>, event: Option<&str>, data: &str) -> String {
+    frame_spanned(id, event, data).0
+}
+
+/// [`frame`], and where `data` lies in it (a byte range on character boundaries).
+pub fn frame_spanned(
+    id: Option<&str>,
+    event: Option<&str>,
+    data: &str,
+) -> (String, std::ops::Range<usize>) {
     let mut out = String::with_capacity(data.len() + 48);
     if let Some(id) = id {
         out.push_str("id: ");
@@ -41,14 +50,21 @@ pub fn frame(id: Option<&str>, event: Option<&str>, data: &str) -> String {
         out.push('\n');
     }
     out.push_str("data: ");
+    let start = out.len();
     out.push_str(data);
+    let span = start..out.len();
     out.push_str("\n\n");
-    out
+    (out, span)
 }
 
 /// A change on a single-topic LoopBack change stream.
 pub fn change_frame(id: EventId, change_json: &str) -> String {
-    frame(Some(&id.to_string()), Some(EVENT_DATA), change_json)
+    change_frame_spanned(id, change_json).0
+}
+
+/// [`change_frame`], and where the change JSON lies in it.
+pub fn change_frame_spanned(id: EventId, change_json: &str) -> (String, std::ops::Range<usize>) {
+    frame_spanned(Some(&id.to_string()), Some(EVENT_DATA), change_json)
 }
 
 /// The JSON of a change on the multi-topic stream (`GET /events`): LoopBack's change
@@ -122,6 +138,14 @@ mod tests {
         );
         assert_eq!(end_frame(), "event: end\ndata: null\n\n");
         assert_eq!(position_frame("5-0"), "id: 5-0\n\n");
+    }
+
+    #[test]
+    fn the_span_is_exactly_the_data() {
+        let change = r#"{"target":"é","type":"create"}"#;
+        let (frame, span) = change_frame_spanned(EventId::new(7, 1), change);
+        assert_eq!(&frame[span], change);
+        assert_eq!(frame, change_frame(EventId::new(7, 1), change));
     }
 
     #[test]

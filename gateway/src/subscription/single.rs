@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Readiness, Signals, Wakes, nudge, push_queue, read};
-use crate::bus::Bus;
 use crate::config::Config;
 use crate::error::RunError;
+use crate::history::History;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
@@ -40,7 +40,7 @@ pub(super) fn start(
     config: &Config,
     url: &str,
     hub: Arc<Hub>,
-    bus: Bus,
+    history: History,
     metrics: Metrics,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
@@ -65,7 +65,7 @@ pub(super) fn start(
         generation: link.generation(),
         link,
         hub,
-        bus,
+        history,
         readiness: readiness.clone(),
         signals,
         subscribed: HashSet::new(),
@@ -84,7 +84,7 @@ struct Control {
     /// The link's generation the subscriptions were made on.
     generation: u64,
     hub: Arc<Hub>,
-    bus: Bus,
+    history: History,
     readiness: Readiness,
     signals: Arc<Signals>,
     /// Topics subscribed on the current connection, as far as we know.
@@ -125,7 +125,7 @@ impl Control {
             .is_ok();
         self.readiness.set_reachable(alive);
         if !alive {
-            self.bus.suspect();
+            self.history.suspect();
             if self.readiness.is_up() || !self.subscribed.is_empty() {
                 tracing::warn!("redis unreachable; not ready");
             }
@@ -166,7 +166,7 @@ impl Control {
         }
         if self.nudge {
             for topic in &wanted {
-                if let Err(e) = nudge(&self.hub, &self.bus, topic).await {
+                if let Err(e) = nudge(&self.hub, &self.history, topic).await {
                     tracing::warn!(%topic, error = %e, "refill after reconnect failed; retrying");
                     return;
                 }

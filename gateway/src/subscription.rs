@@ -35,10 +35,11 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bus::Bus;
 use crate::config::Config;
-use crate::error::{BusError, RunError};
-use crate::hub::{Hub, LiveEvent};
+use crate::error::{HistoryError, RunError};
+use crate::event::LiveEvent;
+use crate::history::History;
+use crate::hub::Hub;
 use crate::metrics::Metrics;
 
 pub use single::resp3_client;
@@ -92,17 +93,17 @@ pub fn start(
     config: &Config,
     target: &RedisTarget,
     hub: Arc<Hub>,
-    bus: Bus,
+    history: History,
     metrics: Metrics,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Result<Readiness, RunError> {
     match target {
         RedisTarget::Single(url) => {
-            single::start(config, url, hub, bus, metrics, tracker, shutdown)
+            single::start(config, url, hub, history, metrics, tracker, shutdown)
         }
         RedisTarget::Cluster(seeds) => {
-            cluster::start(config, seeds, hub, bus, metrics, tracker, shutdown)
+            cluster::start(config, seeds, hub, history, metrics, tracker, shutdown)
         }
     }
 }
@@ -195,15 +196,7 @@ async fn read(
         match info.kind {
             PushKind::Message | PushKind::SMessage => {
                 if let Some((topic, envelope)) = decode_message(&info) {
-                    hub.deliver(
-                        &topic,
-                        LiveEvent::new(
-                            envelope.id,
-                            envelope.prev,
-                            &envelope.change,
-                            envelope.last.as_deref(),
-                        ),
-                    );
+                    hub.deliver(&topic, LiveEvent::from_envelope(&envelope));
                 }
             }
             PushKind::SUnsubscribe => {
@@ -253,17 +246,9 @@ fn decode_message(info: &PushInfo) -> Option<(Topic, Envelope)> {
 /// Hands `topic`'s clients the newest stream entry as a live event. One that has not seen
 /// its `prev` refills from the stream: what was published while the pod was deaf reaches
 /// them even if nothing more is published.
-async fn nudge(hub: &Hub, bus: &Bus, topic: &Topic) -> Result<(), BusError> {
-    if let Some(entry) = bus.last_entry(topic).await? {
-        hub.deliver(
-            topic,
-            LiveEvent::new(
-                entry.id,
-                entry.fields.prev,
-                &entry.fields.change,
-                entry.fields.last.as_deref(),
-            ),
-        );
+async fn nudge(hub: &Hub, history: &History, topic: &Topic) -> Result<(), HistoryError> {
+    if let Some(entry) = history.last_entry(topic).await? {
+        hub.deliver(topic, LiveEvent::from_entry(entry.id, &entry.fields));
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! [`Bus`]: where a topic's history is read back from, by id. Redis streams in fleet mode
+//! [`History`]: where a topic's history is read back from, by id. Redis streams in fleet mode
 //! (one Redis or a Redis Cluster, where each read goes to the master of the topic's
 //! slot), the embedded [`MemoryStore`] in single-node mode. Live delivery is the hub's
 //! business; this module only answers "what came after id X" and "what is the newest id".
@@ -12,7 +12,7 @@ use redis::streams::StreamRangeReply;
 use service::{RedisConnection, RedisTarget};
 use tokio::sync::Semaphore;
 
-use crate::error::BusError;
+use crate::error::HistoryError;
 
 /// One stream entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,14 +23,14 @@ pub struct Entry {
 
 /// A topic history reader. Cheap to clone.
 #[derive(Clone, Debug)]
-pub enum Bus {
+pub enum History {
     Memory(MemoryStore),
-    Redis(RedisStreams),
+    Redis(RedisHistory),
 }
 
 /// Stream reads over a multiplexed, reconnecting connection (not the subscription's).
 #[derive(Clone)]
-pub struct RedisStreams {
+pub struct RedisHistory {
     conn: RedisConnection,
     timeout: Duration,
     /// Reads in flight at once. Full: a read waits for a permit (its `timeout` starts
@@ -39,15 +39,15 @@ pub struct RedisStreams {
     reads: Arc<Semaphore>,
 }
 
-impl std::fmt::Debug for RedisStreams {
+impl std::fmt::Debug for RedisHistory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStreams")
+        f.debug_struct("RedisHistory")
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
 
-impl RedisStreams {
+impl RedisHistory {
     pub fn new(conn: RedisConnection, timeout: Duration, reads: usize) -> Self {
         Self {
             conn,
@@ -74,20 +74,20 @@ impl RedisStreams {
         ))
     }
 
-    async fn query(&self, cmd: redis::Cmd) -> Result<StreamRangeReply, BusError> {
+    async fn query(&self, cmd: redis::Cmd) -> Result<StreamRangeReply, HistoryError> {
         // The semaphore is never closed.
         let _permit = self.reads.acquire().await.ok();
         let mut conn = self.conn.clone();
         // The connection bounds each command itself (and is replaced after a timeout).
         match cmd.query_async(&mut conn).await {
             Ok(reply) => Ok(reply),
-            Err(e) if e.is_timeout() => Err(BusError::Timeout(self.timeout)),
+            Err(e) if e.is_timeout() => Err(HistoryError::Timeout(self.timeout)),
             Err(e) => Err(e.into()),
         }
     }
 }
 
-impl Bus {
+impl History {
     /// The pod's subscription found Redis silent: the stream-read connection, which an
     /// event refill would use first, is likely silent too, so it is replaced now (within
     /// its backoff) rather than failing the first client reads after the network heals.
@@ -100,13 +100,13 @@ impl Bus {
     /// Up to `count` entries of `topic` strictly after `after`, oldest first.
     ///
     /// # Errors
-    /// [`BusError`] if Redis fails or an entry is not in our format.
+    /// [`HistoryError`] if Redis fails or an entry is not in our format.
     pub async fn range(
         &self,
         topic: &Topic,
         after: EventId,
         count: usize,
-    ) -> Result<Vec<Entry>, BusError> {
+    ) -> Result<Vec<Entry>, HistoryError> {
         match self {
             Self::Memory(store) => Ok(store
                 .range(topic, after, count)
@@ -129,8 +129,8 @@ impl Bus {
     /// The newest id of `topic`'s stream, `0-0` if it has none.
     ///
     /// # Errors
-    /// [`BusError`] if Redis fails.
-    pub async fn last_id(&self, topic: &Topic) -> Result<EventId, BusError> {
+    /// [`HistoryError`] if Redis fails.
+    pub async fn last_id(&self, topic: &Topic) -> Result<EventId, HistoryError> {
         match self {
             Self::Memory(store) => Ok(store.last_id(topic)),
             Self::Redis(redis) => {
@@ -150,8 +150,8 @@ impl Bus {
     /// The newest entry of `topic`, if any.
     ///
     /// # Errors
-    /// [`BusError`] if Redis fails.
-    pub async fn last_entry(&self, topic: &Topic) -> Result<Option<Entry>, BusError> {
+    /// [`HistoryError`] if Redis fails.
+    pub async fn last_entry(&self, topic: &Topic) -> Result<Option<Entry>, HistoryError> {
         match self {
             Self::Memory(store) => Ok(store
                 .last_entry(topic)
@@ -170,12 +170,12 @@ impl Bus {
     }
 }
 
-fn entries(reply: StreamRangeReply) -> Result<Vec<Entry>, BusError> {
+fn entries(reply: StreamRangeReply) -> Result<Vec<Entry>, HistoryError> {
     reply
         .ids
         .into_iter()
         .map(|entry| {
-            let decode = |source| BusError::Decode {
+            let decode = |source| HistoryError::Decode {
                 id: entry.id.clone(),
                 source,
             };

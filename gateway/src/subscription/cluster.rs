@@ -20,7 +20,7 @@
 //! Events published while a topic was deaf are in its stream: the nudge after the new
 //! subscription hands clients the newest id, and the id chain makes them refill the
 //! rest. What the old master acknowledged but never replicated is gone from the stream;
-//! clients past it get `event: reset` (see [`crate::replay`]), never a silent gap.
+//! clients past it get `event: reset` (see [`crate::client`]), never a silent gap.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -35,9 +35,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Readiness, Signals, Wakes, nudge, push_queue, read};
-use crate::bus::Bus;
 use crate::config::Config;
 use crate::error::RunError;
+use crate::history::History;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
@@ -54,7 +54,7 @@ pub(super) fn start(
     config: &Config,
     seeds: &[String],
     hub: Arc<Hub>,
-    bus: Bus,
+    history: History,
     metrics: Metrics,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
@@ -78,7 +78,7 @@ pub(super) fn start(
         generation: link.generation(),
         link,
         hub,
-        bus,
+        history,
         readiness: readiness.clone(),
         signals,
         masters_up: false,
@@ -97,7 +97,7 @@ struct Control {
     /// The link's generation the subscriptions were made on.
     generation: u64,
     hub: Arc<Hub>,
-    bus: Bus,
+    history: History,
     readiness: Readiness,
     signals: Arc<Signals>,
     /// Whether the last PING reached every master.
@@ -169,7 +169,7 @@ impl Control {
         self.masters_up = masters_up;
         self.readiness.set_reachable(masters_up);
         if !masters_up {
-            self.bus.suspect();
+            self.history.suspect();
         }
 
         let complete = wanted.iter().all(|t| self.subscribed.contains(t)) && self.nudge.is_empty();
@@ -203,7 +203,7 @@ impl Control {
     /// nudged (if it lost a subscription) right after its confirmation. A topic that fails
     /// (its shard is failing over) is tried again on the next step.
     async fn subscribe(&mut self, topics: Vec<Topic>) {
-        let (link, hub, bus, nudge) = (&self.link, &self.hub, &self.bus, &self.nudge);
+        let (link, hub, history, nudge) = (&self.link, &self.hub, &self.history, &self.nudge);
         let generation = self.generation;
         let mut results = futures::stream::iter(topics)
             .map(|topic| async move {
@@ -212,7 +212,9 @@ impl Control {
                     .run(|mut conn| async move { conn.ssubscribe(channel).await })
                     .await;
                 let refilled = match &subscribed {
-                    Ok(()) if nudge.contains(&topic) => Some(super::nudge(hub, bus, &topic).await),
+                    Ok(()) if nudge.contains(&topic) => {
+                        Some(super::nudge(hub, history, &topic).await)
+                    }
                     _ => None,
                 };
                 (topic, subscribed, refilled)
@@ -265,10 +267,10 @@ impl Control {
 
     /// Nudges each topic subscribed again, [`RESUBSCRIBE_CONCURRENCY`] at a time.
     async fn refill(&mut self, topics: Vec<Topic>) {
-        let (hub, bus) = (&self.hub, &self.bus);
+        let (hub, history) = (&self.hub, &self.history);
         let mut results = futures::stream::iter(topics)
             .map(|topic| async move {
-                let result = nudge(hub, bus, &topic).await;
+                let result = nudge(hub, history, &topic).await;
                 (topic, result)
             })
             .buffer_unordered(RESUBSCRIBE_CONCURRENCY);

@@ -39,9 +39,10 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-use crate::bus::{Bus, Entry};
-use crate::error::BusError;
-use crate::hub::{LiveEvent, Membership, ParsedChange, TopicGuard};
+use crate::error::HistoryError;
+use crate::event::{LiveEvent, ParsedChange};
+use crate::history::{Entry, History};
+use crate::hub::{Membership, TopicGuard};
 use crate::metrics::Metrics;
 
 /// How events are written for the endpoint a client came in by.
@@ -108,7 +109,7 @@ struct Lane {
 }
 
 /// A stream read in flight: the lane it is for, and the page.
-type Fetch = Pin<Box<dyn Future<Output = (usize, Result<Page, BusError>)> + Send>>;
+type Fetch = Pin<Box<dyn Future<Output = (usize, Result<Page, HistoryError>)> + Send>>;
 
 /// One page of a lane's stream.
 struct Page {
@@ -132,7 +133,7 @@ pub struct ClientStream {
     lanes: Vec<Lane>,
     /// Checksum of the topic set, for cursors.
     cursor_set: u32,
-    bus: Bus,
+    history: History,
     page: usize,
     /// Chunks ready to send: at most one replay page plus resets.
     pending: VecDeque<Bytes>,
@@ -168,15 +169,15 @@ impl ClientStream {
     /// position.
     ///
     /// # Errors
-    /// [`BusError`] if a stream cannot be read.
+    /// [`HistoryError`] if a stream cannot be read.
     pub async fn open(
         shape: Shape,
         mut subscriptions: Vec<Subscription>,
-        bus: Bus,
+        history: History,
         page: usize,
         heartbeat: Duration,
         metrics: Metrics,
-    ) -> Result<Self, BusError> {
+    ) -> Result<Self, HistoryError> {
         subscriptions.sort_by(|a, b| a.topic.cmp(&b.topic));
         let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -185,7 +186,7 @@ impl ClientStream {
             shape,
             lanes: Vec::with_capacity(subscriptions.len()),
             cursor_set: Cursor::checksum(&topics),
-            bus,
+            history,
             page,
             pending: VecDeque::new(),
             fetching: None,
@@ -213,7 +214,7 @@ impl ClientStream {
         tracing::info!(topics = %topic_names(&topics), resume = ?resumed, endpoint = shape.endpoint(), "stream opened");
         let mut resets = Vec::new();
         for (index, sub) in subscriptions.into_iter().enumerate() {
-            let newest = client.bus.last_id(&sub.topic).await?;
+            let newest = client.history.last_id(&sub.topic).await?;
             let Membership {
                 guard, events_rx, ..
             } = sub.membership;
@@ -390,12 +391,12 @@ impl ClientStream {
     /// Reads one page of lane `index`'s stream after its `last` (and, if the page does not
     /// continue the chain, the stream's newest id for the reset).
     fn fetch_page(&self, index: usize) -> Fetch {
-        let bus = self.bus.clone();
+        let history = self.history.clone();
         let topic = self.lanes[index].topic.clone();
         let (after, count) = (self.lanes[index].last, self.page);
         Box::pin(async move {
             let page = async {
-                let entries = bus.range(&topic, after, count).await?;
+                let entries = history.range(&topic, after, count).await?;
                 let mut last = after;
                 let broken = entries.iter().any(|e| {
                     let broken = e.fields.prev != last && !last.is_anchor();
@@ -403,7 +404,7 @@ impl ClientStream {
                     broken
                 });
                 let newest = if broken {
-                    Some(bus.last_id(&topic).await?)
+                    Some(history.last_id(&topic).await?)
                 } else {
                     None
                 };
@@ -414,7 +415,7 @@ impl ClientStream {
     }
 
     /// Passes a page read for lane `index` into `pending`.
-    fn caught_up(&mut self, index: usize, page: Result<Page, BusError>) {
+    fn caught_up(&mut self, index: usize, page: Result<Page, HistoryError>) {
         let Page { entries, newest } = match page {
             Ok(page) => page,
             Err(e) => {
@@ -455,7 +456,7 @@ impl ClientStream {
         }
     }
 
-    fn fail(&mut self, topic: &Topic, error: &BusError) {
+    fn fail(&mut self, topic: &Topic, error: &HistoryError) {
         // End the response: the browser reconnects with the last id it got and resumes.
         tracing::warn!(%topic, %error, "stream read failed; ending the response");
         self.ended = true;
@@ -553,7 +554,7 @@ mod tests {
             .unwrap()
     }
 
-    /// A change-stream client of `topic` on the embedded bus.
+    /// A change-stream client of `topic` on the embedded store.
     async fn open_one(
         topic: &Topic,
         store: MemoryStore,
@@ -571,7 +572,7 @@ mod tests {
         ClientStream::open(
             Shape::ChangeStream,
             vec![subscription],
-            Bus::Memory(store),
+            History::Memory(store),
             page,
             heartbeat,
             Metrics::new().unwrap(),
@@ -777,7 +778,7 @@ mod tests {
         let mut client = ClientStream::open(
             Shape::Events,
             subscriptions,
-            Bus::Memory(store.clone()),
+            History::Memory(store.clone()),
             10,
             Duration::from_secs(60),
             Metrics::new().unwrap(),
