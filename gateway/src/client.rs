@@ -525,7 +525,7 @@ impl Drop for ClientStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::Hub;
+    use crate::hub::{Confirm, Hub};
     use proto::{Change, Object, RecordId};
     use publisher::{MemoryStore, Retention, Store};
     use serde_json::Value;
@@ -597,7 +597,7 @@ mod tests {
     async fn replays_then_follows_live_without_gap_or_duplicate() {
         let store = MemoryStore::new(Retention::default());
         let topic = Topic::new("T").unwrap();
-        let hub = Hub::new(8, true);
+        let hub = Hub::new(8, Confirm::OnJoin);
         let mut ids_published = Vec::new();
         for n in 1..=5 {
             ids_published.push(publish(&store, &topic, n).await);
@@ -632,7 +632,7 @@ mod tests {
             max_age: Duration::ZERO,
         });
         let topic = Topic::new("T").unwrap();
-        let hub = Hub::new(8, true);
+        let hub = Hub::new(8, Confirm::OnJoin);
         let first = publish(&store, &topic, 1).await;
         for n in 2..=6 {
             publish(&store, &topic, n).await;
@@ -663,7 +663,7 @@ mod tests {
     async fn an_anchor_resumes_from_its_millisecond_without_a_reset() {
         let store = MemoryStore::new(Retention::default());
         let topic = Topic::new("T").unwrap();
-        let hub = Hub::new(8, true);
+        let hub = Hub::new(8, Confirm::OnJoin);
         let mut published = Vec::new();
         for n in 1..=4 {
             published.push(publish(&store, &topic, n).await);
@@ -708,7 +708,7 @@ mod tests {
     async fn a_missed_live_event_is_refilled_from_the_stream() {
         let store = MemoryStore::new(Retention::default());
         let topic = Topic::new("T").unwrap();
-        let hub = Hub::new(8, true);
+        let hub = Hub::new(8, Confirm::OnJoin);
         let mut client = open_one(
             &topic,
             store.clone(),
@@ -733,7 +733,7 @@ mod tests {
     async fn heartbeats_on_an_idle_stream() {
         let store = MemoryStore::new(Retention::default());
         let topic = Topic::new("T").unwrap();
-        let hub = Hub::new(8, true);
+        let hub = Hub::new(8, Confirm::OnJoin);
         let mut client = open_one(
             &topic,
             store,
@@ -756,7 +756,7 @@ mod tests {
             max_len: 2,
             max_age: Duration::ZERO,
         });
-        let hub = Hub::new(8, true);
+        let hub = Hub::new(8, Confirm::OnJoin);
         let (a, b) = (Topic::new("A").unwrap(), Topic::new("B").unwrap());
         let a1 = publish(&store, &a, 1).await;
         for n in 2..=4 {

@@ -1,45 +1,44 @@
 //! Routes: LoopBack's change stream (`GET`/`POST /api/{collection}/change-stream`), the
-//! multi-topic stream (`GET /events?topic=A&topic=B`), health, readiness and, in embedded
-//! mode, the publisher's REST API.
+//! multi-topic stream (`GET /events?topic=A&topic=B`), health and readiness ([`health`]),
+//! the browser client and demo ([`crate::assets`]) and, in embedded mode, the publisher's
+//! REST API.
+//!
+//! [`STREAM_ROUTES`] is the one list of routes that answer with an event stream: [`app`]
+//! registers their handlers and gives the connection layer the same paths for its fast
+//! path ([`crate::conn`]).
 //!
 //! Auth ([`service::auth`]): a presented token is verified by the [`Caller`] extractor
 //! (401 if bad); each topic is then checked with [`Auth::authorize_subscribe`] (401 without
 //! a token, 403 without a grant; public topics need none), and the stream ends when
 //! [`Auth::access_ends`] says (the earliest of its topics). `/healthz` and `/readyz` never
 //! need a token, `/metrics` only with `metrics_public = false`.
+//!
+//! [`Caller`]: service::auth::Caller
+
+pub mod health;
+pub mod stream;
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use axum::body::Body;
+use axum::Router;
 use axum::extract::FromRef;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use proto::{Cursor, EventId, Filter, Topic};
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::routing::{MethodRouter, get};
 use publisher::MemoryStore;
 use publisher::api::ApiState;
 use publisher::metrics::PublisherMetrics;
-use serde::Deserialize;
-use serde_json::{Value, json};
-use service::auth::{Auth, Caller};
-use service::http::{healthz, metrics_route, no_route, wrong_method};
+use service::auth::Auth;
+use service::http::{metrics_route, no_route, wrong_method};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use crate::client::{ClientStream, Shape, Subscription};
 use crate::config::{Config, CorsOrigins};
-use crate::error::ApiError;
+use crate::conn::{App, StreamPaths};
 use crate::history::History;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::partition::{Partition, Reach};
-use crate::sse;
+use crate::partition::Partition;
 use crate::subscription::Readiness;
 
 /// What every handler shares.
@@ -67,42 +66,78 @@ impl FromRef<AppState> for Auth {
     }
 }
 
-/// The gateway's routes; `embedded` adds the publisher REST API over the same store.
-///
-/// `/metrics` is on this router unless `metrics_here` is false (it is then on the admin
-/// port, [`admin_router`]).
+/// A route that answers with an event stream: its path (axum's syntax) and its handlers.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamRoute {
+    pub path: &'static str,
+    pub handlers: fn() -> MethodRouter<AppState>,
+}
+
+/// Every route that answers with an event stream. [`app`] registers them on the router
+/// and hands the same paths to the connection layer, whose fast path serves their `GET`s
+/// without hyper ([`crate::conn`]).
+pub const STREAM_ROUTES: &[StreamRoute] = &[
+    StreamRoute {
+        path: "/api/{collection}/change-stream",
+        handlers: || get(stream::change_stream_get).post(stream::change_stream_post),
+    },
+    StreamRoute {
+        path: "/events",
+        handlers: || get(stream::events),
+    },
+];
+
+/// What the main port serves besides the gateway's own routes.
+#[derive(Clone, Debug)]
+pub struct Serve {
+    /// Embedded mode: the publisher's REST API over this store.
+    pub rest: Option<MemoryStore>,
+    /// `/metrics` on the main port; `false` when it is on the admin port
+    /// ([`admin_router`]).
+    pub metrics: bool,
+}
+
+/// The gateway's router and the paths of its event streams, from [`STREAM_ROUTES`].
 ///
 /// # Errors
-/// Only if the embedded publisher's metrics clash with the gateway's (a programming error).
-pub fn router(
+/// Only on a programming error: the embedded publisher's metrics clash with the
+/// gateway's, or a stream route is not valid route syntax.
+pub fn app(state: AppState, serve: Serve) -> Result<App, AppError> {
+    app_with(state, serve, STREAM_ROUTES)
+}
+
+/// [`app`] with these stream routes (tests add one).
+///
+/// # Errors
+/// As [`app`].
+pub fn app_with(
     state: AppState,
-    embedded: Option<MemoryStore>,
-    metrics_here: bool,
-) -> prometheus::Result<Router> {
+    serve: Serve,
+    stream_routes: &[StreamRoute],
+) -> Result<App, AppError> {
     let body_limit = state.config.body_limit;
     let auth = state.config.auth.clone();
     let limits = state.config.request_limits;
     let cors_origins = state.config.cors_origins.clone();
     let registry = state.metrics.registry.clone();
-    let mut routes = Router::new()
-        .route(
-            "/api/{collection}/change-stream",
-            get(change_stream_get).post(change_stream_post),
-        )
-        .route("/events", get(events))
+    let mut routes = Router::new();
+    for route in stream_routes {
+        routes = routes.route(route.path, (route.handlers)());
+    }
+    routes = routes
         .merge(crate::assets::routes())
-        .merge(health_routes());
-    if metrics_here {
+        .merge(health::routes());
+    if serve.metrics {
         routes = routes.route("/metrics", metrics_route(registry.clone()));
     }
-    let mut app = routes.with_state(state);
-    if let Some(store) = embedded {
+    let mut router = routes.with_state(state);
+    if let Some(store) = serve.rest {
         let metrics = PublisherMetrics::register(&registry)?;
-        app = app.merge(
+        router = router.merge(
             publisher::api::routes().with_state(ApiState::new(store, body_limit, metrics, auth)),
         );
     }
-    Ok(app
+    let router = router
         .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
         .layer(service::telemetry::http_trace())
@@ -110,25 +145,32 @@ pub fn router(
             limits,
             service::limits::check_request,
         ))
-        .layer(cors(&cors_origins)))
+        .layer(cors(&cors_origins));
+    let stream_paths = StreamPaths::new(stream_routes.iter().map(|r| r.path))?;
+    Ok(App {
+        router,
+        stream_paths,
+    })
+}
+
+/// Why [`app`] could not be built (a programming error either way).
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("stream route: {0}")]
+    Route(#[from] matchit::InsertError),
 }
 
 /// What the admin port serves: health and `/metrics`.
 pub fn admin_router(state: AppState) -> Router {
     let registry = state.metrics.registry.clone();
-    health_routes()
+    health::routes()
         .route("/metrics", metrics_route(registry))
         .with_state(state)
         .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
         .layer(service::telemetry::http_trace())
-}
-
-fn health_routes() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route(crate::partition::PEER_PATH, get(readyz_redis))
 }
 
 /// CORS by `cors_origins`: any origin without credentials, or a list of origins with
@@ -164,474 +206,73 @@ fn cors(origins: &CorsOrigins) -> CorsLayer {
     }
 }
 
-/// Whether the Service should send this pod new streams (docs/OPERATIONS.md, "When Redis
-/// is out of reach"):
-/// - `200 ready`: Redis answers and every topic's subscription is confirmed;
-/// - `200 degraded`: Redis is out of reach from every gateway asked (a fleet-wide outage):
-///   an unready fleet would leave the Service without endpoints and the ingress would
-///   answer 503 itself, which ends EventSource for good; this pod tells streams to retry;
-/// - `503`: draining, starting, or cut off from Redis while a peer reaches it.
-async fn readyz(State(state): State<AppState>) -> Response {
-    let unavailable = |status: &str, reason: &str| {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": status, "reason": reason })),
-        )
-            .into_response()
-    };
-    if state.shutdown.is_cancelled() {
-        return unavailable("draining", "shutting down");
-    }
-    if state.readiness.is_up() && state.hub.all_confirmed() {
-        return Json(json!({ "status": "ready" })).into_response();
-    }
-    match (state.readiness.unreachable(), state.partition.reach()) {
-        (true, Reach::Fleet) => Json(json!({
-            "status": "degraded",
-            "reason": "redis unreachable from every gateway; streams are kept and new ones told to retry",
-        }))
-        .into_response(),
-        (true, Reach::Alone) => unavailable(
-            "unavailable",
-            "redis unreachable from this pod while a peer reaches it",
-        ),
-        _ => unavailable("unavailable", "redis subscription not confirmed"),
-    }
-}
-
-/// `GET /readyz/redis`: whether this pod reaches Redis now, whatever its peers do. What
-/// peers ask to tell a partition of one pod from an outage of all ([`crate::partition`]).
-async fn readyz_redis(State(state): State<AppState>) -> Response {
-    if state.readiness.is_up() {
-        Json(json!({ "redis": "up" })).into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "redis": "down" })),
-        )
-            .into_response()
-    }
-}
-
-/// Query parameters of the change stream. Unknown ones are ignored, as LoopBack does.
-#[derive(Debug, Default, Deserialize)]
-pub struct StreamQuery {
-    #[serde(rename = "_format")]
-    format: Option<String>,
-    options: Option<String>,
-    last_event_id: Option<String>,
-}
-
-async fn change_stream_get(
-    State(state): State<AppState>,
-    caller: Caller,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<StreamQuery>, QueryRejection>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let options = query.options.as_deref().map(parse_options).transpose()?;
-    change_stream(state, &caller, path, query, options, &headers).await
-}
-
-async fn change_stream_post(
-    State(state): State<AppState>,
-    caller: Caller,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<StreamQuery>, QueryRejection>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    // LoopBack's POST variant takes `options` in a JSON body; an empty body is fine. Read
-    // here, not by axum's `Bytes` extractor: its 2 MiB limit and plain-text rejections
-    // would bypass `body_limit` and the JSON error shape.
-    let body = service::http::read_body(&headers, body, state.config.body_limit).await?;
-    let mut options = query.options.as_deref().map(parse_options).transpose()?;
-    if !body.iter().all(u8::is_ascii_whitespace) {
-        let parsed: Value =
-            serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-        let Value::Object(mut object) = parsed else {
-            return Err(ApiError::BadRequest(
-                "request body must be a JSON object".into(),
-            ));
-        };
-        if let Some(o) = object.remove("options") {
-            options = Some(o);
-        }
-    }
-    change_stream(state, &caller, path, query, options, &headers).await
-}
-
-/// `options` as LoopBack takes it: a JSON object (in the query, as JSON text).
-fn parse_options(text: &str) -> Result<Value, ApiError> {
-    serde_json::from_str(text)
-        .map_err(|e| ApiError::BadRequest(format!("options is not valid JSON: {e}")))
-}
-
-async fn change_stream(
-    state: AppState,
-    caller: &Caller,
-    path: Result<Path<String>, PathRejection>,
-    query: StreamQuery,
-    options: Option<Value>,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
-    let Path(collection) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let topic = Topic::new(&collection)?;
-    // Before anything else about the request, resume included: a refused client learns
-    // nothing about the topic's history.
-    state
-        .config
-        .auth
-        .authorize_subscribe(caller.claims(), &topic)?;
-    let access_ends = state.config.auth.access_ends(caller.claims(), &topic);
-    negotiate(query.format.as_deref(), headers)?;
-    let filter = parse_filter(&state.config, options.as_ref(), "options")?;
-    let resume = match resume_text(headers, query.last_event_id.as_deref())? {
-        Some(id) => Some(EventId::parse(id)?),
-        None => None,
-    };
-    open_stream(
-        state,
-        Shape::ChangeStream,
-        vec![(topic, resume, filter)],
-        access_ends,
-    )
-    .await
-}
-
-/// `GET /events?topic=A&topic=B`: one stream for several topics (repeated `topic`, or
-/// comma-separated). `options` filters every topic; `options.<topic>` one topic (and
-/// wins over `options`). The id is a [`Cursor`] over all the topics.
-async fn events(
-    State(state): State<AppState>,
-    caller: Caller,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let Query(pairs) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let mut topics = Vec::new();
-    let mut format = None;
-    let mut last_event_id = None;
-    let mut common = None;
-    let mut per_topic = Vec::new();
-    for (key, value) in &pairs {
-        match key.as_str() {
-            "topic" => {
-                for name in value.split(',').filter(|n| !n.is_empty()) {
-                    topics.push(Topic::new(name)?);
-                }
-            }
-            "_format" => format = Some(value.as_str()),
-            "last_event_id" => last_event_id = Some(value.as_str()),
-            "options" => common = Some(parse_options(value)?),
-            key => {
-                if let Some(name) = key.strip_prefix("options.") {
-                    per_topic.push((Topic::new(name)?, parse_options(value)?));
-                }
-                // Other parameters are ignored, as on the change stream (cache busters).
-            }
-        }
-    }
-    negotiate(format, &headers)?;
-    let topics = Cursor::canonical(topics);
-    if topics.is_empty() {
-        return Err(ApiError::BadRequest(
-            "name at least one topic: /events?topic=A&topic=B".into(),
-        ));
-    }
-    let max = state.config.max_topics.get();
-    if topics.len() > max {
-        return Err(ApiError::BadRequest(format!(
-            "{} topics asked for; a stream may carry at most {max}",
-            topics.len()
-        )));
-    }
-    // Every topic is authorized before anything else about it is looked at (resume
-    // included); the stream ends when the first topic's access does.
-    let auth = &state.config.auth;
-    for topic in &topics {
-        auth.authorize_subscribe(caller.claims(), topic)?;
-    }
-    let access_ends = topics
-        .iter()
-        .filter_map(|t| auth.access_ends(caller.claims(), t))
-        .min();
-    if let Some((topic, _)) = per_topic.iter().find(|(t, _)| !topics.contains(t)) {
-        return Err(ApiError::BadRequest(format!(
-            "options.{topic} names a topic this stream does not subscribe to"
-        )));
-    }
-    let common = parse_filter(&state.config, common.as_ref(), "options")?;
-    let resume = match resume_text(&headers, last_event_id)? {
-        None => vec![None; topics.len()],
-        // One topic: a plain stream id works too (as on its change stream).
-        Some(text) if topics.len() == 1 && !text.starts_with("c1.") => {
-            vec![Some(EventId::parse(text)?)]
-        }
-        Some(text) => Cursor::parse(text, &topics)?
-            .positions
-            .into_iter()
-            .map(|(_, id)| Some(id))
-            .collect(),
-    };
-    let mut subscriptions = Vec::with_capacity(topics.len());
-    for (topic, resume) in topics.into_iter().zip(resume) {
-        let filter = match per_topic.iter().find(|(t, _)| *t == topic) {
-            Some((_, options)) => {
-                parse_filter(&state.config, Some(options), &format!("options.{topic}"))?
-            }
-            None => common.clone(),
-        };
-        subscriptions.push((topic, resume, filter));
-    }
-    open_stream(state, Shape::Events, subscriptions, access_ends).await
-}
-
-/// A LoopBack filter from `options`; `None` when there is none. `name` is where it came
-/// from, for the error message.
-fn parse_filter(
-    config: &Config,
-    options: Option<&Value>,
-    name: &str,
-) -> Result<Option<Arc<Filter>>, ApiError> {
-    let Some(options) = options else {
-        return Ok(None);
-    };
-    let filter = Filter::parse(options, &config.filter_limits())
-        .map_err(|e| ApiError::BadRequest(format!("{name}: {e}")))?;
-    Ok((!filter.is_empty()).then(|| Arc::new(filter)))
-}
-
-/// Why a stream request was told to come back instead of being served.
-#[derive(Clone, Copy, Debug)]
-enum TurnedAway {
-    Redis,
-    SubscribeTimeout,
-    Full,
-    Draining,
-    ReadFailed,
-}
-
-impl TurnedAway {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Redis => "redis",
-            Self::SubscribeTimeout => "subscribe-timeout",
-            Self::Full => "full",
-            Self::Draining => "draining",
-            Self::ReadFailed => "read-failed",
-        }
-    }
-}
-
-/// The answer to a stream request that cannot be served right now for a transient reason:
-/// `200` with `:ok`, a jittered `retry:` and the end, so EventSource reconnects (to this
-/// pod or, through the Service, another) instead of closing for good as it does on a 503.
-///
-/// The resume position stays exact: a client that came with one gets no `id:` and keeps
-/// it; a client without one gets an anchor ([`EventId::anchor`]) at its request's arrival,
-/// less [`ANCHOR_MARGIN`] for the clocks of this pod and Redis, so its next connection
-/// replays everything published since it asked, on any pod. No Redis read is needed, so
-/// this works while Redis is out of reach and costs nothing when shedding load.
-fn turn_away(
-    state: &AppState,
-    shape: Shape,
-    positions: &[(Topic, Option<EventId>)],
-    asked_at: SystemTime,
-    reason: TurnedAway,
-) -> Response {
-    state
-        .metrics
-        .turned_away
-        .with_label_values(&[reason.as_str()])
-        .inc();
-    tracing::debug!(
-        reason = reason.as_str(),
-        "stream turned away; told to retry"
-    );
-    let position = positions.iter().any(|(_, p)| p.is_none()).then(|| {
-        let ms = asked_at
-            .checked_sub(ANCHOR_MARGIN)
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let anchor = EventId::anchor(ms);
-        match shape {
-            Shape::ChangeStream => anchor.to_string(),
-            Shape::Events => {
-                let topics: Vec<Topic> = positions.iter().map(|(t, _)| t.clone()).collect();
-                Cursor::encode_ids(
-                    Cursor::checksum(&topics),
-                    positions.iter().map(|(_, p)| p.unwrap_or(anchor)),
-                )
-            }
-        }
-    });
-    let retry = state.config.retry;
-    sse::come_back(retry + service::jitter::below(retry), position.as_deref())
-}
-
-/// How far before a turned-away client's request its anchor lies: more than the clocks of
-/// a pod and Redis disagree by (NTP keeps them within milliseconds). A client may get
-/// changes from up to this long before it asked, never miss one after.
-pub const ANCHOR_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Joins every topic, waits for Redis to confirm each subscription, positions the client
-/// and answers with the SSE response; or, when that cannot happen now, tells the client
-/// to come back ([`turn_away`]).
-async fn open_stream(
-    state: AppState,
-    shape: Shape,
-    topics: Vec<(Topic, Option<EventId>, Option<Arc<Filter>>)>,
-    access_ends: Option<SystemTime>,
-) -> Result<Response, ApiError> {
-    let asked_at = SystemTime::now();
-    // Sorted by topic, as cursors are.
-    let mut positions: Vec<(Topic, Option<EventId>)> =
-        topics.iter().map(|(t, r, _)| (t.clone(), *r)).collect();
-    positions.sort_by(|a, b| a.0.cmp(&b.0));
-    let away = |reason| Ok(turn_away(&state, shape, &positions, asked_at, reason));
-    if state.shutdown.is_cancelled() {
-        return away(TurnedAway::Draining);
-    }
-    if state.readiness.unreachable() {
-        return away(TurnedAway::Redis);
-    }
-    let Ok(permit) = Arc::clone(&state.streams).try_acquire_owned() else {
-        return away(TurnedAway::Full);
-    };
-    // Join all first, so the subscriptions are confirmed concurrently.
-    let mut subscriptions: Vec<Subscription> = topics
-        .into_iter()
-        .map(|(topic, resume, filter)| Subscription {
-            membership: state.hub.join(&topic),
-            topic,
-            resume,
-            filter,
-        })
-        .collect();
-    for sub in &mut subscriptions {
-        if !sub
-            .membership
-            .confirmed(state.config.subscribe_timeout)
-            .await
-        {
-            return away(TurnedAway::SubscribeTimeout);
-        }
-    }
-    let client = match ClientStream::open(
-        shape,
-        subscriptions,
-        state.history.clone(),
-        state.config.replay_page.get(),
-        state.config.heartbeat,
-        state.metrics.clone(),
-    )
-    .await
-    {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot open stream");
-            return away(TurnedAway::ReadFailed);
-        }
-    };
-    let end = sse::End::new(
-        state.partition.stream_end(),
-        state.config.drain_window,
-        access_ends,
-    );
-    Ok(sse::response(client, permit, state.config.retry, end))
-}
-
-/// SSE when `_format=event-stream`, when the client accepts `text/event-stream` (as
-/// EventSource does), or when it states no preference (`*/*`, no `Accept`): curl gets a
-/// stream too. Only a client that accepts other types alone gets 406.
-fn negotiate(format: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
-    if let Some(format) = format {
-        return if format.eq_ignore_ascii_case("event-stream") {
-            Ok(())
-        } else {
-            Err(ApiError::NotAcceptable(format!(
-                "change-stream answers only as event-stream; got _format={format:?}"
-            )))
-        };
-    }
-    let accept = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(",");
-    let accepts_sse = accept.trim().is_empty()
-        || accept.split(',').any(|range| {
-            let essence = range
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            matches!(essence.as_str(), "text/event-stream" | "text/*" | "*/*")
-        });
-    if accepts_sse {
-        Ok(())
-    } else {
-        Err(ApiError::NotAcceptable(format!(
-            "change-stream answers only as text/event-stream; Accept was {accept:?}"
-        )))
-    }
-}
-
-/// `Last-Event-ID` header, else the `last_event_id` query parameter (EventSource cannot
-/// set headers on its first connection). The header wins. Empty means none.
-fn resume_text<'a>(
-    headers: &'a HeaderMap,
-    query: Option<&'a str>,
-) -> Result<Option<&'a str>, ApiError> {
-    let header = match headers.get("last-event-id") {
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| ApiError::BadRequest("Last-Event-ID is not text".into()))?,
-        ),
-        None => None,
-    };
-    Ok(header.or(query).map(str::trim).filter(|s| !s.is_empty()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[test]
-    fn negotiation() {
-        let mut h = HeaderMap::new();
-        assert!(negotiate(None, &h).is_ok());
-        assert!(negotiate(Some("event-stream"), &h).is_ok());
-        assert!(negotiate(Some("json"), &h).is_err());
-        h.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        assert!(negotiate(None, &h).is_ok());
-        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        assert!(negotiate(None, &h).is_err());
-        assert!(negotiate(Some("event-stream"), &h).is_ok());
-        h.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("application/json, */*;q=0.1"),
-        );
-        assert!(negotiate(None, &h).is_ok());
-    }
+    /// A stream route added to the list gets the connection layer's fast path with no
+    /// other change: served without hyper, its connection closes when the stream ends
+    /// (hyper would keep it open for the next request). Fails if the router and the fast
+    /// path stop sharing one list.
+    #[tokio::test]
+    async fn a_new_stream_route_takes_the_fast_path() {
+        let config = Config::embedded();
+        let shutdown = CancellationToken::new();
+        let store = MemoryStore::new(config.retention);
+        let state = AppState {
+            hub: Hub::new(4, crate::hub::Confirm::OnJoin),
+            history: History::Memory(store),
+            streams: Arc::new(Semaphore::new(4)),
+            readiness: Readiness::always(),
+            partition: Partition::new(&shutdown),
+            shutdown: shutdown.clone(),
+            metrics: Metrics::new().unwrap(),
+            config: Arc::new(config),
+        };
+        let mut routes = STREAM_ROUTES.to_vec();
+        routes.push(StreamRoute {
+            path: "/test/{name}/stream",
+            handlers: || get(|| async { crate::sse::come_back(Duration::from_millis(1), None) }),
+        });
+        let serve = Serve {
+            rest: None,
+            metrics: false,
+        };
+        let app = app_with(state, serve, &routes).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stalled = prometheus::IntCounter::new("stalled", "test").unwrap();
+        let listener = crate::conn::TimedListener::new(listener, Duration::from_secs(5), stalled);
+        let tracker = tokio_util::task::TaskTracker::new();
+        let limits = service::limits::RequestLimits::default();
+        tokio::spawn(crate::conn::serve(
+            listener,
+            app,
+            limits,
+            shutdown.clone(),
+            tracker,
+        ));
 
-    #[test]
-    fn resume_header_wins_over_query() {
-        let mut h = HeaderMap::new();
-        assert_eq!(resume_text(&h, None).unwrap(), None);
-        assert_eq!(resume_text(&h, Some(" 5-1 ")).unwrap(), Some("5-1"));
-        h.insert("last-event-id", HeaderValue::from_static("7-0"));
-        assert_eq!(resume_text(&h, Some("5-1")).unwrap(), Some("7-0"));
-        h.insert("last-event-id", HeaderValue::from_static(""));
-        assert_eq!(resume_text(&h, Some("5-1")).unwrap(), None);
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET /test/x/stream HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        let read = client.read_to_string(&mut answer);
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("the connection closes after the stream: the fast path served it")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(
+            answer.contains("transfer-encoding: chunked\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains(":ok\n\nretry: 1\n\n"), "{answer}");
+        assert!(answer.ends_with("0\r\n\r\n"), "{answer}");
+        shutdown.cancel();
     }
 }

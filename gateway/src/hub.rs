@@ -34,17 +34,25 @@ pub struct Hub {
     /// Wakes the subscription task when the set of wanted topics changes.
     changed: Notify,
     capacity: usize,
-    /// Embedded store: every topic is "subscribed" as soon as it is wanted.
-    auto_confirm: bool,
+    confirm: Confirm,
+}
+
+/// When a topic's clients may start: at once, or once Redis confirmed the subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confirm {
+    /// The embedded store: a topic is "subscribed" as soon as it is wanted.
+    OnJoin,
+    /// A fleet pod: [`Hub::confirm`] marks a topic once Redis acknowledged it.
+    BySubscription,
 }
 
 impl Hub {
-    pub fn new(capacity: usize, auto_confirm: bool) -> Arc<Self> {
+    pub fn new(capacity: usize, confirm: Confirm) -> Arc<Self> {
         Arc::new(Self {
             slots: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             capacity,
-            auto_confirm,
+            confirm,
         })
     }
 
@@ -62,7 +70,7 @@ impl Hub {
         let slot = slots.entry(topic.clone()).or_insert_with(|| {
             added = true;
             let (events_tx, _) = broadcast::channel(self.capacity);
-            let (confirmed_tx, _) = watch::channel(self.auto_confirm);
+            let (confirmed_tx, _) = watch::channel(self.confirm == Confirm::OnJoin);
             Slot {
                 events_tx,
                 members: 0,
@@ -167,7 +175,7 @@ mod tests {
 
     #[test]
     fn first_join_and_last_leave_change_the_wanted_set() {
-        let hub = Hub::new(4, false);
+        let hub = Hub::new(4, Confirm::BySubscription);
         let t = Topic::new("A").unwrap();
         let a = hub.join(&t);
         let b = hub.join(&t);
@@ -183,7 +191,7 @@ mod tests {
 
     #[tokio::test]
     async fn delivers_one_shared_frame_to_every_member() {
-        let hub = Hub::new(4, true);
+        let hub = Hub::new(4, Confirm::OnJoin);
         let t = Topic::new("A").unwrap();
         let mut a = hub.join(&t);
         let mut b = hub.join(&t);
@@ -200,7 +208,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lagging_member_is_told_and_others_are_not_slowed() {
-        let hub = Hub::new(2, true);
+        let hub = Hub::new(2, Confirm::OnJoin);
         let t = Topic::new("A").unwrap();
         let mut slow = hub.join(&t);
         let mut fast = hub.join(&t);

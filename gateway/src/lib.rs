@@ -2,42 +2,48 @@
 //! events to browsers.
 //!
 //! ```text
-//! Redis pub/sub --> redis_sub (reader) --> hub (topic -> broadcast of framed events)
-//!                                           |
-//!   browser <-- sse <-- replay::ClientStream (stream replay, then live; gap refill)
-//!                                           |
-//! Redis stream  <-- history (XRANGE by id) -----+
+//! Redis pub/sub --> subscription (reader) --> hub (topic -> broadcast of framed events)
+//!                                              |
+//!   browser <-- conn <-- sse <-- client::ClientStream (history, then live; gap refill)
+//!                                              |
+//! Redis stream  <-- history (XRANGE by id) ----+
 //! ```
 //!
-//! - [`hub`]: per-topic fan-out; each event decoded and framed once; never waits on a client.
-//! - [`redis_sub`]: the pod's subscription (one Redis, or sharded pub/sub on a Redis
-//!   Cluster), reconnection, readiness.
-//! - [`replay`]: a client's position; replay from `Last-Event-ID`, exact hand-over to live,
-//!   gap refill by the id chain, `reset` when history is gone.
-//! - [`history`]: stream reads (Redis, or the embedded [`publisher::MemoryStore`]).
-//! - [`http`], [`sse`]: routes and the SSE response.
+//! - [`app`]: the two modes (embedded, fleet) and what differs between them.
+//! - [`hub`]: per-topic fan-out; [`event`]: each event decoded and framed once, shared.
+//! - [`subscription`]: the pod's Redis subscription (one Redis, or sharded pub/sub on a
+//!   Redis Cluster), reconnection, readiness; [`partition`]: what the pod does when Redis
+//!   is out of reach (alone, or the whole fleet).
+//! - [`client`]: one client's state machine: its position, replay from `Last-Event-ID`,
+//!   exact hand-over to live, gap refill by the id chain, `reset` when history is gone.
+//! - [`history`]: a topic's stream read back by id (Redis, or the embedded
+//!   [`publisher::MemoryStore`]).
+//! - [`http`]: routes and handlers ([`http::STREAM_ROUTES`]: the stream routes);
+//!   [`sse`]: the SSE response; [`conn`]: the accept loop and the hand-written HTTP/1.1
+//!   that serves streams without hyper.
 //! - [`assets`]: the browser client (`/client/live-set.js`) and the `/demo` page.
 //!
-//! With no Redis configured the gateway runs single-node on the embedded history and serves the
-//! publisher's REST API too ([`embedded`]).
+//! [`run`] reads as the architecture: build the mode's parts, spawn what feeds the hub,
+//! serve, and drain in order.
 
+pub mod app;
 pub mod assets;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod embedded;
 pub mod error;
 pub mod event;
 pub mod history;
 pub mod http;
 pub mod hub;
-pub mod listener;
 pub mod metrics;
 pub mod partition;
-pub mod serve;
 pub mod sse;
 pub mod subscription;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use config::Config;
 pub use error::RunError;
@@ -45,12 +51,13 @@ pub use service::shutdown;
 pub use service::telemetry;
 
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::history::{History, RedisHistory};
-use crate::hub::Hub;
-use crate::subscription::Readiness;
+use crate::app::Mode;
+use crate::conn::TimedListener;
+use crate::partition::Partition;
 
 /// The effective configuration, one line, secrets redacted.
 fn log_config(config: &Config) {
@@ -90,8 +97,7 @@ fn log_config(config: &Config) {
     );
 }
 
-/// Serves until `shutdown` is cancelled; open streams end at once (their clients resume
-/// elsewhere with `Last-Event-ID`), then tasks get the grace period to finish.
+/// Serves until `shutdown` is cancelled, then drains in order ([`drain`]).
 ///
 /// # Errors
 /// [`RunError::Redis`] for an unusable Redis URL or seed list, [`RunError::Io`] if
@@ -104,99 +110,84 @@ pub async fn run(
     log_config(&config);
     let tracker = TaskTracker::new();
     let metrics = metrics::Metrics::new().map_err(std::io::Error::other)?;
-    let partition = partition::Partition::new(&shutdown);
-    let (history, hub, readiness, embedded) = match &config.redis {
-        None => {
-            let store = publisher::MemoryStore::new(config.retention);
-            let hub = Hub::new(config.hub_capacity.get(), true);
-            tracker.spawn(embedded::feed(
-                store.clone(),
-                hub.clone(),
-                shutdown.child_token(),
-            ));
-            (
-                History::Memory(store.clone()),
-                hub,
-                Readiness::always(),
-                Some(store),
-            )
-        }
-        Some(target) => {
-            let hub = Hub::new(config.hub_capacity.get(), false);
-            let history = History::Redis(RedisHistory::connect(
-                target,
-                config.redis_timeout,
-                config.replay_reads.get(),
-            )?);
-            let readiness = subscription::start(
-                &config,
-                target,
-                hub.clone(),
-                history.clone(),
-                metrics.clone(),
-                &tracker,
-                shutdown.child_token(),
-            )?;
-            tracker.spawn(partition::watch(
-                partition.clone(),
-                readiness.clone(),
-                config.peers.clone(),
-                config.partition_timeout,
-                metrics.clone(),
-                shutdown.child_token(),
-            ));
-            (history, hub, readiness, None)
-        }
-    };
-    let mode = match &config.redis {
-        None => "embedded single-node",
-        Some(service::RedisTarget::Single(_)) => "redis",
-        Some(service::RedisTarget::Cluster(_)) => "redis cluster",
-    };
-    let grace = config.grace_period;
-    let config_admin = config.admin_listen;
-    let listener = listener::TimedListener::new(
+    let partition = Partition::new(&shutdown);
+    // Live delivery (the subscription, or the embedded feed) outlives the streams: it is
+    // stopped only once they have all ended (`drain`).
+    let feeds = CancellationToken::new();
+    let mode = Mode::of(&config);
+    let mode_name = mode.name();
+    let parts = mode.start(&config, &metrics, &partition, &tracker, &feeds)?;
+
+    let max_streams = config.max_connections.get();
+    let streams = Arc::new(Semaphore::new(max_streams));
+    let listener = TimedListener::new(
         listener,
         config.write_timeout,
         metrics.slow_disconnects.clone(),
     );
-    let state_limits = config.request_limits;
+    let (admin_listen, limits, grace) = (
+        config.admin_listen,
+        config.request_limits,
+        config.grace_period,
+    );
     let state = http::AppState {
-        hub,
-        history,
-        streams: Arc::new(tokio::sync::Semaphore::new(config.max_connections.get())),
+        hub: parts.hub,
+        history: parts.history,
+        streams: streams.clone(),
         config: Arc::new(config),
-        readiness,
+        readiness: parts.readiness,
         partition,
         shutdown: shutdown.clone(),
         metrics,
     };
-    let metrics_here = match config_admin {
-        None => true,
-        Some(addr) => {
-            service::admin::serve(addr, http::admin_router(state.clone()), shutdown.clone())
-                .await?;
-            false
-        }
+    if let Some(addr) = admin_listen {
+        service::admin::serve(addr, http::admin_router(state.clone()), shutdown.clone()).await?;
+    }
+    let serve = http::Serve {
+        rest: parts.rest,
+        metrics: admin_listen.is_none(),
     };
-    let app = http::router(state, embedded, metrics_here).map_err(std::io::Error::other)?;
-    tracing::info!(addr = %axum::serve::Listener::local_addr(&listener)?, mode, "gateway listening");
-    // On shutdown the accept loop stops at once; open streams end over the drain window.
-    let serve = tokio::spawn(serve::serve(
+    let app = http::app(state, serve).map_err(std::io::Error::other)?;
+    tracing::info!(addr = %axum::serve::Listener::local_addr(&listener)?, mode = mode_name, "gateway listening");
+    let serving = tokio::spawn(conn::serve(
         listener,
         app,
-        state_limits,
+        limits,
         shutdown.clone(),
         tracker.clone(),
     ));
+
     shutdown.cancelled().await;
-    tracker.close();
+    drain(serving, &streams, max_streams, &feeds, &tracker, grace).await
+}
+
+/// The drain, in DESIGN.md's order: the accept loop has stopped (new connections are
+/// refused and retried elsewhere); each open stream ends at a random moment of the drain
+/// window while live delivery keeps flowing to it, so its client gets every event until
+/// its own close and then resumes elsewhere; only once every stream has given back its
+/// place is the subscription (or the embedded feed) closed; then the remaining tasks
+/// finish. All within `grace`; past it the process exits anyway.
+async fn drain(
+    serving: tokio::task::JoinHandle<()>,
+    streams: &Semaphore,
+    max_streams: usize,
+    feeds: &CancellationToken,
+    tracker: &TaskTracker,
+    grace: Duration,
+) -> Result<(), RunError> {
     let drained = tokio::time::timeout(grace, async {
-        let served = serve.await;
+        let served = serving.await;
+        // Every open stream holds one permit until its body is dropped. The semaphore is
+        // never closed, so this waits for the last stream.
+        let every_place = u32::try_from(max_streams).unwrap_or(u32::MAX);
+        let _streams_ended = streams.acquire_many(every_place).await;
+        feeds.cancel();
+        tracker.close();
         tracker.wait().await;
         served
     })
     .await;
+    feeds.cancel();
     match drained {
         Ok(served) => served.map_err(std::io::Error::other)?,
         Err(_) => tracing::warn!(

@@ -59,7 +59,10 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// LoopBack's stream headers, and the mark that makes the connection layer write the body
+/// itself, as chunks ([`crate::conn::EventStream`]).
 fn with_stream_headers(mut response: Response) -> Response {
+    response.extensions_mut().insert(crate::conn::EventStream);
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
