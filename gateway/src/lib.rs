@@ -141,7 +141,8 @@ pub async fn run(
         metrics,
     };
     if let Some(addr) = admin_listen {
-        service::admin::serve(addr, http::admin_router(state.clone()), shutdown.clone()).await?;
+        let admin = http::admin_router(state.clone());
+        service::admin::serve(addr, admin, shutdown.clone(), &tracker).await?;
     }
     let serve = http::Serve {
         rest: parts.rest,

@@ -72,11 +72,13 @@ pub async fn run(
     let metrics = metrics::PublisherMetrics::register(&registry).map_err(std::io::Error::other)?;
     let state = api::ApiState::new(store, config.body_limit, metrics, config.auth.clone())
         .with_rate_limit(config.rate_limiter());
+    // The admin server, if any, runs on the tracker; the main one is awaited below.
+    let tracker = tokio_util::task::TaskTracker::new();
     let app = match config.admin_listen {
         None => api::router(state, Some(registry)),
         Some(addr) => {
             let admin_app = api::admin_router(state.clone(), registry);
-            service::admin::serve(addr, admin_app, shutdown.clone()).await?;
+            service::admin::serve(addr, admin_app, shutdown.clone(), &tracker).await?;
             api::router(state, None)
         }
     };
@@ -91,7 +93,13 @@ pub async fn run(
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let serve = tokio::spawn(async move { serve.await });
     shutdown.cancelled().await;
-    match tokio::time::timeout(grace, serve).await {
+    tracker.close();
+    let finished = tokio::time::timeout(grace, async {
+        let served = serve.await;
+        tracker.wait().await;
+        served
+    });
+    match finished.await {
         Ok(joined) => joined.map_err(std::io::Error::other)??,
         Err(_) => tracing::warn!(
             ?grace,

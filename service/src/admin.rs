@@ -9,9 +9,11 @@ use std::net::SocketAddr;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-/// Binds `addr` and serves `app` there until `shutdown`. Logs the bound address as
-/// `admin_addr` (port 0 picks a free one).
+/// Binds `addr` and serves `app` there until `shutdown`, on `tracker` (so the process waits
+/// for it like for its other tasks). Logs the bound address as `admin_addr` (port 0 picks
+/// a free one).
 ///
 /// # Errors
 /// If `addr` cannot be bound.
@@ -19,11 +21,12 @@ pub async fn serve(
     addr: SocketAddr,
     app: Router,
     shutdown: CancellationToken,
+    tracker: &TaskTracker,
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(admin_addr = %listener.local_addr()?, "admin listening (/metrics, /healthz, /readyz)");
     let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
-    tokio::spawn(async move {
+    tracker.spawn(async move {
         if let Err(e) = serve.into_future().await {
             tracing::error!(error = %e, "admin server failed");
         }
