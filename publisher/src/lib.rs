@@ -8,7 +8,7 @@
 //! ```
 //!
 //! - [`store`]: the [`Store`] trait, [`RedisStore`] (production) and [`MemoryStore`] (the
-//!   gateway's embedded bus). Rust backends use a store directly as a library.
+//!   store the embedded gateway runs on). Rust backends use a store directly as a library.
 //! - [`api`]: the HTTP routes; every error is a [`service::ApiError`], the store's own
 //!   through [`StoreError`].
 //! - [`config`]: the publisher's settings.

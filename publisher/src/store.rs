@@ -1,8 +1,8 @@
 //! Record stores: where a mutation and its change event are written together.
 //!
 //! [`Store`] is what the REST API calls. [`RedisStore`] is the production store (one
-//! atomic Lua script per mutation); [`MemoryStore`] is the gateway's embedded single-node
-//! bus with the same semantics and a bounded history. The id rules, record assembly and
+//! atomic Lua script per mutation); [`MemoryStore`] keeps records and streams in memory
+//! for the embedded single-node gateway, with the same semantics and a bounded history. The id rules, record assembly and
 //! patch merge live here, once, for both.
 
 use std::future::Future;

@@ -1,4 +1,5 @@
-//! [`MemoryStore`]: the embedded single-node bus. Same semantics as [`super::RedisStore`]
+//! [`MemoryStore`]: records and change streams in memory, what the embedded single-node
+//! gateway runs on. Same semantics as [`super::RedisStore`]
 //! (atomic write + event, stream ids, the id chain), a bounded history per topic, and a
 //! broadcast of every event in publish order for the gateway's hub.
 
@@ -19,7 +20,7 @@ use crate::error::StoreError;
 /// and must refill from [`MemoryStore::range`]: nothing is lost, the history is the buffer.
 pub const EVENT_BROADCAST_CAPACITY: usize = 4096;
 
-/// One event as the bus delivers it.
+/// One event as the store broadcasts it.
 #[derive(Clone, Debug)]
 pub struct Published {
     pub topic: Topic,
