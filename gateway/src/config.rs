@@ -4,167 +4,148 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
 use publisher::Retention;
+use publisher::store::{DEFAULT_STREAM_MAX_AGE, DEFAULT_STREAM_MAX_LEN};
 use service::RedisTarget;
 use service::auth::{Auth, DEFAULT_JWT_LEEWAY, DEFAULT_METRICS_PUBLIC};
 use service::limits::{self, RequestLimits};
 pub use service::settings::ConfigError;
-use service::settings::{Layers, SettingsError};
+use service::settings::{Layers, SettingsError, Unparsed};
 
-/// Default listen address.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
-/// Default interval of the comment heartbeat on an SSE stream (proxies close idle ones).
-pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
-/// Default `retry:` hint: how long a browser waits before reconnecting.
-pub const DEFAULT_RETRY: Duration = Duration::from_secs(2);
-/// Default number of stream entries read per replay round trip.
-pub const DEFAULT_REPLAY_PAGE: usize = 500;
-/// Default stream reads (replay pages) a pod has in flight on Redis at once. More clients
-/// catching up at once (a herd after a reconnect, many slow readers) wait their turn
-/// rather than pile thousands of page reads into one connection and time out.
-pub const DEFAULT_REPLAY_READS: usize = 32;
-/// Default live events buffered per topic for its slowest local client. A client further
-/// behind is caught up from the stream instead (nothing is dropped).
-pub const DEFAULT_HUB_CAPACITY: usize = 1024;
-/// Default pub/sub messages queued between the Redis connection and the reader task.
-/// Full: a message is dropped, counted and logged; the id chain makes the next event of
-/// its topic refill the gap from the stream.
-pub const DEFAULT_PUSH_QUEUE: usize = 65_536;
-/// Default wait for Redis to confirm a new topic's SUBSCRIBE before answering 503.
-pub const DEFAULT_SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default longest wait for one Redis reply.
-pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(2);
-/// Default time open streams and tasks get to end after SIGTERM.
-pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
-/// Default window over which open streams are ended after SIGTERM, each at a random
-/// moment, so their reconnects do not hit the other pods all at once.
-pub const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_secs(5);
-/// Default most open SSE streams per pod; more get 503 with `Retry-After`.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
-/// Default longest time a write to a client may make no progress before the connection
-/// is dropped (a client that stopped reading; it resumes with `Last-Event-ID`).
-pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Default most topics on one `/events` stream.
-pub const DEFAULT_MAX_TOPICS: usize = 16;
-/// Default longest time a pod cut off from Redis, while a peer reaches it, keeps its
-/// streams before ending them (jittered over the drain window) so their clients resume
-/// on a pod that can serve them.
-pub const DEFAULT_PARTITION_TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "gateway",
-    version,
-    about = "SSE gateway pod: LoopBack change streams over Redis, or single-node with an embedded bus."
-)]
-struct Flags {
-    /// Config file (TOML or YAML); also GATEWAY_CONFIG.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Listen address [env GATEWAY_LISTEN] [default 0.0.0.0:8080]
-    #[arg(long)]
-    listen: Option<String>,
-    /// Serve /metrics (and health) on this address instead of the main one [env GATEWAY_ADMIN_LISTEN]
-    #[arg(long)]
-    admin_listen: Option<String>,
-    /// Redis URL; unset (and no --redis-cluster) runs single-node on the embedded bus [env GATEWAY_REDIS_URL]
-    #[arg(long)]
-    redis_url: Option<String>,
-    /// Redis Cluster seed nodes, comma-separated redis://host:port; instead of --redis-url [env GATEWAY_REDIS_CLUSTER]
-    #[arg(long)]
-    redis_cluster: Option<String>,
-    /// Comment heartbeat interval [env GATEWAY_HEARTBEAT] [default 15s]
-    #[arg(long)]
-    heartbeat: Option<String>,
-    /// `retry:` hint sent to browsers [env GATEWAY_RETRY] [default 2s]
-    #[arg(long)]
-    retry: Option<String>,
-    /// Stream entries per replay read [env GATEWAY_REPLAY_PAGE] [default 500]
-    #[arg(long)]
-    replay_page: Option<String>,
-    /// Stream reads in flight on Redis at once [env GATEWAY_REPLAY_READS] [default 32]
-    #[arg(long)]
-    replay_reads: Option<String>,
-    /// Live events buffered per topic [env GATEWAY_HUB_CAPACITY] [default 1024]
-    #[arg(long)]
-    hub_capacity: Option<String>,
-    /// Pub/sub messages queued from Redis [env GATEWAY_PUSH_QUEUE] [default 65536]
-    #[arg(long)]
-    push_queue: Option<String>,
-    /// Wait for a SUBSCRIBE confirmation [env GATEWAY_SUBSCRIBE_TIMEOUT] [default 5s]
-    #[arg(long)]
-    subscribe_timeout: Option<String>,
-    /// Longest wait for a Redis reply [env GATEWAY_REDIS_TIMEOUT] [default 2s]
-    #[arg(long)]
-    redis_timeout: Option<String>,
-    /// Time streams get to end after SIGTERM [env GATEWAY_GRACE_PERIOD] [default 10s]
-    #[arg(long)]
-    grace_period: Option<String>,
-    /// Window over which streams end after SIGTERM [env GATEWAY_DRAIN_WINDOW] [default 5s]
-    #[arg(long)]
-    drain_window: Option<String>,
-    /// Most open SSE streams [env GATEWAY_MAX_CONNECTIONS] [default 10000]
-    #[arg(long)]
-    max_connections: Option<String>,
-    /// Drop a client whose writes stall this long [env GATEWAY_WRITE_TIMEOUT] [default 30s]
-    #[arg(long)]
-    write_timeout: Option<String>,
-    /// Most topics on one /events stream [env GATEWAY_MAX_TOPICS] [default 16]
-    #[arg(long)]
-    max_topics: Option<String>,
-    /// The other gateway pods, comma-separated host:port (a name resolving to several addresses, such as a headless Service, counts each), asked whether they reach Redis when this pod cannot [env GATEWAY_PEERS]
-    #[arg(long)]
-    peers: Option<String>,
-    /// How long this pod may be cut off from Redis while a peer reaches it before it ends its streams [env GATEWAY_PARTITION_TIMEOUT] [default 10s]
-    #[arg(long)]
-    partition_timeout: Option<String>,
-    /// Largest filter (`options`) in bytes [env GATEWAY_FILTER_MAX_BYTES] [default 4096]
-    #[arg(long)]
-    filter_max_bytes: Option<String>,
-    /// Deepest and/or nesting of a filter [env GATEWAY_FILTER_MAX_DEPTH] [default 8]
-    #[arg(long)]
-    filter_max_depth: Option<String>,
-    /// Most conditions in a filter's where [env GATEWAY_FILTER_MAX_CONDITIONS] [default 64]
-    #[arg(long)]
-    filter_max_conditions: Option<String>,
-    /// Largest request body in bytes (POST change-stream, embedded REST) [env GATEWAY_BODY_LIMIT] [default 102400]
-    #[arg(long)]
-    body_limit: Option<String>,
-    /// Embedded mode: history kept per topic [env GATEWAY_STREAM_MAX_LEN] [default 10000]
-    #[arg(long)]
-    stream_max_len: Option<String>,
-    /// Embedded mode: oldest history kept [env GATEWAY_STREAM_MAX_AGE] [default 24h]
-    #[arg(long)]
-    stream_max_age: Option<String>,
-    /// HS256 secret; turns auth on. Prefer the environment (a flag shows in `ps`) [env GATEWAY_JWT_SECRET]
-    #[arg(long)]
-    jwt_secret: Option<String>,
-    /// PEM public key file (RSA: RS256, P-256: ES256); turns auth on [env GATEWAY_JWT_PUBLIC_KEY_FILE]
-    #[arg(long)]
-    jwt_public_key_file: Option<String>,
-    /// Clock skew allowed on a token's exp; streams end at exp plus this [env GATEWAY_JWT_LEEWAY] [default 5s]
-    #[arg(long)]
-    jwt_leeway: Option<String>,
-    /// Topic patterns anyone may subscribe to without a token, comma-separated [env GATEWAY_PUBLIC_TOPICS]
-    #[arg(long)]
-    public_topics: Option<String>,
-    /// With auth on, serve /metrics without a token [env GATEWAY_METRICS_PUBLIC] [default true]
-    #[arg(long)]
-    metrics_public: Option<String>,
-    /// Longest request URL in bytes [env GATEWAY_MAX_URL_BYTES] [default 8192]
-    #[arg(long)]
-    max_url_bytes: Option<String>,
-    /// Most request header bytes [env GATEWAY_MAX_HEADER_BYTES] [default 16384]
-    #[arg(long)]
-    max_header_bytes: Option<String>,
-    /// Origins allowed cross-origin: `*`, or a comma-separated list (then with credentials) [env GATEWAY_CORS_ORIGINS] [default *]
-    #[arg(long)]
-    cors_origins: Option<String>,
+service::settings! {
+    env_prefix: "GATEWAY",
+    #[command(
+        name = "gateway",
+        version,
+        about = "SSE gateway pod: LoopBack change streams over Redis, or single-node with an embedded bus."
+    )]
+    flags: Flags,
+    inputs: Inputs,
+    /// Everything the gateway needs to start, parsed and typed.
+    #[derive(Clone, Debug)]
+    pub struct Config {
+        // One entry per setting: its `--help` line (the doc's first paragraph), `pub` if it
+        // is a field as it is, name, type and default. The README's table follows these.
+        /// Listen address
+        pub listen: SocketAddr = "0.0.0.0:8080",
+        /// Serve /metrics (and health) on this address instead of the main one
+        ///
+        /// `Some`: `/metrics` moves from `listen` to this address (health is on both).
+        pub admin_listen: Option<SocketAddr>,
+        /// Redis URL; unset (and no --redis-cluster) runs single-node on the embedded bus
+        redis_url: Unparsed,
+        /// Redis Cluster seed nodes, comma-separated redis://host:port; instead of --redis-url
+        redis_cluster: Unparsed,
+        /// Comment heartbeat interval
+        ///
+        /// A comment after this much silence on an SSE stream: proxies close idle ones.
+        pub heartbeat: Duration = Duration::from_secs(15),
+        /// `retry:` hint sent to browsers
+        ///
+        /// How long a browser waits before reconnecting.
+        pub retry: Duration = Duration::from_secs(2),
+        /// Stream entries per replay read
+        pub replay_page: NonZeroUsize = 500_usize,
+        /// Stream reads in flight on Redis at once
+        ///
+        /// Per pod. More clients catching up at once (a herd after a reconnect, many slow
+        /// readers) wait their turn rather than pile thousands of page reads into one
+        /// connection and time out.
+        pub replay_reads: NonZeroUsize = 32_usize,
+        /// Live events buffered per topic
+        ///
+        /// For its slowest local client. A client further behind is caught up from the
+        /// stream instead (nothing is dropped).
+        pub hub_capacity: NonZeroUsize = 1024_usize,
+        /// Pub/sub messages queued from Redis
+        ///
+        /// Between the Redis connection and the reader task. Full: a message is dropped,
+        /// counted and logged; the id chain makes the next event of its topic refill the
+        /// gap from the stream.
+        pub push_queue: NonZeroUsize = 65_536_usize,
+        /// Wait for a SUBSCRIBE confirmation
+        ///
+        /// For a new topic; past it the stream is told to retry.
+        pub subscribe_timeout: Duration = Duration::from_secs(5),
+        /// Longest wait for a Redis reply
+        pub redis_timeout: Duration = Duration::from_secs(2),
+        /// Time streams get to end after SIGTERM
+        ///
+        /// And tasks to finish.
+        pub grace_period: Duration = Duration::from_secs(10),
+        /// Window over which streams end after SIGTERM
+        ///
+        /// Each at a random moment, so their reconnects do not hit the other pods all at
+        /// once. Shorter than `grace_period`.
+        pub drain_window: Duration = Duration::from_secs(5),
+        /// Most open SSE streams
+        ///
+        /// Per pod; more are told to retry (`200`, a jittered `retry:`, the end).
+        pub max_connections: NonZeroUsize = 10_000_usize,
+        /// Drop a client whose writes stall this long
+        ///
+        /// A client that stopped reading; it resumes with `Last-Event-ID`.
+        pub write_timeout: Duration = Duration::from_secs(30),
+        /// Most topics on one /events stream
+        pub max_topics: NonZeroUsize = 16_usize,
+        /// The other gateway pods, comma-separated host:port (a name resolving to several addresses, such as a headless Service, counts each), asked whether they reach Redis when this pod cannot
+        peers: Option<Peers>,
+        /// How long this pod may be cut off from Redis while a peer reaches it before it ends its streams
+        ///
+        /// They end jittered over the drain window, so their clients resume on a pod that
+        /// can serve them.
+        pub partition_timeout: Duration = Duration::from_secs(10),
+        /// Largest filter (`options`) in bytes
+        pub filter_max_bytes: NonZeroUsize = proto::DEFAULT_MAX_FILTER_BYTES,
+        /// Deepest and/or nesting of a filter
+        pub filter_max_depth: NonZeroUsize = proto::DEFAULT_MAX_FILTER_DEPTH,
+        /// Most conditions in a filter's where
+        pub filter_max_conditions: NonZeroUsize = proto::DEFAULT_MAX_FILTER_CONDITIONS,
+        /// Largest request body in bytes (POST change-stream, embedded REST)
+        body_limit: NonZeroUsize = service::http::DEFAULT_BODY_LIMIT,
+        /// Embedded mode: history kept per topic
+        stream_max_len: u64 = DEFAULT_STREAM_MAX_LEN,
+        /// Embedded mode: oldest history kept
+        stream_max_age: Duration = DEFAULT_STREAM_MAX_AGE,
+        /// HS256 secret; turns auth on. Prefer the environment (a flag shows in `ps`)
+        jwt_secret: Unparsed,
+        /// PEM public key file (RSA: RS256, P-256: ES256); turns auth on
+        jwt_public_key_file: Unparsed,
+        /// Clock skew allowed on a token's exp; streams end at exp plus this
+        jwt_leeway: Unparsed = DEFAULT_JWT_LEEWAY,
+        /// Topic patterns anyone may subscribe to without a token, comma-separated
+        public_topics: Unparsed,
+        /// With auth on, serve /metrics without a token
+        metrics_public: Unparsed = DEFAULT_METRICS_PUBLIC,
+        /// Longest request URL in bytes
+        max_url_bytes: NonZeroUsize = limits::DEFAULT_MAX_URL_BYTES,
+        /// Most request header bytes
+        max_header_bytes: NonZeroUsize = limits::DEFAULT_MAX_HEADER_BYTES,
+        /// Origins allowed cross-origin: `*`, or a comma-separated list (then with credentials)
+        pub cors_origins: CorsOrigins = "*",
+    }
+    // The fields several settings make, or one setting in another shape.
+    derived |s, layers| {
+        /// One Redis, or a Redis Cluster (sharded pub/sub). `None`: single node on the
+        /// embedded in-memory bus, serving the REST API too.
+        pub redis: Option<RedisTarget> = layers.redis_target("redis_url", "redis_cluster")?,
+        /// Other gateways (`host:port`), asked whether they reach Redis when this pod cannot
+        /// ([`crate::partition`]). Empty: this pod takes any outage for a fleet-wide one.
+        pub peers: Vec<String> = s.peers.map(|p| p.0).unwrap_or_default(),
+        pub body_limit: usize = s.body_limit.get(),
+        pub retention: Retention = Retention {
+            max_len: s.stream_max_len,
+            max_age: s.stream_max_age,
+        },
+        /// Who may subscribe (and, embedded, publish); off when no JWT setting is given.
+        pub auth: Auth = Auth::from_layers(layers, true)?,
+        pub request_limits: RequestLimits = RequestLimits {
+            max_url_bytes: s.max_url_bytes.get(),
+            max_header_bytes: s.max_header_bytes.get(),
+        },
+    }
 }
 
 /// The `peers` setting: `host:port` entries, comma-separated; empty entries are ignored.
@@ -228,42 +209,7 @@ impl std::str::FromStr for CorsOrigins {
     }
 }
 
-/// Everything the gateway needs to start, parsed and typed.
-#[derive(Clone, Debug)]
-pub struct Config {
-    pub listen: SocketAddr,
-    /// `Some`: `/metrics` moves from `listen` to this address (health is on both).
-    pub admin_listen: Option<SocketAddr>,
-    /// One Redis, or a Redis Cluster (sharded pub/sub). `None`: single node on the
-    /// embedded in-memory bus, serving the REST API too.
-    pub redis: Option<RedisTarget>,
-    pub heartbeat: Duration,
-    pub retry: Duration,
-    pub replay_page: NonZeroUsize,
-    pub replay_reads: NonZeroUsize,
-    pub hub_capacity: NonZeroUsize,
-    pub push_queue: NonZeroUsize,
-    pub subscribe_timeout: Duration,
-    pub redis_timeout: Duration,
-    pub grace_period: Duration,
-    pub drain_window: Duration,
-    pub max_connections: NonZeroUsize,
-    pub write_timeout: Duration,
-    pub max_topics: NonZeroUsize,
-    /// Other gateways (`host:port`), asked whether they reach Redis when this pod cannot
-    /// ([`crate::partition`]). Empty: this pod takes any outage for a fleet-wide one.
-    pub peers: Vec<String>,
-    pub partition_timeout: Duration,
-    pub filter_max_bytes: NonZeroUsize,
-    pub filter_max_depth: NonZeroUsize,
-    pub filter_max_conditions: NonZeroUsize,
-    pub body_limit: usize,
-    pub retention: Retention,
-    /// Who may subscribe (and, embedded, publish); off when no JWT setting is given.
-    pub auth: Auth,
-    pub request_limits: RequestLimits,
-    pub cors_origins: CorsOrigins,
-}
+service::from_str_setting!(CorsOrigins);
 
 impl Config {
     /// Reads the real command line and process environment.
@@ -282,90 +228,7 @@ impl Config {
         args: impl IntoIterator<Item = OsString>,
         env: &HashMap<String, String>,
     ) -> Result<Self, ConfigError> {
-        let flags = Flags::try_parse_from(args)?;
-        let file = flags
-            .config
-            .clone()
-            .or_else(|| env.get("GATEWAY_CONFIG").map(PathBuf::from));
-        let ms = |d: Duration| format!("{}ms", d.as_millis());
-        let retention = Retention::default();
-        let owned = [
-            ("listen", DEFAULT_LISTEN.to_owned()),
-            ("heartbeat", ms(DEFAULT_HEARTBEAT)),
-            ("retry", ms(DEFAULT_RETRY)),
-            ("replay_page", DEFAULT_REPLAY_PAGE.to_string()),
-            ("replay_reads", DEFAULT_REPLAY_READS.to_string()),
-            ("hub_capacity", DEFAULT_HUB_CAPACITY.to_string()),
-            ("push_queue", DEFAULT_PUSH_QUEUE.to_string()),
-            ("subscribe_timeout", ms(DEFAULT_SUBSCRIBE_TIMEOUT)),
-            ("redis_timeout", ms(DEFAULT_REDIS_TIMEOUT)),
-            ("grace_period", ms(DEFAULT_GRACE_PERIOD)),
-            ("drain_window", ms(DEFAULT_DRAIN_WINDOW)),
-            ("max_connections", DEFAULT_MAX_CONNECTIONS.to_string()),
-            ("write_timeout", ms(DEFAULT_WRITE_TIMEOUT)),
-            ("max_topics", DEFAULT_MAX_TOPICS.to_string()),
-            ("partition_timeout", ms(DEFAULT_PARTITION_TIMEOUT)),
-            (
-                "filter_max_bytes",
-                proto::DEFAULT_MAX_FILTER_BYTES.to_string(),
-            ),
-            (
-                "filter_max_depth",
-                proto::DEFAULT_MAX_FILTER_DEPTH.to_string(),
-            ),
-            (
-                "filter_max_conditions",
-                proto::DEFAULT_MAX_FILTER_CONDITIONS.to_string(),
-            ),
-            ("body_limit", service::http::DEFAULT_BODY_LIMIT.to_string()),
-            ("stream_max_len", retention.max_len.to_string()),
-            ("stream_max_age", ms(retention.max_age)),
-            ("jwt_leeway", ms(DEFAULT_JWT_LEEWAY)),
-            ("metrics_public", DEFAULT_METRICS_PUBLIC.to_string()),
-            ("max_url_bytes", limits::DEFAULT_MAX_URL_BYTES.to_string()),
-            (
-                "max_header_bytes",
-                limits::DEFAULT_MAX_HEADER_BYTES.to_string(),
-            ),
-            ("cors_origins", "*".to_owned()),
-        ];
-        let defaults: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let overrides = [
-            ("listen", flags.listen),
-            ("admin_listen", flags.admin_listen),
-            ("redis_url", flags.redis_url),
-            ("redis_cluster", flags.redis_cluster),
-            ("heartbeat", flags.heartbeat),
-            ("retry", flags.retry),
-            ("replay_page", flags.replay_page),
-            ("replay_reads", flags.replay_reads),
-            ("hub_capacity", flags.hub_capacity),
-            ("push_queue", flags.push_queue),
-            ("subscribe_timeout", flags.subscribe_timeout),
-            ("redis_timeout", flags.redis_timeout),
-            ("grace_period", flags.grace_period),
-            ("drain_window", flags.drain_window),
-            ("max_connections", flags.max_connections),
-            ("write_timeout", flags.write_timeout),
-            ("max_topics", flags.max_topics),
-            ("peers", flags.peers),
-            ("partition_timeout", flags.partition_timeout),
-            ("filter_max_bytes", flags.filter_max_bytes),
-            ("filter_max_depth", flags.filter_max_depth),
-            ("filter_max_conditions", flags.filter_max_conditions),
-            ("body_limit", flags.body_limit),
-            ("stream_max_len", flags.stream_max_len),
-            ("stream_max_age", flags.stream_max_age),
-            ("jwt_secret", flags.jwt_secret),
-            ("jwt_public_key_file", flags.jwt_public_key_file),
-            ("jwt_leeway", flags.jwt_leeway),
-            ("public_topics", flags.public_topics),
-            ("metrics_public", flags.metrics_public),
-            ("max_url_bytes", flags.max_url_bytes),
-            ("max_header_bytes", flags.max_header_bytes),
-            ("cors_origins", flags.cors_origins),
-        ];
-        let layers = Layers::build("GATEWAY", &defaults, file.as_deref(), env, &overrides)?;
+        let layers = Self::layers(args, env)?;
         Self::from_layers(&layers).map_err(ConfigError::Settings)
     }
 
@@ -377,45 +240,7 @@ impl Config {
                 Ok(())
             }
         };
-        let heartbeat = layers.duration("heartbeat")?;
-        let redis = layers.redis_target("redis_url", "redis_cluster")?;
-        let config = Self {
-            listen: layers.get("listen")?,
-            admin_listen: layers.get_opt("admin_listen")?,
-            redis,
-            heartbeat,
-            retry: layers.duration("retry")?,
-            replay_page: layers.non_zero("replay_page")?,
-            replay_reads: layers.non_zero("replay_reads")?,
-            hub_capacity: layers.non_zero("hub_capacity")?,
-            push_queue: layers.non_zero("push_queue")?,
-            subscribe_timeout: layers.duration("subscribe_timeout")?,
-            redis_timeout: layers.duration("redis_timeout")?,
-            grace_period: layers.duration("grace_period")?,
-            drain_window: layers.duration("drain_window")?,
-            max_connections: layers.non_zero("max_connections")?,
-            write_timeout: layers.duration("write_timeout")?,
-            max_topics: layers.non_zero("max_topics")?,
-            peers: layers
-                .get_opt::<Peers>("peers")?
-                .map(|p| p.0)
-                .unwrap_or_default(),
-            partition_timeout: layers.duration("partition_timeout")?,
-            filter_max_bytes: layers.non_zero("filter_max_bytes")?,
-            filter_max_depth: layers.non_zero("filter_max_depth")?,
-            filter_max_conditions: layers.non_zero("filter_max_conditions")?,
-            body_limit: layers.non_zero("body_limit")?.get(),
-            retention: Retention {
-                max_len: layers.get("stream_max_len")?,
-                max_age: layers.duration("stream_max_age")?,
-            },
-            auth: Auth::from_layers(layers, true)?,
-            request_limits: RequestLimits {
-                max_url_bytes: layers.non_zero("max_url_bytes")?.get(),
-                max_header_bytes: layers.non_zero("max_header_bytes")?.get(),
-            },
-            cors_origins: layers.get("cors_origins")?,
-        };
+        let config = Self::read(layers)?;
         // Checked after parsing so the message names the setting.
         layers.checked("heartbeat", |_: &String| positive(&config.heartbeat))?;
         layers.checked("redis_timeout", |_: &String| {
@@ -476,8 +301,8 @@ mod tests {
         let c = load(&[], &[]).unwrap();
         assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(c.redis, None);
-        assert_eq!(c.heartbeat, DEFAULT_HEARTBEAT);
-        assert_eq!(c.replay_page.get(), DEFAULT_REPLAY_PAGE);
+        assert_eq!(c.heartbeat, Duration::from_secs(15));
+        assert_eq!(c.replay_page.get(), 500);
     }
 
     #[test]
@@ -506,7 +331,7 @@ mod tests {
     fn peers_and_partition_timeout() {
         let c = load(&[], &[]).unwrap();
         assert!(c.peers.is_empty());
-        assert_eq!(c.partition_timeout, DEFAULT_PARTITION_TIMEOUT);
+        assert_eq!(c.partition_timeout, Duration::from_secs(10));
         let c = load(
             &["--partition-timeout", "30s"],
             &[("GATEWAY_PEERS", " gw-peers.ns.svc:8080, 10.0.0.7:9000 ,")],
@@ -581,6 +406,34 @@ mod tests {
         ] {
             let err = load(&[], &[env]).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn readme_settings_table_matches_the_definitions() {
+        let readme = include_str!("../../README.md");
+        let wrong = service::settings::readme_disagreements(readme, "GATEWAY", &Config::settings());
+        assert!(
+            wrong.is_empty(),
+            "README.md's gateway settings table and gateway/src/config.rs disagree:\n{}",
+            wrong.join("\n")
+        );
+    }
+
+    #[test]
+    fn help_lists_every_setting_with_its_env_and_default() {
+        use clap::CommandFactory;
+        let command = Flags::command();
+        for setting in Config::settings() {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_long().map(|l| format!("--{l}")) == Some(setting.flag.clone()))
+                .unwrap_or_else(|| panic!("no {}", setting.flag));
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            assert!(help.contains(&format!("[env {}]", setting.env)), "{help}");
+            if let Some(default) = &setting.default {
+                assert!(help.contains(&format!("[default {default}]")), "{help}");
+            }
         }
     }
 }

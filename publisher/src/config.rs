@@ -3,111 +3,92 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::num::NonZeroUsize;
 use std::time::Duration;
-
-use clap::Parser;
 
 use service::RedisTarget;
 use service::auth::{Auth, DEFAULT_JWT_LEEWAY, DEFAULT_METRICS_PUBLIC};
 use service::http::DEFAULT_BODY_LIMIT;
 use service::limits::{self, RequestLimits};
 pub use service::settings::ConfigError;
-use service::settings::{Layers, SettingsError};
+use service::settings::{Fallback, Unparsed};
 
 use crate::store::{DEFAULT_STREAM_MAX_AGE, DEFAULT_STREAM_MAX_LEN, RedisOptions, Retention};
 
-/// Default listen address.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:8081";
 /// Default Redis URL, when neither `redis_url` nor `redis_cluster` is set.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
-/// Default longest wait for one Redis reply.
-pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(2);
-/// Default time in-flight requests get to finish after SIGTERM.
-pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
 
-/// Command-line flags; each overrides its `PUBLISHER_*` variable and config-file key.
-#[derive(Debug, Parser)]
-#[command(
-    name = "publisher",
-    version,
-    about = "Writes records and their change events to Redis atomically; serves the LoopBack-style REST API."
-)]
-struct Flags {
-    /// Config file (TOML or YAML); also PUBLISHER_CONFIG.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Listen address [env PUBLISHER_LISTEN] [default 0.0.0.0:8081]
-    #[arg(long)]
-    listen: Option<String>,
-    /// Serve /metrics (and health) on this address instead of the main one [env PUBLISHER_ADMIN_LISTEN]
-    #[arg(long)]
-    admin_listen: Option<String>,
-    /// Redis URL [env PUBLISHER_REDIS_URL] [default redis://127.0.0.1:6379/]
-    #[arg(long)]
-    redis_url: Option<String>,
-    /// Redis Cluster seed nodes, comma-separated redis://host:port; instead of --redis-url [env PUBLISHER_REDIS_CLUSTER]
-    #[arg(long)]
-    redis_cluster: Option<String>,
-    /// Largest request body in bytes [env PUBLISHER_BODY_LIMIT] [default 102400]
-    #[arg(long)]
-    body_limit: Option<String>,
-    /// Stream entries kept per topic, 0 for no limit [env PUBLISHER_STREAM_MAX_LEN] [default 10000]
-    #[arg(long)]
-    stream_max_len: Option<String>,
-    /// Oldest stream entry kept, e.g. 24h; 0 for no limit [env PUBLISHER_STREAM_MAX_AGE] [default 24h]
-    #[arg(long)]
-    stream_max_age: Option<String>,
-    /// Longest wait for a Redis reply [env PUBLISHER_REDIS_TIMEOUT] [default 2s]
-    #[arg(long)]
-    redis_timeout: Option<String>,
-    /// Time in-flight requests get after SIGTERM [env PUBLISHER_GRACE_PERIOD] [default 10s]
-    #[arg(long)]
-    grace_period: Option<String>,
-    /// HS256 secret; turns auth on. Prefer the environment (a flag shows in `ps`) [env PUBLISHER_JWT_SECRET]
-    #[arg(long)]
-    jwt_secret: Option<String>,
-    /// PEM public key file (RSA: RS256, P-256: ES256); turns auth on [env PUBLISHER_JWT_PUBLIC_KEY_FILE]
-    #[arg(long)]
-    jwt_public_key_file: Option<String>,
-    /// Clock skew allowed on a token's exp [env PUBLISHER_JWT_LEEWAY] [default 5s]
-    #[arg(long)]
-    jwt_leeway: Option<String>,
-    /// With auth on, serve /metrics without a token [env PUBLISHER_METRICS_PUBLIC] [default true]
-    #[arg(long)]
-    metrics_public: Option<String>,
-    /// Longest request URL in bytes [env PUBLISHER_MAX_URL_BYTES] [default 8192]
-    #[arg(long)]
-    max_url_bytes: Option<String>,
-    /// Most request header bytes [env PUBLISHER_MAX_HEADER_BYTES] [default 16384]
-    #[arg(long)]
-    max_header_bytes: Option<String>,
-    /// Writes per second per token subject, 0 for no limit [env PUBLISHER_PUBLISH_RATE] [default 0]
-    #[arg(long)]
-    publish_rate: Option<String>,
-    /// Writes a subject may make at once, 0 for one second's worth [env PUBLISHER_PUBLISH_BURST] [default 0]
-    #[arg(long)]
-    publish_burst: Option<String>,
-}
-
-/// Everything the publisher needs to start, parsed and typed.
-#[derive(Clone, Debug)]
-pub struct Config {
-    pub listen: SocketAddr,
-    /// `Some`: `/metrics` moves from `listen` to this address (health is on both).
-    pub admin_listen: Option<SocketAddr>,
-    /// One Redis, or a Redis Cluster (then events go out with `SPUBLISH`).
-    pub redis: RedisTarget,
-    pub body_limit: usize,
-    pub retention: Retention,
-    pub redis_timeout: Duration,
-    pub grace_period: Duration,
-    /// Who may publish and read; off when no JWT setting is given.
-    pub auth: Auth,
-    pub request_limits: RequestLimits,
-    /// Writes per second per token subject (0: no limit), and the burst (0: = rate).
-    pub publish_rate: u32,
-    pub publish_burst: u32,
+service::settings! {
+    env_prefix: "PUBLISHER",
+    #[command(
+        name = "publisher",
+        version,
+        about = "Writes records and their change events to Redis atomically; serves the LoopBack-style REST API."
+    )]
+    flags: Flags,
+    inputs: Inputs,
+    /// Everything the publisher needs to start, parsed and typed.
+    #[derive(Clone, Debug)]
+    pub struct Config {
+        // One entry per setting: its `--help` line (the doc's first paragraph), `pub` if it
+        // is a field as it is, name, type and default. The README's table follows these.
+        /// Listen address
+        pub listen: SocketAddr = "0.0.0.0:8081",
+        /// Serve /metrics (and health) on this address instead of the main one
+        ///
+        /// `Some`: `/metrics` moves from `listen` to this address (health is on both).
+        pub admin_listen: Option<SocketAddr>,
+        /// Redis URL
+        redis_url: Unparsed = Fallback(DEFAULT_REDIS_URL),
+        /// Redis Cluster seed nodes, comma-separated redis://host:port; instead of --redis-url
+        redis_cluster: Unparsed,
+        /// Largest request body in bytes
+        body_limit: NonZeroUsize = DEFAULT_BODY_LIMIT,
+        /// Stream entries kept per topic, 0 for no limit
+        stream_max_len: u64 = DEFAULT_STREAM_MAX_LEN,
+        /// Oldest stream entry kept, e.g. 24h; 0 for no limit
+        stream_max_age: Duration = DEFAULT_STREAM_MAX_AGE,
+        /// Longest wait for a Redis reply
+        pub redis_timeout: Duration = Duration::from_secs(2),
+        /// Time in-flight requests get after SIGTERM
+        pub grace_period: Duration = Duration::from_secs(10),
+        /// HS256 secret; turns auth on. Prefer the environment (a flag shows in `ps`)
+        jwt_secret: Unparsed,
+        /// PEM public key file (RSA: RS256, P-256: ES256); turns auth on
+        jwt_public_key_file: Unparsed,
+        /// Clock skew allowed on a token's exp
+        jwt_leeway: Unparsed = DEFAULT_JWT_LEEWAY,
+        /// With auth on, serve /metrics without a token
+        metrics_public: Unparsed = DEFAULT_METRICS_PUBLIC,
+        /// Longest request URL in bytes
+        max_url_bytes: NonZeroUsize = limits::DEFAULT_MAX_URL_BYTES,
+        /// Most request header bytes
+        max_header_bytes: NonZeroUsize = limits::DEFAULT_MAX_HEADER_BYTES,
+        /// Writes per second per token subject, 0 for no limit
+        pub publish_rate: u32 = 0_u32,
+        /// Writes a subject may make at once, 0 for one second's worth
+        ///
+        /// With `publish_rate`: the burst (0: = rate).
+        pub publish_burst: u32 = 0_u32,
+    }
+    // The fields several settings make, or one setting in another shape.
+    derived |s, layers| {
+        /// One Redis, or a Redis Cluster (then events go out with `SPUBLISH`).
+        pub redis: RedisTarget = layers
+            .redis_target("redis_url", "redis_cluster")?
+            .unwrap_or_else(|| RedisTarget::Single(DEFAULT_REDIS_URL.to_owned())),
+        pub body_limit: usize = s.body_limit.get(),
+        pub retention: Retention = Retention {
+            max_len: s.stream_max_len,
+            max_age: s.stream_max_age,
+        },
+        /// Who may publish and read; off when no JWT setting is given.
+        pub auth: Auth = Auth::from_layers(layers, false)?,
+        pub request_limits: RequestLimits = RequestLimits {
+            max_url_bytes: s.max_url_bytes.get(),
+            max_header_bytes: s.max_header_bytes.get(),
+        },
+    }
 }
 
 impl Config {
@@ -127,79 +108,8 @@ impl Config {
         args: impl IntoIterator<Item = OsString>,
         env: &HashMap<String, String>,
     ) -> Result<Self, ConfigError> {
-        let flags = Flags::try_parse_from(args)?;
-        let file = flags
-            .config
-            .clone()
-            .or_else(|| env.get("PUBLISHER_CONFIG").map(PathBuf::from));
-        let max_len = DEFAULT_STREAM_MAX_LEN.to_string();
-        let max_age = format!("{}s", DEFAULT_STREAM_MAX_AGE.as_secs());
-        let body_limit = DEFAULT_BODY_LIMIT.to_string();
-        let redis_timeout = format!("{}ms", DEFAULT_REDIS_TIMEOUT.as_millis());
-        let grace = format!("{}ms", DEFAULT_GRACE_PERIOD.as_millis());
-        let leeway = format!("{}ms", DEFAULT_JWT_LEEWAY.as_millis());
-        let metrics_public = DEFAULT_METRICS_PUBLIC.to_string();
-        let max_url = limits::DEFAULT_MAX_URL_BYTES.to_string();
-        let max_header = limits::DEFAULT_MAX_HEADER_BYTES.to_string();
-        let defaults = [
-            ("listen", DEFAULT_LISTEN),
-            ("body_limit", body_limit.as_str()),
-            ("stream_max_len", max_len.as_str()),
-            ("stream_max_age", max_age.as_str()),
-            ("redis_timeout", redis_timeout.as_str()),
-            ("grace_period", grace.as_str()),
-            ("jwt_leeway", leeway.as_str()),
-            ("metrics_public", metrics_public.as_str()),
-            ("max_url_bytes", max_url.as_str()),
-            ("max_header_bytes", max_header.as_str()),
-            ("publish_rate", "0"),
-            ("publish_burst", "0"),
-        ];
-        let overrides = [
-            ("listen", flags.listen),
-            ("admin_listen", flags.admin_listen),
-            ("redis_url", flags.redis_url),
-            ("redis_cluster", flags.redis_cluster),
-            ("body_limit", flags.body_limit),
-            ("stream_max_len", flags.stream_max_len),
-            ("stream_max_age", flags.stream_max_age),
-            ("redis_timeout", flags.redis_timeout),
-            ("grace_period", flags.grace_period),
-            ("jwt_secret", flags.jwt_secret),
-            ("jwt_public_key_file", flags.jwt_public_key_file),
-            ("jwt_leeway", flags.jwt_leeway),
-            ("metrics_public", flags.metrics_public),
-            ("max_url_bytes", flags.max_url_bytes),
-            ("max_header_bytes", flags.max_header_bytes),
-            ("publish_rate", flags.publish_rate),
-            ("publish_burst", flags.publish_burst),
-        ];
-        let layers = Layers::build("PUBLISHER", &defaults, file.as_deref(), env, &overrides)?;
-        Self::from_layers(&layers).map_err(ConfigError::Settings)
-    }
-
-    fn from_layers(layers: &Layers) -> Result<Self, SettingsError> {
-        Ok(Self {
-            listen: layers.get("listen")?,
-            admin_listen: layers.get_opt("admin_listen")?,
-            redis: layers
-                .redis_target("redis_url", "redis_cluster")?
-                .unwrap_or_else(|| RedisTarget::Single(DEFAULT_REDIS_URL.to_owned())),
-            body_limit: layers.non_zero("body_limit")?.get(),
-            retention: Retention {
-                max_len: layers.get("stream_max_len")?,
-                max_age: layers.duration("stream_max_age")?,
-            },
-            redis_timeout: layers.duration("redis_timeout")?,
-            grace_period: layers.duration("grace_period")?,
-            auth: Auth::from_layers(layers, false)?,
-            request_limits: RequestLimits {
-                max_url_bytes: layers.non_zero("max_url_bytes")?.get(),
-                max_header_bytes: layers.non_zero("max_header_bytes")?.get(),
-            },
-            publish_rate: layers.get("publish_rate")?,
-            publish_burst: layers.get("publish_burst")?,
-        })
+        let layers = Self::layers(args, env)?;
+        Self::read(&layers).map_err(ConfigError::Settings)
     }
 
     /// The write-rate limiter, if `publish_rate` sets one.
@@ -306,5 +216,34 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn readme_settings_table_matches_the_definitions() {
+        let readme = include_str!("../../README.md");
+        let wrong =
+            service::settings::readme_disagreements(readme, "PUBLISHER", &Config::settings());
+        assert!(
+            wrong.is_empty(),
+            "README.md's publisher settings table and publisher/src/config.rs disagree:\n{}",
+            wrong.join("\n")
+        );
+    }
+
+    #[test]
+    fn help_lists_every_setting_with_its_env_and_default() {
+        use clap::CommandFactory;
+        let command = Flags::command();
+        for setting in Config::settings() {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_long().map(|l| format!("--{l}")) == Some(setting.flag.clone()))
+                .unwrap_or_else(|| panic!("no {}", setting.flag));
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            assert!(help.contains(&format!("[env {}]", setting.env)), "{help}");
+            if let Some(default) = &setting.default {
+                assert!(help.contains(&format!("[default {default}]")), "{help}");
+            }
+        }
     }
 }

@@ -4,6 +4,19 @@
 //!
 //! Nothing here reads the process environment: callers pass the variables in, so tests
 //! can check the layering with a plain map.
+//!
+//! A binary declares each setting once with [`settings!`](crate::settings!)
+//! (`settings/definition.rs`); [`readme_disagreements`] keeps the README's tables in step with
+//! those definitions.
+
+mod definition;
+mod readme;
+
+pub use definition::{
+    DefaultText, DefaultValue, Fallback, Setting, SettingValue, Unparsed, duration_text, env_name,
+    flag_name,
+};
+pub use readme::readme_disagreements;
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -50,7 +63,6 @@ pub enum ConfigError {
 }
 
 /// The merged layers of one binary's settings.
-
 #[derive(Debug)]
 pub struct Layers {
     merged: config::Config,
@@ -106,8 +118,8 @@ impl Layers {
     pub fn invalid(&self, key: &str, value: &str, reason: impl Display) -> SettingsError {
         SettingsError::Invalid {
             key: key.to_owned(),
-            env: format!("{}_{}", self.prefix, key.to_uppercase()),
-            flag: key.replace('_', "-"),
+            env: env_name(self.prefix, key),
+            flag: flag_name(key),
             value: value.to_owned(),
             reason: reason.to_string(),
         }
