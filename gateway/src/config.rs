@@ -19,7 +19,7 @@ service::settings! {
     #[command(
         name = "gateway",
         version,
-        about = "SSE gateway pod: LoopBack change streams over Redis, or single-node with an embedded bus."
+        about = "SSE gateway pod: LoopBack change streams over Redis, or single-node with an embedded in-memory store."
     )]
     flags: Flags,
     inputs: Inputs,
@@ -34,7 +34,7 @@ service::settings! {
         ///
         /// `Some`: `/metrics` moves from `listen` to this address (health is on both).
         pub admin_listen: Option<SocketAddr>,
-        /// Redis URL; unset (and no --redis-cluster) runs single-node on the embedded bus
+        /// Redis URL; unset (and no --redis-cluster) runs single-node on the embedded in-memory store
         redis_url: Unparsed,
         /// Redis Cluster seed nodes, comma-separated redis://host:port; instead of --redis-url
         redis_cluster: Unparsed,
@@ -129,7 +129,7 @@ service::settings! {
     // The fields several settings make, or one setting in another shape.
     derived |s, layers| {
         /// One Redis, or a Redis Cluster (sharded pub/sub). `None`: single node on the
-        /// embedded in-memory bus, serving the REST API too.
+        /// embedded in-memory store, serving the REST API too.
         pub redis: Option<RedisTarget> = layers.redis_target("redis_url", "redis_cluster")?,
         /// Other gateways (`host:port`), asked whether they reach Redis when this pod cannot
         /// ([`crate::partition`]). Empty: this pod takes any outage for a fleet-wide one.

@@ -54,7 +54,8 @@ pub struct AppState {
     /// Ends every open SSE response when cancelled (each at a random moment of the drain
     /// window), and turns `/readyz` and new streams away.
     pub shutdown: CancellationToken,
-    /// One permit per open SSE stream (`max_connections`). None left: 503 + Retry-After.
+    /// One permit per open SSE stream (`max_connections`). None left: the stream is told to
+    /// retry (200, a jittered `retry:`, the end). The drain waits for every permit.
     pub streams: Arc<Semaphore>,
     pub metrics: Metrics,
 }
