@@ -5,8 +5,6 @@
 //!   data directory (for AOF persistence tests).
 //! - [`cluster::RedisCluster`]: a Redis Cluster of 3 masters and 3 replicas.
 //! - [`Publisher`]: `publisher::run` on `127.0.0.1:0`, stopped on drop.
-//! - [`load`]: pieces of the load tools (release gateway processes, a lean SSE client).
-//! - [`peers`]: Nchan and Centrifugo child processes for side-by-side load runs.
 //! - [`Blackhole`]: a TCP proxy that can go silent (a partition with no FIN or RST).
 //! - [`traffic`]: a writer that creates records until stopped, and the exactly-once check
 //!   of every client against the stream.
@@ -14,8 +12,6 @@
 
 pub mod blackhole;
 pub mod cluster;
-pub mod load;
-pub mod peers;
 pub mod traffic;
 
 pub use blackhole::Blackhole;
