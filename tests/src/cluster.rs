@@ -14,7 +14,8 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use tokio::process::Command;
 
-use crate::{RedisChild, STEP, free_port, poll_until, redis_server_binary, start_redis, within};
+use crate::redis::{RedisChild, redis_server_binary, start_redis};
+use crate::{STEP, free_port, poll_until, within};
 
 /// Masters in the cluster (each has one replica).
 pub const MASTERS: usize = 3;
