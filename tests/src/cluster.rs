@@ -14,7 +14,8 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use tokio::process::Command;
 
-use crate::{RedisChild, STEP, free_port, poll_until, redis_server_binary, start_redis, within};
+use crate::redis::{RedisChild, redis_server_binary, start_redis};
+use crate::{STEP, free_port, poll_until, within};
 
 /// Masters in the cluster (each has one replica).
 pub const MASTERS: usize = 3;
@@ -132,14 +133,6 @@ pub fn parse_cluster_nodes(text: &str) -> anyhow::Result<Vec<ClusterNode>> {
         });
     }
     Ok(nodes)
-}
-
-/// CPU time of one node, for benchmark reports.
-#[derive(Clone, Debug)]
-pub struct NodeCpu {
-    pub port: u16,
-    pub master: bool,
-    pub seconds: f64,
 }
 
 /// A Redis Cluster of [`MASTERS`] masters, each with one replica. Killed on drop.
@@ -557,21 +550,14 @@ impl RedisCluster {
         .await
     }
 
-    /// CPU seconds each live node has used so far.
-    pub async fn cpu(&self) -> anyhow::Result<Vec<NodeCpu>> {
-        let topology = self.topology().await?;
-        let mut out = Vec::new();
-        for node in self.nodes.iter().filter(|n| n.alive()) {
-            let pid = node.pid().context("pid")?;
-            let seconds = crate::load::cpu_seconds(&pid.to_string()).context("cpu time")?;
-            let master = topology.iter().any(|n| n.port == node.port && n.master);
-            out.push(NodeCpu {
-                port: node.port,
-                master,
-                seconds,
-            });
-        }
-        Ok(out)
+    /// Each live node's port and process id, for `/proc` readings (the benchmarks' CPU
+    /// time per node).
+    pub fn pids(&self) -> anyhow::Result<Vec<(u16, u32)>> {
+        self.nodes
+            .iter()
+            .filter(|n| n.alive())
+            .map(|node| Ok((node.port, node.pid().context("pid")?)))
+            .collect()
     }
 
     /// A cluster connection for checking what the cluster holds (each reply may take up

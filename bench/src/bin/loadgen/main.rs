@@ -11,7 +11,7 @@
 //! `--gateways` release `gateway` processes (Redis mode; published through the publisher
 //! library, so the path is publisher -> Redis -> gateway), Nchan (nginx with the module,
 //! Redis-backed; published with `POST /pub`) or Centrifugo (uni-SSE, Redis engine;
-//! published with `POST /api/publish`), see `system_tests::peers`. Then for each rate:
+//! published with `POST /api/publish`), see `bench::peers`. Then for each rate:
 //! spawns `--workers` worker processes (this binary, `worker` subcommand; a process may
 //! hold at most 20,000 open files here), each connecting its share of SSE clients from its
 //! own 127.0.0.x source address; measures the server's RSS and PSS before and after (KiB
@@ -37,14 +37,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bench::load::{
+    Connection, Histogram, READ_BUFFER, SseEvent, cpu_model, cpu_seconds, data_u64, field_u64,
+    machine_cpu, unix_nanos,
+};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 use proto::EventId;
 use serde_json::{Value, json};
-use system_tests::load::{
-    Connection, Histogram, READ_BUFFER, SseEvent, cpu_model, cpu_seconds, data_u64, field_u64,
-    machine_cpu, unix_nanos,
-};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio_util::task::AbortOnDropHandle;

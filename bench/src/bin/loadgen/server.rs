@@ -5,14 +5,12 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use bench::load::{GatewayProcess, cpu_seconds, gateway_binary, pss_kib, rss_kib, unix_nanos};
+use bench::peers::Peer;
 use proto::{Object, Topic};
 use publisher::{RedisOptions, RedisStore, Store};
 use serde_json::json;
 use system_tests::RedisServer;
-use system_tests::load::{
-    GatewayProcess, cpu_seconds, gateway_binary, pss_kib, rss_kib, unix_nanos,
-};
-use system_tests::peers::Peer;
 
 use crate::{Args, Check, STREAM_PATH, TOPIC, Target};
 

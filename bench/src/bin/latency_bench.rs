@@ -27,14 +27,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use bench::load::{
+    Connection, GatewayProcess, READ_BUFFER, SseEvent, cpu_model, cpu_seconds, data_u64,
+    gateway_binary, machine_cpu, mib, ms, percentile_ms, rss_kib, unix_nanos,
+};
 use futures::{StreamExt, TryStreamExt};
 use proto::{EventId, Object, Topic};
 use publisher::{RedisOptions, RedisStore, Store};
 use serde_json::json;
-use system_tests::load::{
-    Connection, GatewayProcess, READ_BUFFER, SseEvent, cpu_model, cpu_seconds, data_u64,
-    gateway_binary, machine_cpu, mib, ms, percentile_ms, rss_kib, unix_nanos,
-};
 use system_tests::{RedisServer, within};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};

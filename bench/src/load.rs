@@ -10,12 +10,11 @@ use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use system_tests::within;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::process::{Child, ChildStderr, Command};
 use tokio::task::JoinHandle;
-
-use crate::within;
 
 /// Longest wait for a gateway's `/readyz` to answer 200.
 const READY_DEADLINE: Duration = Duration::from_secs(20);
@@ -140,7 +139,7 @@ impl GatewayProcess {
     }
 
     pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let client = crate::http();
+        let client = system_tests::http();
         let url = format!("http://{}/readyz", self.addr);
         let until = Instant::now() + READY_DEADLINE;
         let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -149,7 +148,7 @@ impl GatewayProcess {
             if let Some(status) = self.child.try_wait()? {
                 bail!("gateway on {} exited with {status} before ready", self.addr);
             }
-            if crate::is_ready(&client, &url).await {
+            if system_tests::is_ready(&client, &url).await {
                 return Ok(());
             }
             if Instant::now() > until {

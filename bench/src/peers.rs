@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::json;
+use system_tests::within;
 use tokio::process::{Child, Command};
 
 use crate::load::{child_pids, free_port};
-use crate::within;
 
 /// The one channel every client follows.
 pub const CHANNEL: &str = "load";
@@ -140,7 +140,7 @@ impl Peer {
                 child,
                 pid,
                 dir,
-                http: crate::http(),
+                http: system_tests::http(),
             };
             match peer.wait_ready().await {
                 Ok(()) => return Ok(peer),

@@ -24,12 +24,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use bench::load::cpu_model;
 use proto::script::{OP_CREATE_AUTO, OP_PUBLISH, PUBLISH_SCRIPT};
 use proto::{Change, Object, RecordId, Topic};
 use publisher::{RedisOptions, RedisStore, Store};
 use redis::aio::MultiplexedConnection;
 use serde_json::json;
-use system_tests::load::cpu_model;
 use system_tests::{Publisher, RedisServer};
 use tokio::task::JoinSet;
 

@@ -17,14 +17,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use bench::load::{
+    Connection, GatewayProcess, READ_BUFFER, SseEvent, cpu_model, gateway_binary, ms, percentile_ms,
+};
 use clap::Parser;
 use proto::{Cursor, EventId, Object, Topic};
 use publisher::{RedisOptions, RedisStore, Store};
 use serde_json::json;
 use system_tests::RedisServer;
-use system_tests::load::{
-    Connection, GatewayProcess, READ_BUFFER, SseEvent, cpu_model, gateway_binary, ms, percentile_ms,
-};
 use tokio::io::AsyncReadExt;
 
 const TOPIC: &str = "Backlog";

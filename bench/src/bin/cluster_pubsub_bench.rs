@@ -26,13 +26,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
+use bench::load::{cpu_model, cpu_seconds};
 use clap::Parser;
 use futures::StreamExt;
 use redis::cluster::ClusterClientBuilder;
 use redis::{ProtocolVersion, PushInfo, PushKind};
 use system_tests::RedisCluster;
-use system_tests::cluster::{MASTERS, NodeCpu};
-use system_tests::load::cpu_model;
+use system_tests::cluster::MASTERS;
 
 /// Longest a run may take to deliver everything.
 const RUN_DEADLINE: Duration = Duration::from_secs(300);
@@ -172,7 +172,7 @@ async fn run(
         publishers.push(node_connection(*port).await?);
     }
 
-    let cpu_before = cluster.cpu().await?;
+    let cpu_before = node_cpu(cluster).await?;
     let bus_before = bus_publish_sent(cluster).await?;
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -223,7 +223,7 @@ async fn run(
         );
     }
     let seconds = started.elapsed().as_secs_f64();
-    let cpu_after = cluster.cpu().await?;
+    let cpu_after = node_cpu(cluster).await?;
     let bus_after = bus_publish_sent(cluster).await?;
     for (shard, count) in counters.iter().enumerate() {
         ensure!(
@@ -256,6 +256,30 @@ async fn node_connection(port: u16) -> anyhow::Result<redis::aio::MultiplexedCon
     Ok(client
         .get_multiplexed_async_connection_with_config(&config)
         .await?)
+}
+
+/// CPU time of one node.
+#[derive(Clone, Debug)]
+struct NodeCpu {
+    port: u16,
+    master: bool,
+    seconds: f64,
+}
+
+/// CPU seconds each live node of `cluster` has used so far.
+async fn node_cpu(cluster: &RedisCluster) -> anyhow::Result<Vec<NodeCpu>> {
+    let topology = cluster.topology().await?;
+    let mut out = Vec::new();
+    for (port, pid) in cluster.pids()? {
+        let seconds = cpu_seconds(&pid.to_string()).context("cpu time")?;
+        let master = topology.iter().any(|n| n.port == port && n.master);
+        out.push(NodeCpu {
+            port,
+            master,
+            seconds,
+        });
+    }
+    Ok(out)
 }
 
 /// CPU seconds used between two readings: masters, replicas, and the busiest node.
