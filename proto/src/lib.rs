@@ -23,6 +23,7 @@ mod error;
 mod event_id;
 mod filter;
 mod keys;
+pub mod query;
 mod record_id;
 pub mod script;
 pub mod sse;
@@ -37,6 +38,7 @@ pub use filter::{
     DEFAULT_MAX_FILTER_BYTES, DEFAULT_MAX_FILTER_CONDITIONS, DEFAULT_MAX_FILTER_DEPTH,
     DEFAULT_MAX_PATTERN_BYTES, Filter, FilterLimits,
 };
+pub use query::{Query, QueryError};
 pub use record_id::{MAX_SAFE_INTEGER, RecordId};
 pub use topic::{MAX_TOPIC_LEN, Topic};
 
