@@ -124,6 +124,8 @@ enum Filtered {
     AsIs,
     /// The change with `data` projected by `fields`.
     Projected(String),
+    /// An update that took the record out of the filter, sent as its `remove`.
+    MovedOut(String),
 }
 
 /// One client's stream of SSE chunks.
@@ -370,6 +372,10 @@ impl ClientStream {
                 Bytes::from(proto::sse::events_frame(&self.id_line(event.id), data))
             }
             (Filtered::Projected(change), _) => self.frame(index, event.id, change),
+            (Filtered::MovedOut(remove), _) => {
+                self.metrics.moved_out.inc();
+                self.frame(index, event.id, remove)
+            }
         };
         self.sent += 1;
         self.metrics.delivered.inc();
@@ -445,6 +451,10 @@ impl ClientStream {
                 Filtered::Skip => continue,
                 Filtered::AsIs => self.frame(index, entry.id, &entry.fields.change),
                 Filtered::Projected(change) => self.frame(index, entry.id, &change),
+                Filtered::MovedOut(remove) => {
+                    self.metrics.moved_out.inc();
+                    self.frame(index, entry.id, &remove)
+                }
             };
             self.pending.push_back(chunk);
             self.sent += 1;
@@ -471,33 +481,58 @@ fn topic_names(topics: &[Topic]) -> String {
         .join(",")
 }
 
-/// Applies `filter` to a change: `where` is tested on the change's `data`, or for a
-/// `remove` on the record's last state (a remove without one passes: the client may hold
-/// the record); `fields` projects `data` (a `remove` has none and passes untouched).
+/// Applies `filter` to a change, so that a view built from what is sent holds exactly the
+/// matching records (DESIGN.md, "Move-in, move-out"):
+/// - a `create` is sent when its `data` matches;
+/// - an `update` whose new state matches is sent (a move-in when the previous state did
+///   not); one whose previous state (`last`, kept in the stream entry) matched and whose
+///   new state does not is sent as LoopBack's `remove` of the record (a move-out); one
+///   that matches neither is skipped. Without a previous state (a raw publish that gave
+///   none) an update that does not match is skipped: there is nothing to move out from;
+/// - a `remove` is sent when the record's last state matched, or when there is none (the
+///   client may hold the record).
+///
+/// `fields` projects `data`; a `remove` has none and passes untouched.
 fn apply(filter: &Filter, parsed: &ParsedChange) -> Filtered {
     let data = parsed.change.get("data").and_then(Value::as_object);
-    let is_remove = parsed.change.get("type").and_then(Value::as_str) == Some("remove");
-    let subject = if is_remove {
-        parsed.last.as_ref()
-    } else {
-        data
-    };
+    let kind = parsed.change.get("type").and_then(Value::as_str);
     let empty = proto::Object::new();
-    let matched = match subject {
-        Some(record) => filter.matches(record),
-        None if is_remove => true,
-        None => filter.matches(&empty),
-    };
-    if !matched {
-        return Filtered::Skip;
-    }
-    match data {
-        Some(data) if filter.projects() => {
-            let mut change = parsed.change.clone();
-            change.insert("data".into(), Value::Object(filter.project(data)));
-            Filtered::Projected(Value::Object(change).to_string())
+    let matches = |record: Option<&proto::Object>| filter.matches(record.unwrap_or(&empty));
+    match kind {
+        Some("remove") => {
+            if parsed.last.as_ref().is_none_or(|last| filter.matches(last)) {
+                Filtered::AsIs
+            } else {
+                Filtered::Skip
+            }
         }
-        _ => Filtered::AsIs,
+        Some("update") if !matches(data) => match &parsed.last {
+            Some(last) if filter.matches(last) => move_out(parsed),
+            _ => Filtered::Skip,
+        },
+        _ if !matches(data) => Filtered::Skip,
+        _ => match data {
+            Some(data) if filter.projects() => {
+                let mut change = parsed.change.clone();
+                change.insert("data".into(), Value::Object(filter.project(data)));
+                Filtered::Projected(Value::Object(change).to_string())
+            }
+            _ => Filtered::AsIs,
+        },
+    }
+}
+
+/// The `remove` a filtered view gets for a record that was updated out of it: LoopBack's
+/// remove of the same target, `{"target":7,"where":{"id":7},"type":"remove"}`.
+fn move_out(parsed: &ParsedChange) -> Filtered {
+    let target = parsed
+        .change
+        .get("target")
+        .and_then(|t| proto::RecordId::from_json(t).ok());
+    match target {
+        Some(target) => Filtered::MovedOut(proto::Change::remove(target).to_json()),
+        // Not a change this build wrote (no usable target): nothing to move out.
+        None => Filtered::Skip,
     }
 }
 
@@ -591,6 +626,64 @@ mod tests {
             out.push(chunk);
         }
         out
+    }
+
+    #[test]
+    fn updates_move_records_into_and_out_of_a_filter() {
+        let filter = Filter::parse(
+            &serde_json::json!({"where": {"status": "open"}}),
+            &proto::FilterLimits::default(),
+        )
+        .unwrap();
+        let parsed = |change: Value, last: Option<Value>| {
+            ParsedChange::parse(&change.to_string(), last.map(|l| l.to_string()).as_deref())
+                .unwrap()
+        };
+        let open = serde_json::json!({"status": "open", "id": 7});
+        let done = serde_json::json!({"status": "done", "id": 7});
+        let update =
+            |data: &Value| serde_json::json!({"target": 7, "data": data, "type": "update"});
+        let kind = |f: Filtered| match f {
+            Filtered::Skip => "skip".to_owned(),
+            Filtered::AsIs => "as is".to_owned(),
+            Filtered::Projected(c) => format!("projected {c}"),
+            Filtered::MovedOut(c) => format!("moved out {c}"),
+        };
+        // In: the new state matches, whatever the previous one was.
+        assert_eq!(
+            kind(apply(&filter, &parsed(update(&open), Some(done.clone())))),
+            "as is"
+        );
+        assert_eq!(kind(apply(&filter, &parsed(update(&open), None))), "as is");
+        // Out: the previous state matched, the new one does not: LoopBack's remove.
+        assert_eq!(
+            kind(apply(&filter, &parsed(update(&done), Some(open.clone())))),
+            r#"moved out {"target":7,"where":{"id":7},"type":"remove"}"#
+        );
+        // Neither, or no previous state to tell: nothing for this view.
+        assert_eq!(
+            kind(apply(&filter, &parsed(update(&done), Some(done.clone())))),
+            "skip"
+        );
+        assert_eq!(kind(apply(&filter, &parsed(update(&done), None))), "skip");
+        // A remove goes to views that had the record, or when its last state is unknown.
+        let remove = serde_json::json!({"target": 7, "where": {"id": 7}, "type": "remove"});
+        assert_eq!(
+            kind(apply(&filter, &parsed(remove.clone(), Some(open)))),
+            "as is"
+        );
+        assert_eq!(
+            kind(apply(&filter, &parsed(remove.clone(), Some(done)))),
+            "skip"
+        );
+        assert_eq!(kind(apply(&filter, &parsed(remove, None))), "as is");
+        // A string id moves out as itself.
+        let out = serde_json::json!({"target": "a", "data": {"status": "done", "id": "a"}, "type": "update"});
+        let was = serde_json::json!({"status": "open", "id": "a"});
+        assert_eq!(
+            kind(apply(&filter, &parsed(out, Some(was)))),
+            r#"moved out {"target":"a","where":{"id":"a"},"type":"remove"}"#
+        );
     }
 
     #[tokio::test]

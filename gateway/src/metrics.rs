@@ -43,6 +43,9 @@ pub struct Metrics {
     pub subscribed_topics: IntGauge,
     /// `gateway_pubsub_dropped_total`: messages dropped because the reader queue was full.
     pub pubsub_dropped: IntCounter,
+    /// `gateway_move_outs_total`: updates that took a record out of a client's filter,
+    /// delivered to it as the record's `remove`.
+    pub moved_out: IntCounter,
     /// `gateway_streams_turned_away_total{reason}`: stream requests answered with "retry"
     /// (`200`, a `retry:` hint, end) because they could not be served right now:
     /// `redis` (unreachable), `subscribe-timeout`, `full` (`max_connections`),
@@ -144,6 +147,10 @@ impl Metrics {
             pubsub_dropped: counter(
                 "gateway_pubsub_dropped_total",
                 "Pub/sub messages dropped on a full reader queue.",
+            )?,
+            moved_out: counter(
+                "gateway_move_outs_total",
+                "Updates that took a record out of a client's filter, sent as its remove.",
             )?,
             turned_away,
             cut_off: gauge(

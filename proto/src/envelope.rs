@@ -8,7 +8,8 @@
 //! 1732345678901-0                     this event's stream id
 //! 1732345678900-3                     the topic's previous stream id (0-0 for the first)
 //! {"target":1,...,"type":"create"}    the change, exactly the bytes the browser receives
-//! {"foo":"bar","id":1}                a removed record's last state, or empty
+//! {"foo":"bar","id":1}                the record's previous state (an update's or a
+//!                                     removal's), or empty
 //! ```
 //!
 //! Compact JSON never holds a raw newline (serde_json escapes control characters), so the
@@ -37,7 +38,8 @@ pub struct Envelope {
     pub prev: EventId,
     /// The LoopBack change object's JSON text, as published.
     pub change: String,
-    /// For a removal: the record as it was, so filters can tell who it matched.
+    /// For an update or a removal: the record as it was, so filters can tell who it
+    /// matched (and move it out of a view it no longer matches).
     pub last: Option<String>,
 }
 
@@ -85,7 +87,8 @@ pub struct StreamFields {
     /// The entry before this one when it was written (`0-0` for a topic's first).
     pub prev: EventId,
     pub change: String,
-
+    /// The record as it was before the change (an update or a removal), when known: a
+    /// filter tells from it whether a client had the record (move-out).
     pub last: Option<String>,
 }
 

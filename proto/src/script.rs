@@ -35,11 +35,14 @@
 pub const OP_CREATE_AUTO: &str = "create_auto";
 /// `ARGV[6..9]` = key, record, change, integer id or empty. Refuses an existing key.
 pub const OP_CREATE: &str = "create";
-/// `ARGV[6..8]` = key, record, change. Refuses a missing key.
+/// `ARGV[6..8]` = key, record, change. Refuses a missing key. Stores the record's previous
+/// state as the stream entry's `last` field (a filtered view moves the record out when the
+/// new state no longer matches).
 pub const OP_REPLACE: &str = "replace";
 /// `ARGV[6..9]` = key, expected current record, new record, change. Refuses a missing
 /// key, and answers `conflict` if the record changed since it was read (compare-and-set:
-/// the caller merges in Rust to keep key order, then retries).
+/// the caller merges in Rust to keep key order, then retries). Stores the previous state as
+/// `last`, as [`OP_REPLACE`] does.
 pub const OP_PATCH: &str = "patch";
 /// `ARGV[6..7]` = key, change. Answers `missing` for an absent key. Stores the removed
 /// record as the stream entry's `last` field.
@@ -47,6 +50,21 @@ pub const OP_DELETE: &str = "delete";
 /// `ARGV[6..7]` = change, last state or empty. No record is touched (backends that keep
 /// their own database).
 pub const OP_PUBLISH: &str = "publish";
+
+/// One page of a collection read together with the topic's stream position, for a
+/// snapshot whose records are exactly the state at a position (the publisher's
+/// `RedisStore::snapshot`). Read-only, bounded by the page size.
+///
+/// `KEYS[1]` records hash, `KEYS[2]` change stream; `ARGV[1]` the `HSCAN` cursor (`0` to
+/// start), `ARGV[2]` the `COUNT` hint. Replies `{next_cursor, position, {key, record, ...}}`
+/// where `position` is the stream's newest id (`0-0` if none).
+pub const SNAPSHOT_PAGE_SCRIPT: &str = r#"
+local page = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+local position = '0-0'
+if top[1] then position = top[1][1] end
+return {page[1], position, page[2]}
+"#;
 
 /// The script. See the module docs for its calling convention.
 pub const PUBLISH_SCRIPT: &str = r#"
@@ -111,15 +129,16 @@ elseif op == 'create' then
   end
   return {'ok', emit(ARGV[8], nil)}
 elseif op == 'replace' then
-  if redis.call('HEXISTS', records, ARGV[6]) == 0 then return {'missing'} end
+  local cur = redis.call('HGET', records, ARGV[6])
+  if not cur then return {'missing'} end
   redis.call('HSET', records, ARGV[6], ARGV[7])
-  return {'ok', emit(ARGV[8], nil)}
+  return {'ok', emit(ARGV[8], cur)}
 elseif op == 'patch' then
   local cur = redis.call('HGET', records, ARGV[6])
   if not cur then return {'missing'} end
   if cur ~= ARGV[7] then return {'conflict'} end
   redis.call('HSET', records, ARGV[6], ARGV[8])
-  return {'ok', emit(ARGV[9], nil)}
+  return {'ok', emit(ARGV[9], cur)}
 elseif op == 'delete' then
   local cur = redis.call('HGET', records, ARGV[6])
   if not cur then return {'missing'} end
