@@ -35,6 +35,11 @@ pub enum StoreError {
          JSON.parse keeps exact); create records with an explicit id instead"
     )]
     IdsExhausted { topic: Topic, max: i64 },
+    /// A snapshot could not be made exact in a few tries: history it needed was trimmed
+    /// while it was read, or the topic's changes do not keep previous states (raw
+    /// publishes of updates without `last`). Nothing was written; a retry may succeed.
+    #[error("{topic} kept changing while it was read; try again")]
+    Unsettled { topic: Topic },
     #[error(transparent)]
     Invalid(#[from] DecodeError),
 }
@@ -71,6 +76,7 @@ impl HttpError for StoreError {
             Self::Unavailable(_) | Self::Timeout(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "REDIS_UNAVAILABLE")
             }
+            Self::Unsettled { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UNSETTLED"),
             Self::Redis(_) | Self::Reply(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
             Self::NotFound { .. } => (StatusCode::NOT_FOUND, "MODEL_NOT_FOUND"),
             Self::Exists { .. } => (StatusCode::CONFLICT, "DUPLICATE_ID"),

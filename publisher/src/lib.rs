@@ -26,7 +26,7 @@ pub mod store;
 pub use config::Config;
 pub use error::{ApiError, StoreError};
 pub use service::RedisTarget;
-pub use store::{MemoryStore, RedisOptions, RedisStore, Retention, Store, Written};
+pub use store::{MemoryStore, RedisOptions, RedisStore, Retention, Snapshot, Store, Written};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

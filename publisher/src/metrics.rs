@@ -56,7 +56,9 @@ impl PublisherMetrics {
     pub fn record<T>(&self, kind: &str, took: Duration, result: &Result<T, StoreError>) {
         let outcome = match result {
             Ok(_) => "ok",
-            Err(StoreError::Unavailable(_) | StoreError::Timeout(_)) => "unavailable",
+            Err(
+                StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::Unsettled { .. },
+            ) => "unavailable",
             Err(StoreError::NotFound { .. }) => "not_found",
             Err(
                 StoreError::Exists { .. }

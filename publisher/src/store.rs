@@ -102,11 +102,22 @@ pub trait Store: Clone + Send + Sync + 'static {
         id: &RecordId,
     ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 
-    /// Every record's JSON text, integer ids first in numeric order, then string ids.
-    fn list(&self, topic: &Topic) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    /// Every record's JSON text, integer ids first in numeric order, then string ids, and
+    /// the stream position they are exactly the state of ([`Snapshot`]).
+    fn snapshot(&self, topic: &Topic) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
 
     /// Whether the store can take writes now (Redis answers PING).
     fn ready(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A collection's records as they were at one stream position: opening the change stream
+/// with `position` as `Last-Event-ID` yields exactly the changes after them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Each record's JSON text, integer ids first in numeric order, then string ids.
+    pub records: Vec<String>,
+    /// The topic's stream position the records reflect (`0-0` before any event).
+    pub position: EventId,
 }
 
 /// How a create names its record.

@@ -11,8 +11,8 @@ use proto::{Change, Envelope, EventId, Object, RecordId, StreamFields, Topic};
 use tokio::sync::broadcast;
 
 use super::{
-    NewRecord, Retention, Store, Written, append_id, check_body_id, in_id_order, json, merged,
-    next_auto_id, parse_record, plan_create, replacement,
+    NewRecord, Retention, Snapshot, Store, Written, append_id, check_body_id, in_id_order, json,
+    merged, next_auto_id, parse_record, plan_create, replacement,
 };
 use crate::error::StoreError;
 
@@ -220,9 +220,11 @@ impl Store for MemoryStore {
                 topic: topic.clone(),
                 id: id.clone(),
             })?;
-        *slot = json(&record);
+        // The previous state goes into the stream entry: a filtered view moves the record
+        // out when the new state no longer matches.
+        let previous = std::mem::replace(slot, json(&record));
         let change = Change::update(id.clone(), record.clone()).to_json();
-        let event = self.emit(&mut inner, topic, change, None);
+        let event = self.emit(&mut inner, topic, change, Some(previous));
         Ok(Written {
             id: id.clone(),
             record,
@@ -247,9 +249,9 @@ impl Store for MemoryStore {
                 id: id.clone(),
             })?;
         let record = merged(parse_record(slot)?, body);
-        *slot = json(&record);
+        let previous = std::mem::replace(slot, json(&record));
         let change = Change::update(id.clone(), record.clone()).to_json();
-        let event = self.emit(&mut inner, topic, change, None);
+        let event = self.emit(&mut inner, topic, change, Some(previous));
         Ok(Written {
             id: id.clone(),
             record,
@@ -288,19 +290,24 @@ impl Store for MemoryStore {
             .and_then(|s| s.records.get(&id.key()).cloned()))
     }
 
-    async fn list(&self, topic: &Topic) -> Result<Vec<String>, StoreError> {
-        let rows = self
-            .lock()
-            .topics
-            .get(topic)
-            .map(|s| {
-                s.records
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(in_id_order(rows))
+    async fn snapshot(&self, topic: &Topic) -> Result<Snapshot, StoreError> {
+        // One lock: the records and the position are read in one step.
+        let inner = self.lock();
+        let Some(state) = inner.topics.get(topic) else {
+            return Ok(Snapshot {
+                records: Vec::new(),
+                position: EventId::ZERO,
+            });
+        };
+        let rows = state
+            .records
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(Snapshot {
+            records: in_id_order(rows),
+            position: state.last,
+        })
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
@@ -336,7 +343,7 @@ mod tests {
         assert_eq!(store.last_id(&topic), last.event);
         store.create(&topic, obj(json!({"id": 5}))).await.unwrap();
         assert_eq!(
-            store.list(&topic).await.unwrap(),
+            store.snapshot(&topic).await.unwrap().records,
             [r#"{"id":5}"#.to_owned(), format!(r#"{{"id":{max}}}"#)]
         );
     }

@@ -17,8 +17,8 @@ use redis::{ErrorKind, ServerErrorKind};
 use service::{RedisConnection, RedisTarget};
 
 use super::{
-    NewRecord, Retention, Store, Written, check_body_id, in_id_order, json, merged, parse_record,
-    plan_create, replacement,
+    NewRecord, Retention, Snapshot, Store, Written, check_body_id, in_id_order, json, merged,
+    parse_record, plan_create, replacement,
 };
 use crate::error::StoreError;
 
@@ -53,6 +53,14 @@ impl Default for RedisOptions {
     }
 }
 
+/// Records read per page of a snapshot (`HSCAN`'s `COUNT` hint): one page is one short
+/// script run, so a large collection never blocks Redis for long.
+const SNAPSHOT_PAGE: usize = 1000;
+/// Stream entries read per `XRANGE` while a snapshot settles the changes made during it.
+const SNAPSHOT_STREAM_PAGE: usize = 1000;
+/// Tries at a consistent paged snapshot before answering 503 (each try starts afresh).
+const SNAPSHOT_ATTEMPTS: usize = 3;
+
 /// Whether a cluster refused `error` before running anything, so sending the same call
 /// again cannot apply it twice.
 fn refused_before_running(error: &redis::RedisError) -> bool {
@@ -82,6 +90,8 @@ pub struct RedisStore {
     /// twice). [`RedisStore::run_cluster`] resends only after refusals that prove nothing ran.
     conn: RedisConnection,
     script: Arc<redis::Script>,
+    /// [`proto::script::SNAPSHOT_PAGE_SCRIPT`].
+    snapshot_page: Arc<redis::Script>,
     options: RedisOptions,
 }
 
@@ -115,6 +125,7 @@ impl RedisStore {
         Ok(Self {
             conn,
             script: Arc::new(redis::Script::new(proto::script::PUBLISH_SCRIPT)),
+            snapshot_page: Arc::new(redis::Script::new(proto::script::SNAPSHOT_PAGE_SCRIPT)),
             options,
         })
     }
@@ -167,11 +178,11 @@ impl RedisStore {
     /// `TRYAGAIN`, `CLUSTERDOWN`, a refused connection to a dead master; no new try starts
     /// after the response timeout. Any other failure, notably a dropped connection or a
     /// timeout after the script was sent, is returned as is: it may have run.
-    async fn run_cluster(
+    async fn run_cluster<T: redis::FromRedisValue>(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
         conn: &mut RedisConnection,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<T, StoreError> {
         let deadline = tokio::time::Instant::now() + self.options.response_timeout;
         let mut pause = CLUSTER_RETRY_PAUSE;
         loop {
@@ -209,6 +220,151 @@ impl RedisStore {
             _ => Err(StoreError::Reply(format!("{reply:?}"))),
         }
     }
+}
+
+impl RedisStore {
+    /// Runs a read-only script with `keys` and `args`; on a cluster it is sent again after
+    /// a refusal that proves it did not run, as the publish script is.
+    async fn read_script(
+        &self,
+        script: &redis::Script,
+        keys: &[String],
+        args: &[&str],
+    ) -> Result<redis::Value, StoreError> {
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let mut conn = self.conn.clone();
+        match conn {
+            RedisConnection::Single(_) => self.bounded(invocation.invoke_async(&mut conn)).await,
+            RedisConnection::Cluster(_) => self.run_cluster(&invocation, &mut conn).await,
+        }
+    }
+
+    /// One try at a snapshot read in pages, each page in one short script run together
+    /// with the stream position at that moment; `None` if it cannot be made exact (history
+    /// it needs was trimmed, or a change did not keep the record's previous state).
+    ///
+    /// The records are exactly the state at `P0`, the position read with the first page:
+    /// - a record no change touched between `P0` and the last page's position was the same
+    ///   all along, and `HSCAN` returns every record present for the whole scan;
+    /// - for a record some change touched in that window, its state at `P0` is told by the
+    ///   first such change: absent before a `create`, the `last` (previous state) an
+    ///   `update` or a `remove` keeps in its stream entry.
+    ///
+    /// So the window's changes are read back from the stream (their `prev` chain proves
+    /// none is missing) and override what the pages saw of the records they touched.
+    async fn snapshot_paged(&self, topic: &Topic) -> Result<Option<Snapshot>, StoreError> {
+        let keys = [topic.records_key(), topic.stream_key()];
+        let count = SNAPSHOT_PAGE.to_string();
+        let mut rows = std::collections::HashMap::new();
+        let mut cursor = String::from("0");
+        let mut first: Option<EventId> = None;
+        let last = loop {
+            let reply = self
+                .read_script(&self.snapshot_page, &keys, &[&cursor, &count])
+                .await?;
+            let (next, position, flat): (String, String, Vec<String>) =
+                redis::from_redis_value(reply)
+                    .map_err(|e| StoreError::Reply(format!("snapshot page: {e}")))?;
+            let position = EventId::parse(&position)
+                .map_err(|_| StoreError::Reply(format!("snapshot position {position:?}")))?;
+            first.get_or_insert(position);
+            for pair in flat.chunks_exact(2) {
+                rows.insert(pair[0].clone(), pair[1].clone());
+            }
+            if next == "0" {
+                break position;
+            }
+            cursor = next;
+        };
+        let position = first.unwrap_or(EventId::ZERO);
+        if last != position && !self.settle(topic, position, last, &mut rows).await? {
+            return Ok(None);
+        }
+        Ok(Some(Snapshot {
+            records: in_id_order(rows.into_iter().collect()),
+            position,
+        }))
+    }
+
+    /// Rolls `rows` back to their state at `from`, by the stream's entries after `from` up
+    /// to `to`; `false` if that cannot be done exactly.
+    async fn settle(
+        &self,
+        topic: &Topic,
+        from: EventId,
+        to: EventId,
+        rows: &mut std::collections::HashMap<String, String>,
+    ) -> Result<bool, StoreError> {
+        // Each touched record's state at `from`: `None` if it did not exist then.
+        let mut touched: std::collections::HashMap<String, Option<String>> =
+            std::collections::HashMap::new();
+        let mut after = from;
+        while after < to {
+            let mut conn = self.conn.clone();
+            let reply: redis::streams::StreamRangeReply = self
+                .bounded(conn.xrange_count(
+                    topic.stream_key(),
+                    format!("({after}"),
+                    to.to_string(),
+                    SNAPSHOT_STREAM_PAGE,
+                ))
+                .await?;
+            if reply.ids.is_empty() {
+                // `to` was trimmed away meanwhile.
+                return Ok(false);
+            }
+            for entry in &reply.ids {
+                let Some(fields) = stream_fields(entry) else {
+                    return Ok(false);
+                };
+                if fields.prev != after {
+                    return Ok(false); // trimmed: the chain is broken
+                }
+                after = EventId::parse(&entry.id)
+                    .map_err(|_| StoreError::Reply(format!("stream id {:?}", entry.id)))?;
+                let Ok(change) = serde_json::from_str::<Change>(&fields.change) else {
+                    return Ok(false);
+                };
+                let key = change.target.key();
+                if touched.contains_key(&key) {
+                    continue;
+                }
+                let before = match change.kind {
+                    proto::ChangeType::Create => None,
+                    _ => match fields.last {
+                        Some(last) => Some(last),
+                        // An update kept no previous state: the record's state at `from`
+                        // cannot be told.
+                        None => return Ok(false),
+                    },
+                };
+                touched.insert(key, before);
+            }
+        }
+        for (key, before) in touched {
+            match before {
+                Some(record) => rows.insert(key, record),
+                None => rows.remove(&key),
+            };
+        }
+        Ok(true)
+    }
+}
+
+/// A stream entry's fields in our format; `None` for anything else.
+fn stream_fields(entry: &redis::streams::StreamId) -> Option<proto::StreamFields> {
+    let mut pairs = Vec::with_capacity(entry.map.len());
+    for (field, value) in &entry.map {
+        let text: String = redis::from_redis_value_ref(value).ok()?;
+        pairs.push((field.as_str(), text));
+    }
+    proto::StreamFields::from_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str()))).ok()
 }
 
 impl Store for RedisStore {
@@ -337,10 +493,15 @@ impl Store for RedisStore {
         self.bounded(conn.hget(topic.records_key(), id.key())).await
     }
 
-    async fn list(&self, topic: &Topic) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.conn.clone();
-        let rows: Vec<(String, String)> = self.bounded(conn.hgetall(topic.records_key())).await?;
-        Ok(in_id_order(rows))
+    async fn snapshot(&self, topic: &Topic) -> Result<Snapshot, StoreError> {
+        for _ in 0..SNAPSHOT_ATTEMPTS {
+            if let Some(snapshot) = self.snapshot_paged(topic).await? {
+                return Ok(snapshot);
+            }
+        }
+        Err(StoreError::Unsettled {
+            topic: topic.clone(),
+        })
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
