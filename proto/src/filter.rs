@@ -183,6 +183,29 @@ impl Filter {
         self.where_.as_ref().is_none_or(|w| w.matches(record))
     }
 
+    /// This filter with `scope`'s `where` ANDed in (a token's row scope): a record passes
+    /// when it matches both, so `scope` can only narrow what this filter lets through.
+    /// `fields` stays this filter's.
+    #[must_use]
+    pub fn restricted_to(mut self, scope: &Filter) -> Self {
+        match (&mut self.where_, &scope.where_) {
+            (_, None) => {}
+            (None, Some(theirs)) => self.where_ = Some(theirs.clone()),
+            (Some(ours), Some(theirs)) => ours.and(theirs),
+        }
+        self
+    }
+
+    /// A filter of `where` alone (a token's row scope).
+    ///
+    /// # Errors
+    /// The errors of [`Filter::parse`] for `{"where": where_}`.
+    pub fn from_where(where_: &Value, limits: &FilterLimits) -> Result<Self, FilterError> {
+        let mut options = serde_json::Map::new();
+        options.insert("where".into(), where_.clone());
+        Self::parse(&Value::Object(options), limits)
+    }
+
     /// Whether `fields` drops any key (else [`Filter::project`] is a copy).
     pub fn projects(&self) -> bool {
         self.fields != Fields::All

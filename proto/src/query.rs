@@ -167,6 +167,13 @@ impl Query {
         Self::parse(&value, limits)
     }
 
+    /// This query with `scope`'s `where` ANDed in ([`Filter::restricted_to`]).
+    #[must_use]
+    pub fn restricted_to(mut self, scope: &Filter) -> Self {
+        self.filter = self.filter.restricted_to(scope);
+        self
+    }
+
     /// The `where` and `fields` part: the same filter a change stream would use.
     pub fn filter(&self) -> &Filter {
         &self.filter

@@ -201,6 +201,11 @@ async fn list<S: Store>(
         &FilterLimits::default(),
     )
     .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    // The token's row scope narrows what it reads, whatever its filter asks.
+    let query = match caller.claims().and_then(|c| c.scope(&topic)) {
+        Some(scope) => query.restricted_to(&scope),
+        None => query,
+    };
     let snapshot = state.store.snapshot(&topic).await?;
     let body = if query.is_empty() {
         format!("[{}]", snapshot.records.join(","))
@@ -243,9 +248,17 @@ async fn find<S: Store>(
 ) -> Result<Response, ApiError> {
     let (topic, id) = item(path)?;
     state.auth.authorize_read(caller.claims(), &topic)?;
-    match state.store.get(&topic, &id).await? {
-        Some(record) => Ok(raw_json(record)),
-        None => Err(StoreError::NotFound { topic, id }.into()),
+    let record = state.store.get(&topic, &id).await?;
+    // A record outside the token's row scope is not there, for this token.
+    let scope = caller.claims().and_then(|c| c.scope(&topic));
+    let visible = |text: &String| {
+        scope.as_ref().is_none_or(|scope| {
+            serde_json::from_str::<Object>(text).is_ok_and(|record| scope.matches(&record))
+        })
+    };
+    match record {
+        Some(record) if visible(&record) => Ok(raw_json(record)),
+        _ => Err(StoreError::NotFound { topic, id }.into()),
     }
 }
 

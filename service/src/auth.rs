@@ -7,7 +7,10 @@
 //!   [`Auth::authorize_subscribe`], [`Auth::authorize_publish`], [`Auth::authorize_read`],
 //!   [`Auth::access_ends`].
 //! - [`Claims`]: what a token may do, `{"sub":..,"exp":..,"topics":{"subscribe":[..],
-//!   "publish":[..]}}`, with `*` as a wildcard inside a [`TopicPattern`].
+//!   "publish":[..],"where":{..}}}`, with `*` as a wildcard inside a [`TopicPattern`].
+//!   `topics.where` narrows what the holder sees inside a topic: the `where` of every
+//!   pattern that matches the topic is ANDed into each subscription, snapshot and REST read
+//!   of it ([`Claims::scope`]); a client's own filter can only narrow it further.
 //! - [`Caller`]: the axum extractor that finds the token (`Authorization: Bearer`, then the
 //!   `access_token` cookie, then the `access_token` query parameter) and verifies it.
 //!
@@ -80,6 +83,49 @@ pub struct TopicGrants {
     pub subscribe: Vec<TopicPattern>,
     #[serde(default)]
     pub publish: Vec<TopicPattern>,
+    /// Row scopes: topic pattern -> LoopBack `where`, as the token carries them. Checked
+    /// and parsed into [`TopicGrants::scopes`] when the token is authenticated.
+    #[serde(default, rename = "where")]
+    pub where_: serde_json::Map<String, serde_json::Value>,
+    /// `where_` parsed; filled by [`Auth::authenticate`].
+    #[serde(skip)]
+    scopes: Vec<(TopicPattern, proto::Filter)>,
+}
+
+impl Claims {
+    /// The rows of `topic` this token may see: the `where` of every `topics.where` pattern
+    /// that matches `topic`, ANDed; `None` when no pattern narrows it.
+    pub fn scope(&self, topic: &Topic) -> Option<proto::Filter> {
+        self.topics
+            .scopes
+            .iter()
+            .filter(|(pattern, _)| pattern.matches(topic.as_str()))
+            .map(|(_, filter)| filter)
+            .fold(None, |acc: Option<proto::Filter>, filter| {
+                Some(match acc {
+                    None => filter.clone(),
+                    Some(acc) => acc.restricted_to(filter),
+                })
+            })
+    }
+
+    /// Checks and parses `topics.where`.
+    fn parse_scopes(&mut self) -> Result<(), AuthError> {
+        let limits = proto::FilterLimits::default();
+        let mut scopes = Vec::with_capacity(self.topics.where_.len());
+        for (pattern, where_) in &self.topics.where_ {
+            let bad = |reason: String| AuthError::BadScope {
+                pattern: pattern.chars().take(64).collect(),
+                reason,
+            };
+            let parsed = TopicPattern::parse(pattern).map_err(bad)?;
+            let filter =
+                proto::Filter::from_where(where_, &limits).map_err(|e| bad(e.to_string()))?;
+            scopes.push((parsed, filter));
+        }
+        self.topics.scopes = scopes;
+        Ok(())
+    }
 }
 
 /// What a caller asked to do with a topic, for the 403 message and the log.
@@ -118,6 +164,10 @@ pub enum AuthError {
     /// A valid token without a grant for the topic: 403.
     #[error("this access token may not {action} {topic}")]
     Forbidden { action: Action, topic: Topic },
+    /// A token whose `topics.where` scope cannot be applied (not a pattern, not a valid
+    /// `where`): 401, rather than a scope silently ignored.
+    #[error("the access token's topics.where.{pattern} is not usable: {reason}")]
+    BadScope { pattern: String, reason: String },
 }
 
 impl AuthError {
@@ -130,7 +180,9 @@ impl AuthError {
     pub fn challenge(&self) -> &'static str {
         match self {
             Self::Missing | Self::Forbidden { .. } => "Bearer",
-            Self::Expired | Self::Invalid(_) => "Bearer error=\"invalid_token\"",
+            Self::Expired | Self::Invalid(_) | Self::BadScope { .. } => {
+                "Bearer error=\"invalid_token\""
+            }
         }
     }
 }
@@ -373,9 +425,10 @@ impl Auth {
             .iter()
             .find(|k| k.algorithm == header.alg)
             .ok_or(AuthError::Invalid("signing algorithm not accepted"))?;
-        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation)
+        let mut claims = jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation)
             .map_err(|e| token_error(e.kind()))?
             .claims;
+        claims.parse_scopes()?;
         // The library compares whole seconds and accepts the second of `exp` itself; RFC
         // 7519 says a token is expired from `exp` on. Judge by the same instant a stream
         // ends at ([`Auth::access_ends`]), so a client that was cut off cannot reconnect

@@ -96,6 +96,7 @@ async fn change_stream(
     let access_ends = state.config.auth.access_ends(caller.claims(), &topic);
     negotiate(query.format.as_deref(), headers)?;
     let filter = parse_filter(&state.config, options.as_ref(), "options")?;
+    let filter = scoped(filter, caller, &topic);
     let resume = match resume_text(headers, query.last_event_id.as_deref())? {
         Some(id) => Some(EventId::parse(id)?),
         None => None,
@@ -192,9 +193,23 @@ pub(super) async fn events(
             }
             None => common.clone(),
         };
+        let filter = scoped(filter, &caller, &topic);
         subscriptions.push((topic, resume, filter));
     }
     open_stream(state, Shape::Events, subscriptions, access_ends).await
+}
+
+/// `filter` with the caller's row scope on `topic` ANDed in (the token's `topics.where`,
+/// [`service::auth::Claims::scope`]): a client's own filter can only narrow what its token
+/// lets it see.
+fn scoped(filter: Option<Arc<Filter>>, caller: &Caller, topic: &Topic) -> Option<Arc<Filter>> {
+    let Some(scope) = caller.claims().and_then(|claims| claims.scope(topic)) else {
+        return filter;
+    };
+    Some(Arc::new(match filter {
+        None => scope,
+        Some(filter) => Filter::clone(&filter).restricted_to(&scope),
+    }))
 }
 
 /// A LoopBack filter from `options`; `None` when there is none. `name` is where it came

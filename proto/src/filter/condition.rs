@@ -56,6 +56,11 @@ impl Where {
     pub(super) fn matches(&self, record: &Object) -> bool {
         self.clauses.iter().all(|clause| clause.matches(record))
     }
+
+    /// Adds `other`'s clauses: a record matches when it matches both.
+    pub(super) fn and(&mut self, other: &Where) {
+        self.clauses.extend(other.clauses.iter().cloned());
+    }
 }
 
 impl Clause {

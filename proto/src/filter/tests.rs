@@ -902,3 +902,24 @@ fn a_filter_can_be_shared_between_tasks() {
     shared::<Filter>();
     shared::<FilterError>();
 }
+
+#[test]
+fn a_scope_only_narrows() {
+    let limits = FilterLimits::default();
+    let scope = Filter::from_where(&json!({"ownerId": "u1"}), &limits).unwrap();
+    let own = obj(json!({"ownerId": "u1", "status": "open"}));
+    let theirs = obj(json!({"ownerId": "u2", "status": "open"}));
+    // No filter of the client's own: the scope alone.
+    let scoped = Filter::default().restricted_to(&scope);
+    assert!(scoped.matches(&own) && !scoped.matches(&theirs));
+    // The client's filter and the scope: both must match; an `or` cannot widen it.
+    let client = Filter::parse(
+        &json!({"where": {"or": [{"status": "open"}, {"ownerId": "u2"}]}, "fields": ["status"]}),
+        &limits,
+    )
+    .unwrap();
+    let scoped = client.restricted_to(&scope);
+    assert!(scoped.matches(&own) && !scoped.matches(&theirs));
+    assert!(scoped.projects(), "fields stay the client's");
+    assert!(Filter::from_where(&json!({"n": {"nope": 1}}), &limits).is_err());
+}

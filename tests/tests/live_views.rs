@@ -1,0 +1,463 @@
+//! Live views that are exact (DESIGN.md, "Live views"), with real Redis, publisher and
+//! gateways:
+//! - `GET /api/{c}?filter=` honours the filter (JSON and bracket form) and answers
+//!   `Last-Event-ID`, the position its records are exactly the state of; a change stream
+//!   opened there yields exactly the later changes. Also on a collection larger than a page,
+//!   read while writers change it.
+//! - A filtered stream moves records out (an update that leaves the filter arrives as the
+//!   record's `remove`) and in, live and on replay on another pod.
+//! - A token's row scope (`topics.where`) narrows streams and REST reads; a client filter
+//!   cannot widen it; a malformed scope is a 401.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{EncodingKey, Header};
+use proto::{EventId, Topic};
+use publisher::{RedisOptions, RedisStore, Retention, Store};
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+use system_tests::{Gateway, Publisher, RedisServer, SseClient, http, stream_http, within};
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "live-views-hs256-secret-of-at-least-32-bytes";
+
+fn object(value: Value) -> proto::Object {
+    value.as_object().cloned().expect("object")
+}
+
+/// `GET url` as JSON, with its `Last-Event-ID`.
+async fn find(url: &str, token: Option<&str>) -> anyhow::Result<(Vec<Value>, String)> {
+    let mut req = http().get(url);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let res = within("find", req.send()).await??;
+    anyhow::ensure!(res.status() == 200, "{url}: {}", res.status());
+    let position = res
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("a find answers Last-Event-ID")
+        .to_owned();
+    let records: Vec<Value> = res.json().await?;
+    Ok((records, position))
+}
+
+fn ids(records: &[Value]) -> Vec<i64> {
+    records.iter().filter_map(|r| r["id"].as_i64()).collect()
+}
+
+fn encode(filter: &Value) -> String {
+    let text = filter.to_string();
+    url_escape(&text)
+}
+
+fn url_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Both REST servers of the product: the publisher on Redis, and the embedded gateway.
+async fn find_filters_on(base: &str) -> anyhow::Result<()> {
+    let client = http();
+    for (n, status) in [
+        (3, "open"),
+        (1, "done"),
+        (5, "open"),
+        (2, "open"),
+        (4, "done"),
+    ] {
+        let res = client
+            .post(format!("{base}/api/Orders"))
+            .json(&json!({"n": n, "status": status}))
+            .send()
+            .await?;
+        anyhow::ensure!(res.status() == 200, "create: {}", res.status());
+    }
+    let url = |q: &str| format!("{base}/api/Orders?{q}");
+    let (all, _) = find(&url(""), None).await?;
+    assert_eq!(ids(&all), [1, 2, 3, 4, 5]);
+    let filter = json!({"where": {"status": "open"}, "order": "n DESC", "limit": 2});
+    let (open, _) = find(&url(&format!("filter={}", encode(&filter))), None).await?;
+    assert_eq!(
+        open,
+        [
+            json!({"n": 5, "status": "open", "id": 3}),
+            json!({"n": 3, "status": "open", "id": 1})
+        ]
+    );
+    let bracket = "filter[where][status]=done&filter[fields][n]=true&filter[order]=n";
+    let (done, _) = find(&url(bracket), None).await?;
+    assert_eq!(done, [json!({"n": 1}), json!({"n": 4})]);
+    // A filter that cannot be honoured is a 400, never a silent match-all.
+    for bad in [
+        "filter=%7B",
+        "filter[order]=n%20UP",
+        "filter[limit]=-1",
+        "filter=%7B%22sort%22%3A1%7D",
+    ] {
+        let res = client.get(url(bad)).send().await?;
+        assert_eq!(res.status(), 400, "{bad}");
+        let body: Value = res.json().await?;
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("filter"),
+            "{body}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn find_honours_filters_on_redis_and_embedded() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let publisher = Publisher::start(&redis.url()).await?;
+    find_filters_on(&publisher.url("")).await?;
+    let embedded = Gateway::start_with(None, |_| {}).await?;
+    find_filters_on(&embedded.url("")).await?;
+    publisher.stop().await
+}
+
+/// The answer's position is the state its records are: a stream opened with it gets
+/// exactly the changes made after the read, on Redis and embedded.
+#[tokio::test]
+async fn a_find_position_hands_over_to_the_stream_exactly() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let publisher = Publisher::start(&redis.url()).await?;
+    let gateway = Gateway::start(&redis.url()).await?;
+    let embedded = Gateway::start_with(None, |_| {}).await?;
+    for (api, streams) in [
+        (publisher.url(""), gateway.url("")),
+        (embedded.url(""), embedded.url("")),
+    ] {
+        let client = http();
+        for n in 0..3 {
+            client
+                .post(format!("{api}/api/Hand"))
+                .json(&json!({"n": n}))
+                .send()
+                .await?;
+        }
+        let (records, position) = find(&format!("{api}/api/Hand"), None).await?;
+        assert_eq!(records.len(), 3);
+        let later = client
+            .post(format!("{api}/api/Hand"))
+            .json(&json!({"n": 3}))
+            .send()
+            .await?
+            .json::<Value>()
+            .await?;
+        let mut stream = SseClient::connect(
+            &format!("{streams}/api/Hand/change-stream"),
+            Some(&position),
+        )
+        .await?;
+        let frame = stream.next_event().await?;
+        let change: Value = serde_json::from_str(frame.data.as_deref().unwrap_or(""))?;
+        assert_eq!(
+            change["data"], later,
+            "the first change after the snapshot, nothing before"
+        );
+    }
+    publisher.stop().await
+}
+
+/// A collection of several pages, read while writers create, update and delete in it: the
+/// records are exactly the state at the answer's position, as the stream itself says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paged_snapshot_under_writes_is_the_state_at_its_position() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    // All history kept, so the test can rebuild any position's state from the stream.
+    let options = RedisOptions {
+        retention: Retention {
+            max_len: 0,
+            max_age: Duration::ZERO,
+        },
+        ..RedisOptions::default()
+    };
+    let store = RedisStore::connect_lazy(&redis.url(), options.clone())?;
+    let topic = Topic::new("Big")?;
+    for n in 0..4000 {
+        store
+            .create(&topic, object(json!({"n": n, "v": 0})))
+            .await?;
+    }
+    let stop = CancellationToken::new();
+    let writer = {
+        let (store, topic, stop) = (store.clone(), topic.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n: i64 = 0;
+            while !stop.is_cancelled() {
+                n += 1;
+                let id = proto::RecordId::Int(1 + (n * 7919) % 4000);
+                let _ = match n % 3 {
+                    0 => store
+                        .patch(&topic, &id, object(json!({"v": n})))
+                        .await
+                        .map(|_| ()),
+                    1 => store.delete(&topic, &id).await.map(|_| ()),
+                    _ => store
+                        .create(&topic, object(json!({"n": n, "v": n})))
+                        .await
+                        .map(|_| ()),
+                };
+            }
+        })
+    };
+    let mut checked = 0;
+    let mut moved = 0;
+    for _ in 0..5 {
+        let snapshot = store.snapshot(&topic).await?;
+        let state = state_at(&redis, &topic, snapshot.position).await?;
+        let got: BTreeMap<String, Value> = snapshot
+            .records
+            .iter()
+            .map(|text| {
+                let record: Value = serde_json::from_str(text).expect("record");
+                (record["id"].to_string(), record)
+            })
+            .collect();
+        assert_eq!(got.len(), snapshot.records.len(), "each record once");
+        assert_eq!(
+            got, state,
+            "the records are the state at {}",
+            snapshot.position
+        );
+        checked += got.len();
+        moved += usize::from(snapshot.position != state_top(&redis, &topic).await?);
+    }
+    stop.cancel();
+    writer.await?;
+    eprintln!(
+        "checked {checked} records over 5 snapshots; the stream moved past {moved} of them while they were read"
+    );
+    Ok(())
+}
+
+/// Every record as the stream's entries up to `position` leave it.
+async fn state_at(
+    redis: &RedisServer,
+    topic: &Topic,
+    position: EventId,
+) -> anyhow::Result<BTreeMap<String, Value>> {
+    let mut conn = redis.connection().await?;
+    let reply: redis::streams::StreamRangeReply = within(
+        "XRANGE",
+        conn.xrange(topic.stream_key(), "-", position.to_string()),
+    )
+    .await??;
+    let mut state = BTreeMap::new();
+    for entry in reply.ids {
+        let change: String = entry.get("change").expect("change");
+        let change: Value = serde_json::from_str(&change)?;
+        let key = change["target"].to_string();
+        match change["type"].as_str() {
+            Some("remove") => {
+                state.remove(&key);
+            }
+            _ => {
+                state.insert(key, change["data"].clone());
+            }
+        }
+    }
+    Ok(state)
+}
+
+async fn state_top(redis: &RedisServer, topic: &Topic) -> anyhow::Result<EventId> {
+    let mut conn = redis.connection().await?;
+    let reply: redis::streams::StreamRangeReply = within(
+        "XREVRANGE",
+        conn.xrevrange_count(topic.stream_key(), "+", "-", 1),
+    )
+    .await??;
+    Ok(reply
+        .ids
+        .first()
+        .map_or(EventId::ZERO, |e| EventId::parse(&e.id).expect("id")))
+}
+
+/// Reads `n` data events as change objects.
+async fn changes(client: &mut SseClient, n: usize) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let frame = client.next_event().await?;
+        out.push(serde_json::from_str(frame.data.as_deref().unwrap_or(""))?);
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn updates_move_records_out_of_and_into_a_filtered_stream_live_and_on_replay()
+-> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let publisher = Publisher::start(&redis.url()).await?;
+    let a = Gateway::start(&redis.url()).await?;
+    let b = Gateway::start(&redis.url()).await?;
+    let filter = url_escape(&json!({"where": {"status": "open"}}).to_string());
+    let path = format!("/api/Tasks/change-stream?options={filter}");
+    let mut live = SseClient::connect(&a.url(&path), None).await?;
+    // `:ok`, `retry:`, then the starting position (an `id:` without an event).
+    let start = loop {
+        let frame = live.next_frame().await?.expect("the stream goes on");
+        if let Some(id) = frame.id {
+            break id;
+        }
+    };
+    let client = http();
+    let task = |body: Value| client.post(publisher.url("/api/Tasks")).json(&body).send();
+    task(json!({"status": "open", "id": 1})).await?;
+    task(json!({"status": "done", "id": 2})).await?;
+    let patch = |id: i64, status: &str| {
+        client
+            .patch(publisher.url(&format!("/api/Tasks/{id}")))
+            .json(&json!({"status": status}))
+            .send()
+    };
+    patch(1, "done").await?; // out
+    patch(2, "open").await?; // in
+    patch(2, "open").await?; // stays
+    patch(1, "wontfix").await?; // neither: nothing
+    client.delete(publisher.url("/api/Tasks/2")).send().await?; // a remove of a member
+    let expected = vec![
+        json!({"target": 1, "data": {"status": "open", "id": 1}, "type": "create"}),
+        json!({"target": 1, "where": {"id": 1}, "type": "remove"}),
+        json!({"target": 2, "data": {"status": "open", "id": 2}, "type": "update"}),
+        json!({"target": 2, "data": {"status": "open", "id": 2}, "type": "update"}),
+        json!({"target": 2, "where": {"id": 2}, "type": "remove"}),
+    ];
+    assert_eq!(changes(&mut live, 5).await?, expected, "live");
+    // The same view, replayed from the start on the other pod.
+    let mut replayed = SseClient::connect(&b.url(&path), Some(&start)).await?;
+    assert_eq!(changes(&mut replayed, 5).await?, expected, "replay");
+    publisher.stop().await
+}
+
+fn token(claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &Header::default(),
+        claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("token")
+}
+
+fn scoped(owner: &str) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 300;
+    token(&json!({
+        "sub": owner,
+        "exp": exp,
+        "topics": {"subscribe": ["Orders*"], "publish": ["Orders*"], "where": {"Orders*": {"ownerId": owner}}},
+    }))
+}
+
+#[tokio::test]
+async fn a_token_scope_narrows_streams_and_reads_and_an_owner_change_is_exact_for_both()
+-> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let auth = [("PUBLISHER_JWT_SECRET", SECRET)];
+    let publisher = Publisher::start_env(&redis.url(), &auth).await?;
+    let gateway = Gateway::start_env(Some(&redis.url()), &[("GATEWAY_JWT_SECRET", SECRET)]).await?;
+    let (alice, bob) = (scoped("alice"), scoped("bob"));
+    let stream = |who: &str, options: Option<Value>| {
+        let mut url = gateway.url("/api/Orders/change-stream?_format=event-stream");
+        if let Some(options) = options {
+            url.push_str(&format!("&options={}", url_escape(&options.to_string())));
+        }
+        stream_http()
+            .get(url)
+            .header("accept", "text/event-stream")
+            .bearer_auth(who)
+    };
+    let mut alice_all = SseClient::open(stream(&alice, None)).await?;
+    // Alice's own `or` cannot widen her scope to Bob's rows.
+    let widen = json!({"where": {"or": [{"ownerId": "bob"}, {"n": {"gte": 0}}]}});
+    let mut alice_widen = SseClient::open(stream(&alice, Some(widen))).await?;
+    let mut bob_all = SseClient::open(stream(&bob, None)).await?;
+    let client = http();
+    let write = |who: &str, method: reqwest::Method, path: &str, body: Value| {
+        client
+            .request(method, publisher.url(path))
+            .bearer_auth(who)
+            .json(&body)
+            .send()
+    };
+    write(
+        &alice,
+        reqwest::Method::POST,
+        "/api/Orders",
+        json!({"ownerId": "alice", "n": 1, "id": 1}),
+    )
+    .await?;
+    write(
+        &bob,
+        reqwest::Method::POST,
+        "/api/Orders",
+        json!({"ownerId": "bob", "n": 2, "id": 2}),
+    )
+    .await?;
+    // Alice hands order 1 to Bob: she gets its remove, he gets it.
+    write(
+        &alice,
+        reqwest::Method::PATCH,
+        "/api/Orders/1",
+        json!({"ownerId": "bob"}),
+    )
+    .await?;
+    let alice_sees = vec![
+        json!({"target": 1, "data": {"ownerId": "alice", "n": 1, "id": 1}, "type": "create"}),
+        json!({"target": 1, "where": {"id": 1}, "type": "remove"}),
+    ];
+    assert_eq!(changes(&mut alice_all, 2).await?, alice_sees);
+    assert_eq!(
+        changes(&mut alice_widen, 2).await?,
+        alice_sees,
+        "a client filter only narrows"
+    );
+    assert_eq!(
+        changes(&mut bob_all, 2).await?,
+        [
+            json!({"target": 2, "data": {"ownerId": "bob", "n": 2, "id": 2}, "type": "create"}),
+            json!({"target": 1, "data": {"ownerId": "bob", "n": 1, "id": 1}, "type": "update"}),
+        ]
+    );
+    // REST reads too.
+    let (bobs, _) = find(&publisher.url("/api/Orders"), Some(&bob)).await?;
+    assert_eq!(ids(&bobs), [1, 2]);
+    let (alices, _) = find(&publisher.url("/api/Orders"), Some(&alice)).await?;
+    assert!(alices.is_empty());
+    let hidden = client
+        .get(publisher.url("/api/Orders/2"))
+        .bearer_auth(&alice)
+        .send()
+        .await?;
+    assert_eq!(hidden.status(), 404);
+    // A scope that cannot be applied is refused, not ignored.
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 300;
+    let bad = token(
+        &json!({"exp": exp, "topics": {"subscribe": ["Orders"], "where": {"Orders": {"n": {"nope": 1}}}}}),
+    );
+    let res = within("bad scope", stream(&bad, None).send()).await??;
+    assert_eq!(res.status(), 401);
+    let body: Value = res.json().await?;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("topics.where.Orders"),
+        "{body}"
+    );
+    publisher.stop().await
+}
