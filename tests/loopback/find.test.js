@@ -459,13 +459,12 @@ describe('GET /api/{c}?filter= against LoopBack 3', () => {
   let gateway;
 
   before(async () => {
-    [loopback, gateway] = await Promise.all([
-      startLoopBack(Object.fromEntries(Object.entries(STORED).map(([plural, records]) => [
-        plural.slice(0, -1),
-        ['id', ...declarable(records)],
-      ]))),
-      startGateway(),
-    ]);
+    // One after the other, so that `after` stops whichever started if the other fails.
+    loopback = await startLoopBack(Object.fromEntries(Object.entries(STORED).map(([plural, records]) => [
+      plural.slice(0, -1),
+      ['id', ...declarable(records)],
+    ])));
+    gateway = await startGateway();
     for (const [collection, records] of Object.entries(STORED)) {
       for (const body of records) {
         const [theirs, ours] = await Promise.all([

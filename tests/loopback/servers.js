@@ -93,23 +93,26 @@ export async function startGateway() {
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
-  const lines = [];
-  const addr = await within('gateway: listening address', new Promise((resolve, reject) => {
-    readline.createInterface({ input: child.stderr }).on('line', (line) => {
-      lines.push(line);
-      const found = logAddr(line);
-      if (found !== undefined) resolve(found);
-    });
-    exited.then(({ code, signal }) =>
-      reject(new Error(`gateway exited (${code ?? signal}) before listening:\n${lines.slice(-20).join('\n')}`)));
-  }));
-  return {
-    base: `http://${addr}`,
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-      await within('gateway to exit', exited);
-    },
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    await within('gateway to exit', exited);
   };
+  const lines = [];
+  try {
+    const addr = await within('gateway: listening address', new Promise((resolve, reject) => {
+      readline.createInterface({ input: child.stderr }).on('line', (line) => {
+        lines.push(line);
+        const found = logAddr(line);
+        if (found !== undefined) resolve(found);
+      });
+      exited.then(({ code, signal }) =>
+        reject(new Error(`gateway exited (${code ?? signal}) before listening:\n${lines.slice(-20).join('\n')}`)));
+    }));
+    return { base: `http://${addr}`, stop };
+  } catch (error) {
+    await stop();
+    throw error;
+  }
 }
 
 /** One request with a deadline: `{status, body}` (the body parsed when it is JSON). */
