@@ -13,7 +13,8 @@
 //!   LoopBack also applied, to one change at a time) and unknown keys are errors.
 //! - **Equality** (`{"n": 5}`, `eq`, `neq`, `inq`, `nin`) is LoopBack's loose equality:
 //!   `null` matches null and a missing property; a number matches the same number or a
-//!   string spelling it (`"5"`); a boolean matches `"true"`/`"false"` too. Arrays and
+//!   string spelling it (`"5"`); a boolean matches `"true"`/`"false"` too. An empty string
+//!   is not `0` (JavaScript's `"" == 0` is true; the memory connector takes `""` for 0). Arrays and
 //!   objects are not values: `{"n": [1]}` is an error, and `{"address": {"city": ...}}`
 //!   is an unknown operator `city` (write `"address.city"`).
 //! - **Negation.** `neq`, `nin`, `nlike` and `nilike` are exactly "not `eq`/`inq`/`like`/
@@ -21,7 +22,7 @@
 //!   records without a role, `{"role": {"neq": null}}` is "has a role".
 //! - **Ordering** (`gt`, `gte`, `lt`, `lte`, `between`, operands a number or a string):
 //!   numbers numerically, strings by code point, a numeric string against a number
-//!   numerically. Dates are strings in JSON and compare as strings, which orders ISO 8601
+//!   numerically (`""` is not numeric: it fails against a number). Dates are strings in JSON and compare as strings, which orders ISO 8601
 //!   timestamps of one format and zone correctly. Anything else (booleans, null, missing,
 //!   `"abc"` against a number) fails the test. Several operators on one property all apply
 //!   (`{"gt": 1, "lt": 5}`); the connector quietly used only the first.
@@ -40,7 +41,7 @@
 //!   loopback-filters copy let the last `and`/`or` overwrite the rest); `{"and": []}`
 //!   matches everything and `{"or": []}` nothing.
 //! - **`fields`**: `["id", "name"]` (or one name as a string) keeps only those keys;
-//!   `{"name": true}` keeps the `true` keys, and only when none is `true` do the `false`
+//!   `{"name": true}` (or `1`) keeps the `true` keys, and only when none is `true` do the `false`
 //!   ones (`{"vin": false}`) drop keys from the whole record. `[]` and `{}` keep
 //!   everything. Names are top-level keys, kept in the record's order; `id` is not added.
 //!
@@ -249,6 +250,11 @@ fn parse_fields(value: &Value) -> Result<Fields, FilterError> {
         Value::Object(flags) => {
             let mut drop = HashSet::new();
             for (name, flag) in flags {
+                // JavaScript truthiness for numbers too (`{"name": 1}`), as LoopBack reads it.
+                let flag = match flag {
+                    Value::Number(n) => &Value::Bool(n.as_f64().is_some_and(|f| f != 0.0)),
+                    flag => flag,
+                };
                 match flag {
                     Value::Bool(true) => keep.insert(name.clone()),
                     Value::Bool(false) => drop.insert(name.clone()),

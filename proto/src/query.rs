@@ -12,18 +12,21 @@
 //!   Values compare as JavaScript's `<` and `>` do (numbers numerically, strings by UTF-16
 //!   code unit, a number against a numeric string numerically, anything incomparable as
 //!   equal), and a missing value sorts before every present one (after, with `DESC`), as
-//!   in the memory connector. Ties keep the default order.
+//!   in the memory connector. Ties keep the default order. Numbers mixed with strings
+//!   have no consistent JavaScript order, so LoopBack's answer for them depends on V8's
+//!   sort of the whole collection; ours is the stable sort of the matches.
 //! - **Default order** (and the order ties keep): integer ids ascending, then string ids.
-//! - **`limit`**, **`skip`**/`offset`: non-negative integers (or strings of one, as the
-//!   bracket form sends them); a `limit` of `0` means no limit, as in LoopBack. Unlike
-//!   LoopBack, a `skip` without a `limit` returns every remaining record (LoopBack quietly
-//!   caps it at 100).
+//! - **`limit`**, **`skip`**/`offset`: non-negative integers (`2.0` and `1e1` count; in the
+//!   bracket form, strings of digits); a `limit` of `0` means no limit, as JSON's `0` does
+//!   in LoopBack (which refuses the bracket form's `"0"`). `skip` wins over `offset` when
+//!   both are given. Unlike LoopBack, a `skip` without a `limit` returns every remaining
+//!   record (LoopBack quietly caps it at 100).
 //! - **`include`** (relations) is refused: collections here have none.
 //!
 //! Two spellings, as LoopBack's REST layer takes them: `filter=<JSON>`, or the bracket form
 //! (`filter[where][status]=open&filter[order]=name%20DESC&filter[limit]=10`), whose values
 //! are all strings: `where` compares them loosely (`"3"` equals `3`), `limit` and `skip`
-//! read them as integers, and `fields` reads `"true"` and `"false"` as booleans.
+//! read them as integers, and `fields` reads `"true"`/`"1"` and `"false"`/`"0"` as booleans.
 
 use std::cmp::Ordering;
 
@@ -90,6 +93,8 @@ impl Query {
         };
         let mut query = Self::default();
         let mut rest = Map::new();
+        // `skip` wins over `offset` when both are given (juggler: `skip || offset`).
+        let mut offset = None;
         for (key, value) in map {
             match key.as_str() {
                 "where" | "fields" => {
@@ -97,7 +102,8 @@ impl Query {
                 }
                 "order" => query.order = parse_order(value)?,
                 "limit" => query.limit = count("limit", value)?.filter(|n| *n > 0),
-                "skip" | "offset" => query.skip = count("skip", value)?.unwrap_or(0),
+                "skip" => query.skip = count("skip", value)?.unwrap_or(0),
+                "offset" => offset = count("offset", value)?,
                 "include" => return Err(QueryError::Include),
                 key => {
                     return Err(QueryError::UnknownKey {
@@ -105,6 +111,9 @@ impl Query {
                     });
                 }
             }
+        }
+        if !map.contains_key("skip") {
+            query.skip = offset.unwrap_or(0);
         }
         query.filter = Filter::parse(&Value::Object(rest), limits).map_err(|e| match e {
             FilterError::TooBig { max } => QueryError::TooBig { max },
@@ -232,12 +241,14 @@ impl Query {
 }
 
 /// `record`'s value at a dotted path; `None` when a step is missing (JavaScript's
-/// `undefined`). `null` is a value.
+/// `undefined`). `null` is a value, also for a path that runs through a null.
 fn lookup<'r>(record: &'r Object, path: &[String]) -> Option<&'r Value> {
     let (first, rest) = path.split_first()?;
     let mut value = record.get(first)?;
     for step in rest {
         value = match value {
+            // The memory connector's `getValue` stops at a null step and answers null.
+            Value::Null => return Some(value),
             Value::Object(map) => map.get(step)?,
             Value::Array(items) => items.get(step.parse::<usize>().ok()?)?,
             _ => return None,
@@ -391,8 +402,14 @@ fn count(key: &'static str, value: &Value) -> Result<Option<usize>, QueryError> 
     };
     match value {
         Value::Null => Ok(None),
+        // `2.0` and `1e1` are integers to JavaScript, as to LoopBack.
         Value::Number(n) => n
             .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= 9_007_199_254_740_991.0)
+                    .map(|f| f as u64)
+            })
             .and_then(|n| usize::try_from(n).ok())
             .map(Some)
             .ok_or_else(bad),
@@ -412,8 +429,9 @@ fn bracket_value(pairs: &[(&str, &str)]) -> Result<Value, QueryError> {
         let segments = bracket_segments(path)?;
         let value = match segments.as_slice() {
             // `fields` flags: the booleans they mean.
-            [first, _] if first == "fields" && (*value == "true" || *value == "false") => {
-                Value::Bool(*value == "true")
+            [first, _] if first == "fields" && matches!(*value, "true" | "1") => Value::Bool(true),
+            [first, _] if first == "fields" && matches!(*value, "false" | "0") => {
+                Value::Bool(false)
             }
             _ => Value::String((*value).to_owned()),
         };
@@ -571,7 +589,17 @@ mod tests {
         );
         // limit 0 is no limit, as in LoopBack.
         assert_eq!(ids(&run(json!({"limit": 0}), data.clone())).len(), 4);
-        assert_eq!(ids(&run(json!({"offset": 3}), data)), [4]);
+        assert_eq!(ids(&run(json!({"offset": 3}), data.clone())), [4]);
+        // skip wins over offset; 2.0 and 1e1 are integers.
+        assert_eq!(
+            ids(&run(
+                json!({"skip": 1, "offset": 3, "limit": 1}),
+                data.clone()
+            )),
+            [2]
+        );
+        assert_eq!(ids(&run(json!({"limit": 2.0}), data.clone())), [1, 2]);
+        assert_eq!(ids(&run(json!({"limit": 1e1}), data)).len(), 4);
     }
 
     #[test]
@@ -580,6 +608,9 @@ mod tests {
         // null compares as 0, below 1; missing is below everything.
         assert_eq!(ids(&run(json!({"order": "n"}), data.clone())), [2, 4, 3, 1]);
         assert_eq!(ids(&run(json!({"order": "n DESC"}), data)), [1, 3, 4, 2]);
+        // A path through a null is null, not missing.
+        let nested = json!([{"id": 1, "a": {"b": 1}}, {"id": 2, "a": null}, {"id": 3}]);
+        assert_eq!(ids(&run(json!({"order": "a.b"}), nested)), [3, 2, 1]);
     }
 
     #[test]
@@ -656,6 +687,7 @@ mod tests {
         assert!(err(json!({"order": 3})).contains("filter.order"));
         assert!(err(json!({"limit": -1})).contains("filter.limit"));
         assert!(err(json!({"limit": 1.5})).contains("filter.limit"));
+        assert!(err(json!({"offset": -2})).contains("filter.offset"));
         assert!(err(json!({"skip": "x"})).contains("filter.skip"));
         assert!(err(json!({"include": "owner"})).contains("relations"));
         assert!(err(json!({"sort": "n"})).contains("filter.sort: unknown key"));

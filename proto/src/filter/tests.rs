@@ -843,8 +843,8 @@ fn error_messages() {
             "fields[0]: expected a property name (a string), got a number",
         ),
         (
-            json!({"fields": {"name": 1}}),
-            "fields.name: expected true or false, got a number",
+            json!({"fields": {"name": "yes"}}),
+            "fields.name: expected true or false, got a string",
         ),
         (
             json!({"fields": 5}),
@@ -922,4 +922,14 @@ fn a_scope_only_narrows() {
     assert!(scoped.matches(&own) && !scoped.matches(&theirs));
     assert!(scoped.projects(), "fields stay the client's");
     assert!(Filter::from_where(&json!({"n": {"nope": 1}}), &limits).is_err());
+}
+
+#[test]
+fn fields_flags_may_be_numbers_as_javascript_reads_them() {
+    let limits = FilterLimits::default();
+    let record = obj(json!({"name": "a", "secret": "s", "id": 1}));
+    let keep = Filter::parse(&json!({"fields": {"name": 1}}), &limits).unwrap();
+    assert_eq!(keep.project(&record), obj(json!({"name": "a"})));
+    let drop = Filter::parse(&json!({"fields": {"secret": 0}}), &limits).unwrap();
+    assert_eq!(drop.project(&record), obj(json!({"name": "a", "id": 1})));
 }
