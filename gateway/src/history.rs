@@ -1,7 +1,8 @@
 //! [`History`]: where a topic's history is read back from, by id. Redis streams in fleet mode
 //! (one Redis or a Redis Cluster, where each read goes to the master of the topic's
 //! slot), the embedded [`MemoryStore`] in single-node mode. Live delivery is the hub's
-//! business; this module only answers "what came after id X" and "what is the newest id".
+//! business; this module only answers "what came after id X", "what is the newest id",
+//! and, for in-band snapshots, "what records are there now" ([`History::snapshot_start`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,29 @@ pub struct Entry {
     pub fields: StreamFields,
 }
 
+/// Where a snapshot of a topic's records starts.
+#[derive(Debug)]
+pub enum SnapshotStart {
+    /// Embedded: every record, exactly the state at `position` (read under one lock).
+    Whole {
+        records: Vec<String>,
+        position: EventId,
+    },
+    /// Redis: the first page, read with the position at that moment; more follow
+    /// ([`History::records_page`]) and are settled by the stream after `position`.
+    Paged(RecordsPage),
+}
+
+/// One page of a topic's records, read in one short script run with the stream position.
+#[derive(Debug)]
+pub struct RecordsPage {
+    /// The next `HSCAN` cursor; `None` when this was the last page.
+    pub next: Option<String>,
+    pub position: EventId,
+    /// Record key and JSON text.
+    pub records: Vec<(String, String)>,
+}
+
 /// A topic history reader. Cheap to clone.
 #[derive(Clone, Debug)]
 pub enum History {
@@ -37,6 +61,8 @@ pub struct RedisHistory {
     /// once it has one), so a herd of clients catching up queues here instead of piling
     /// page reads into the connection until they all time out.
     reads: Arc<Semaphore>,
+    /// [`proto::script::SNAPSHOT_PAGE_SCRIPT`], for in-band snapshots.
+    snapshot_page: Arc<redis::Script>,
 }
 
 impl std::fmt::Debug for RedisHistory {
@@ -53,6 +79,7 @@ impl RedisHistory {
             conn,
             timeout,
             reads: Arc::new(Semaphore::new(reads)),
+            snapshot_page: Arc::new(redis::Script::new(proto::script::SNAPSHOT_PAGE_SCRIPT)),
         }
     }
 
@@ -74,6 +101,51 @@ impl RedisHistory {
         ))
     }
 
+    /// One page of `topic`'s records and the stream position, in one script run.
+    async fn records_page(
+        &self,
+        topic: &Topic,
+        cursor: &str,
+        count: usize,
+    ) -> Result<RecordsPage, HistoryError> {
+        // The semaphore is never closed.
+        let _permit = self.reads.acquire().await.ok();
+        let mut invocation = self.snapshot_page.prepare_invoke();
+        invocation
+            .key(topic.records_key())
+            .key(topic.stream_key())
+            .key(topic.raw_key())
+            .arg(cursor)
+            .arg(count);
+        let mut conn = self.conn.clone();
+        let reply: (String, String, Vec<String>, i64) =
+            match invocation.invoke_async(&mut conn).await {
+                Ok(reply) => reply,
+                Err(e) if e.is_timeout() => return Err(HistoryError::Timeout(self.timeout)),
+                Err(e) => return Err(e.into()),
+            };
+        let (next, position, flat, raw) = reply;
+        if raw != 0 {
+            return Err(HistoryError::RecordsNotKept {
+                topic: topic.clone(),
+            });
+        }
+        let position = EventId::parse(&position).map_err(|source| HistoryError::Decode {
+            id: position.clone(),
+            source,
+        })?;
+        let mut records = Vec::with_capacity(flat.len() / 2);
+        let mut flat = flat.into_iter();
+        while let (Some(key), Some(record)) = (flat.next(), flat.next()) {
+            records.push((key, record));
+        }
+        Ok(RecordsPage {
+            next: (next != "0").then_some(next),
+            position,
+            records,
+        })
+    }
+
     async fn query(&self, cmd: redis::Cmd) -> Result<StreamRangeReply, HistoryError> {
         // The semaphore is never closed.
         let _permit = self.reads.acquire().await.ok();
@@ -88,6 +160,54 @@ impl RedisHistory {
 }
 
 impl History {
+    /// Starts a snapshot of `topic`'s records, `count` records per page.
+    ///
+    /// # Errors
+    /// [`HistoryError::RecordsNotKept`] for a topic fed by raw publishes; others if the
+    /// store fails.
+    pub async fn snapshot_start(
+        &self,
+        topic: &Topic,
+        count: usize,
+    ) -> Result<SnapshotStart, HistoryError> {
+        use publisher::Store;
+        match self {
+            Self::Memory(store) => match store.snapshot(topic).await {
+                Ok(snapshot) => Ok(SnapshotStart::Whole {
+                    records: snapshot.records,
+                    position: snapshot.position,
+                }),
+                Err(publisher::StoreError::RecordsNotKept { .. }) => {
+                    Err(HistoryError::RecordsNotKept {
+                        topic: topic.clone(),
+                    })
+                }
+                Err(e) => Err(HistoryError::Store(e.to_string())),
+            },
+            Self::Redis(redis) => Ok(SnapshotStart::Paged(
+                redis.records_page(topic, "0", count).await?,
+            )),
+        }
+    }
+
+    /// The page of `topic`'s records after `cursor` (Redis; see [`SnapshotStart::Paged`]).
+    ///
+    /// # Errors
+    /// As [`History::snapshot_start`]; on the embedded store there are no pages to read.
+    pub async fn records_page(
+        &self,
+        topic: &Topic,
+        cursor: &str,
+        count: usize,
+    ) -> Result<RecordsPage, HistoryError> {
+        match self {
+            Self::Memory(_) => Err(HistoryError::Store(
+                "the embedded store's snapshots are whole".into(),
+            )),
+            Self::Redis(redis) => redis.records_page(topic, cursor, count).await,
+        }
+    }
+
     /// The pod's subscription found Redis silent: the stream-read connection, which an
     /// event refill would use first, is likely silent too, so it is replaced now (within
     /// its backoff) rather than failing the first client reads after the network heals.

@@ -7,6 +7,7 @@
 //! | records | `cs:{MyModels}:records` | hash: record key -> record JSON |
 //! | id counter | `cs:{MyModels}:seq` | string: the highest integer id given, at most 2^53-1 |
 //! | change stream | `cs:{MyModels}:stream` | stream of change events (replay) |
+//! | raw marker | `cs:{MyModels}:raw` | string `1` once a raw `POST /publish` wrote to the topic: its records are kept by the backend, not here |
 //! | pub/sub channel | `cs:{MyModels}:events` | channel carrying [`crate::Envelope`]s |
 
 use crate::Topic;
@@ -29,6 +30,12 @@ impl Topic {
     /// The topic's change stream: the replay buffer every gateway reads from.
     pub fn stream_key(&self) -> String {
         self.key("stream")
+    }
+
+    /// Set once a raw publish wrote to the topic (a backend with its own database): a
+    /// snapshot of it would be empty and look real, so none is given.
+    pub fn raw_key(&self) -> String {
+        self.key("raw")
     }
 
     /// The topic whose [`Topic::redis_channel`] is `channel`, if it is one.
@@ -54,6 +61,7 @@ mod tests {
         assert_eq!(t.records_key(), "cs:{MyModels}:records");
         assert_eq!(t.seq_key(), "cs:{MyModels}:seq");
         assert_eq!(t.stream_key(), "cs:{MyModels}:stream");
+        assert_eq!(t.raw_key(), "cs:{MyModels}:raw");
         assert_eq!(t.redis_channel(), "cs:{MyModels}:events");
         assert_eq!(Topic::from_redis_channel(&t.redis_channel()), Some(t));
         assert_eq!(Topic::from_redis_channel("cs:{a b}:events"), None);

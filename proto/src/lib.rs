@@ -26,6 +26,7 @@ mod keys;
 pub mod query;
 mod record_id;
 pub mod script;
+pub mod snapshot;
 pub mod sse;
 mod topic;
 

@@ -17,6 +17,7 @@
 //! | `KEYS[1]` | records hash ([`crate::Topic::records_key`]) |
 //! | `KEYS[2]` | id counter ([`crate::Topic::seq_key`]) |
 //! | `KEYS[3]` | change stream ([`crate::Topic::stream_key`]) |
+//! | `KEYS[4]` | raw marker ([`crate::Topic::raw_key`]), set by [`OP_PUBLISH`] |
 //! | `ARGV[1]` | operation, one of the `OP_*` constants |
 //! | `ARGV[2]` | channel ([`crate::Topic::redis_channel`]) |
 //! | `ARGV[3]` | `PUBLISH`, or `SPUBLISH` in cluster mode |
@@ -48,27 +49,29 @@ pub const OP_PATCH: &str = "patch";
 /// record as the stream entry's `last` field.
 pub const OP_DELETE: &str = "delete";
 /// `ARGV[6..7]` = change, last state or empty. No record is touched (backends that keep
-/// their own database).
+/// their own database); the topic is marked raw (`KEYS[4]`), so no snapshot of its
+/// (absent) records is ever given.
 pub const OP_PUBLISH: &str = "publish";
 
 /// One page of a collection read together with the topic's stream position, for a
 /// snapshot whose records are exactly the state at a position (the publisher's
 /// `RedisStore::snapshot`). Read-only, bounded by the page size.
 ///
-/// `KEYS[1]` records hash, `KEYS[2]` change stream; `ARGV[1]` the `HSCAN` cursor (`0` to
-/// start), `ARGV[2]` the `COUNT` hint. Replies `{next_cursor, position, {key, record, ...}}`
-/// where `position` is the stream's newest id (`0-0` if none).
+/// `KEYS[1]` records hash, `KEYS[2]` change stream, `KEYS[3]` raw marker; `ARGV[1]` the
+/// `HSCAN` cursor (`0` to start), `ARGV[2]` the `COUNT` hint. Replies `{next_cursor,
+/// position, {key, record, ...}, raw}` where `position` is the stream's newest id (`0-0`
+/// if none) and `raw` is `1` for a topic whose records a backend keeps (no snapshot).
 pub const SNAPSHOT_PAGE_SCRIPT: &str = r#"
 local page = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
 local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local position = '0-0'
 if top[1] then position = top[1][1] end
-return {page[1], position, page[2]}
+return {page[1], position, page[2], redis.call('EXISTS', KEYS[3])}
 "#;
 
 /// The script. See the module docs for its calling convention.
 pub const PUBLISH_SCRIPT: &str = r#"
-local records, seq, stream = KEYS[1], KEYS[2], KEYS[3]
+local records, seq, stream, raw = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local op, channel, pubcmd, maxlen, maxage = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 if pubcmd ~= 'PUBLISH' and pubcmd ~= 'SPUBLISH' then
   return redis.error_reply('bad publish command')
@@ -147,6 +150,7 @@ elseif op == 'delete' then
 elseif op == 'publish' then
   local last = ARGV[7]
   if last == '' then last = nil end
+  redis.call('SET', raw, '1')
   return {'ok', emit(ARGV[6], last)}
 end
 return redis.error_reply('unknown operation ' .. tostring(op))

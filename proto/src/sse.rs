@@ -17,6 +17,8 @@ pub const HEARTBEAT: &str = ":\n\n";
 pub const EVENT_DATA: &str = "data";
 /// Sent when a resume position is older than the stream still holds.
 pub const EVENT_RESET: &str = "reset";
+/// A page of an in-band snapshot (`snapshot=true`): `{"records":[...],"last":false}`.
+pub const EVENT_SNAPSHOT: &str = "snapshot";
 /// LoopBack's error event: `data` is `{"message": ...}`.
 pub const EVENT_ERROR: &str = "error";
 /// LoopBack's end-of-stream event.
@@ -87,6 +89,33 @@ pub fn events_frame(cursor: &str, data_json: &str) -> String {
     frame(Some(cursor), None, data_json)
 }
 
+/// A page of an in-band snapshot: `event: snapshot`, data `{"records":[...],"last":..}`
+/// (with `"topic"` first on `/events`). `records` are JSON objects as text; the page with
+/// `last` true carries `id`, the position the snapshot is the state of.
+pub fn snapshot_frame(
+    id: Option<&str>,
+    topic: Option<&crate::Topic>,
+    records: &[String],
+    last: bool,
+) -> String {
+    let mut data = String::with_capacity(records.iter().map(|r| r.len() + 1).sum::<usize>() + 48);
+    data.push('{');
+    if let Some(topic) = topic {
+        data.push_str(&format!("\"topic\":\"{topic}\","));
+    }
+    data.push_str("\"records\":[");
+    for (i, record) in records.iter().enumerate() {
+        if i > 0 {
+            data.push(',');
+        }
+        data.push_str(record);
+    }
+    data.push_str("],\"last\":");
+    data.push_str(if last { "true" } else { "false" });
+    data.push('}');
+    frame(id, Some(EVENT_SNAPSHOT), &data)
+}
+
 /// A position without an event: `id:` alone. EventSource records it as its last event id
 /// without firing anything (the SSE dispatch sets the id before it drops an event with no
 /// data), so a client whose connection drops before its first event still resumes from
@@ -138,6 +167,20 @@ mod tests {
         );
         assert_eq!(end_frame(), "event: end\ndata: null\n\n");
         assert_eq!(position_frame("5-0"), "id: 5-0\n\n");
+        assert_eq!(
+            snapshot_frame(
+                None,
+                None,
+                &[r#"{"id":1}"#.into(), r#"{"id":2}"#.into()],
+                false
+            ),
+            "event: snapshot\ndata: {\"records\":[{\"id\":1},{\"id\":2}],\"last\":false}\n\n"
+        );
+        let topic = crate::Topic::new("A").unwrap();
+        assert_eq!(
+            snapshot_frame(Some("5-0"), Some(&topic), &[], true),
+            "id: 5-0\nevent: snapshot\ndata: {\"topic\":\"A\",\"records\":[],\"last\":true}\n\n"
+        );
     }
 
     #[test]

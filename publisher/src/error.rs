@@ -40,6 +40,12 @@ pub enum StoreError {
     /// publishes of updates without `last`). Nothing was written; a retry may succeed.
     #[error("{topic} kept changing while it was read; try again")]
     Unsettled { topic: Topic },
+    /// The topic's changes come from a backend's raw `POST /publish`: its records are kept
+    /// by that backend, and an empty answer here would look real.
+    #[error(
+        "the records of {topic} are kept by the backend that publishes its changes (POST /publish), not here; load them from there"
+    )]
+    RecordsNotKept { topic: Topic },
     #[error(transparent)]
     Invalid(#[from] DecodeError),
 }
@@ -77,6 +83,8 @@ impl HttpError for StoreError {
                 (StatusCode::SERVICE_UNAVAILABLE, "REDIS_UNAVAILABLE")
             }
             Self::Unsettled { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UNSETTLED"),
+            // The request conflicts with how the topic is fed; a retry would fail alike.
+            Self::RecordsNotKept { .. } => (StatusCode::CONFLICT, "RECORDS_NOT_KEPT"),
             Self::Redis(_) | Self::Reply(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
             Self::NotFound { .. } => (StatusCode::NOT_FOUND, "MODEL_NOT_FOUND"),
             Self::Exists { .. } => (StatusCode::CONFLICT, "DUPLICATE_ID"),

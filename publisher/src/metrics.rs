@@ -63,7 +63,8 @@ impl PublisherMetrics {
             Err(
                 StoreError::Exists { .. }
                 | StoreError::Contended { .. }
-                | StoreError::IdsExhausted { .. },
+                | StoreError::IdsExhausted { .. }
+                | StoreError::RecordsNotKept { .. },
             ) => "conflict",
             Err(StoreError::IdMismatch { .. } | StoreError::Invalid(_)) => "invalid",
             Err(StoreError::Redis(_) | StoreError::Reply(_)) => "error",

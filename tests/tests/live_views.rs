@@ -461,3 +461,26 @@ async fn a_token_scope_narrows_streams_and_reads_and_an_owner_change_is_exact_fo
     );
     publisher.stop().await
 }
+
+/// A topic fed by a backend's raw publishes has no records here: a find says so (409)
+/// rather than answer an empty list that looks real, on Redis and embedded.
+#[tokio::test]
+async fn a_find_of_a_raw_topic_is_409_not_an_empty_list() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let publisher = Publisher::start(&redis.url()).await?;
+    let embedded = Gateway::start_with(None, |_| {}).await?;
+    for base in [publisher.url(""), embedded.url("")] {
+        let client = http();
+        let published = client
+            .post(format!("{base}/publish"))
+            .json(&json!({"topic": "Raw", "change": {"target": 1, "data": {"id": 1}, "type": "create"}}))
+            .send()
+            .await?;
+        assert_eq!(published.status(), 200);
+        let res = client.get(format!("{base}/api/Raw")).send().await?;
+        assert_eq!(res.status(), 409, "{base}");
+        let body: Value = res.json().await?;
+        assert_eq!(body["error"]["code"], "RECORDS_NOT_KEPT", "{body}");
+    }
+    publisher.stop().await
+}

@@ -51,6 +51,8 @@ struct TopicState {
     history: VecDeque<(EventId, StreamFields)>,
     /// Survives trimming, like a Redis stream's last-generated id.
     last: EventId,
+    /// A raw publish wrote here: the records are a backend's, not kept here.
+    raw: bool,
 }
 
 impl MemoryStore {
@@ -279,7 +281,9 @@ impl Store for MemoryStore {
         last: Option<&Object>,
     ) -> Result<EventId, StoreError> {
         let mut inner = self.lock();
-        Ok(self.emit(&mut inner, topic, change.to_json(), last.map(json)))
+        let event = self.emit(&mut inner, topic, change.to_json(), last.map(json));
+        inner.topics.entry(topic.clone()).or_default().raw = true;
+        Ok(event)
     }
 
     async fn get(&self, topic: &Topic, id: &RecordId) -> Result<Option<String>, StoreError> {
@@ -299,6 +303,11 @@ impl Store for MemoryStore {
                 position: EventId::ZERO,
             });
         };
+        if state.raw {
+            return Err(StoreError::RecordsNotKept {
+                topic: topic.clone(),
+            });
+        }
         let rows = state
             .records
             .iter()

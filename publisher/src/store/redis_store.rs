@@ -153,6 +153,7 @@ impl RedisStore {
         invocation
             .key(topic.seq_key())
             .key(topic.stream_key())
+            .key(topic.raw_key())
             .arg(op)
             .arg(topic.redis_channel())
             .arg(if self.options.sharded {
@@ -259,7 +260,7 @@ impl RedisStore {
     /// So the window's changes are read back from the stream (their `prev` chain proves
     /// none is missing) and override what the pages saw of the records they touched.
     async fn snapshot_paged(&self, topic: &Topic) -> Result<Option<Snapshot>, StoreError> {
-        let keys = [topic.records_key(), topic.stream_key()];
+        let keys = [topic.records_key(), topic.stream_key(), topic.raw_key()];
         let count = SNAPSHOT_PAGE.to_string();
         let mut rows = std::collections::HashMap::new();
         let mut cursor = String::from("0");
@@ -268,9 +269,14 @@ impl RedisStore {
             let reply = self
                 .read_script(&self.snapshot_page, &keys, &[&cursor, &count])
                 .await?;
-            let (next, position, flat): (String, String, Vec<String>) =
+            let (next, position, flat, raw): (String, String, Vec<String>, i64) =
                 redis::from_redis_value(reply)
                     .map_err(|e| StoreError::Reply(format!("snapshot page: {e}")))?;
+            if raw != 0 {
+                return Err(StoreError::RecordsNotKept {
+                    topic: topic.clone(),
+                });
+            }
             let position = EventId::parse(&position)
                 .map_err(|_| StoreError::Reply(format!("snapshot position {position:?}")))?;
             first.get_or_insert(position);
@@ -293,7 +299,7 @@ impl RedisStore {
     }
 
     /// Rolls `rows` back to their state at `from`, by the stream's entries after `from` up
-    /// to `to`; `false` if that cannot be done exactly.
+    /// to `to` ([`proto::snapshot::Settler`]); `false` if that cannot be done exactly.
     async fn settle(
         &self,
         topic: &Topic,
@@ -301,16 +307,13 @@ impl RedisStore {
         to: EventId,
         rows: &mut std::collections::HashMap<String, String>,
     ) -> Result<bool, StoreError> {
-        // Each touched record's state at `from`: `None` if it did not exist then.
-        let mut touched: std::collections::HashMap<String, Option<String>> =
-            std::collections::HashMap::new();
-        let mut after = from;
-        while after < to {
+        let mut settler = proto::snapshot::Settler::new(from);
+        while settler.after() < to {
             let mut conn = self.conn.clone();
             let reply: redis::streams::StreamRangeReply = self
                 .bounded(conn.xrange_count(
                     topic.stream_key(),
-                    format!("({after}"),
+                    format!("({}", settler.after()),
                     to.to_string(),
                     SNAPSHOT_STREAM_PAGE,
                 ))
@@ -320,34 +323,16 @@ impl RedisStore {
                 return Ok(false);
             }
             for entry in &reply.ids {
-                let Some(fields) = stream_fields(entry) else {
+                let (Some(fields), Ok(id)) = (stream_fields(entry), EventId::parse(&entry.id))
+                else {
                     return Ok(false);
                 };
-                if fields.prev != after {
-                    return Ok(false); // trimmed: the chain is broken
-                }
-                after = EventId::parse(&entry.id)
-                    .map_err(|_| StoreError::Reply(format!("stream id {:?}", entry.id)))?;
-                let Ok(change) = serde_json::from_str::<Change>(&fields.change) else {
+                if settler.take(id, &fields).is_err() {
                     return Ok(false);
-                };
-                let key = change.target.key();
-                if touched.contains_key(&key) {
-                    continue;
                 }
-                let before = match change.kind {
-                    proto::ChangeType::Create => None,
-                    _ => match fields.last {
-                        Some(last) => Some(last),
-                        // An update kept no previous state: the record's state at `from`
-                        // cannot be told.
-                        None => return Ok(false),
-                    },
-                };
-                touched.insert(key, before);
             }
         }
-        for (key, before) in touched {
+        for (key, before) in settler.into_touched() {
             match before {
                 Some(record) => rows.insert(key, record),
                 None => rows.remove(&key),
