@@ -42,8 +42,12 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use crate::error::HistoryError;
 use crate::event::{LiveEvent, ParsedChange};
 use crate::history::{Entry, History};
+
+mod snapshot;
+
 use crate::hub::{Membership, TopicGuard};
 use crate::metrics::Metrics;
+use snapshot::{Next, Snapshotting, Step, Stopped};
 
 /// How events are written for the endpoint a client came in by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +96,18 @@ pub struct Subscription {
     pub resume: Option<EventId>,
     /// `None` or an empty filter: every change, whole.
     pub filter: Option<Arc<Filter>>,
+    /// `snapshot=true`: a fresh client (and one reset later) first gets the topic's
+    /// records in `event: snapshot` pages ([`snapshot`]).
+    pub snapshot: bool,
+}
+
+/// How much a client reads at once.
+#[derive(Clone, Copy, Debug)]
+pub struct Pages {
+    /// Stream entries per replay read.
+    pub replay: usize,
+    /// Records per snapshot page.
+    pub snapshot: usize,
 }
 
 /// One topic of a client.
@@ -106,10 +122,21 @@ struct Lane {
     /// Reading the stream rather than following live.
     catching_up: bool,
     filter: Option<Arc<Filter>>,
+    /// The client asked for snapshots: a reset is followed by a fresh one.
+    snapshot_wanted: bool,
+    /// A snapshot being sent (boxed: most lanes never have one).
+    snapshot: Option<Box<Snapshotting>>,
 }
 
-/// A stream read in flight: the lane it is for, and the page.
-type Fetch = Pin<Box<dyn Future<Output = (usize, Result<Page, HistoryError>)> + Send>>;
+/// A read in flight: the lane it is for, and what was read.
+type Fetch = Pin<Box<dyn Future<Output = (usize, Fetched)> + Send>>;
+
+enum Fetched {
+    /// A page of the lane's stream.
+    Page(Result<Page, HistoryError>),
+    /// A step of the lane's snapshot.
+    Snapshot(Result<Step, Stopped>),
+}
 
 /// One page of a lane's stream.
 struct Page {
@@ -137,7 +164,9 @@ pub struct ClientStream {
     cursor_set: u32,
     history: History,
     page: usize,
-    /// Chunks ready to send: at most one replay page plus resets.
+    /// Records per snapshot page.
+    snapshot_page: usize,
+    /// Chunks ready to send: at most one replay or snapshot page plus resets.
     pending: VecDeque<Bytes>,
     /// A page being read for a lane that is catching up: boxed, so a client that is not
     /// reading costs nothing for it.
@@ -176,7 +205,7 @@ impl ClientStream {
         shape: Shape,
         mut subscriptions: Vec<Subscription>,
         history: History,
-        page: usize,
+        pages: Pages,
         heartbeat: Duration,
         metrics: Metrics,
     ) -> Result<Self, HistoryError> {
@@ -189,7 +218,8 @@ impl ClientStream {
             lanes: Vec::with_capacity(subscriptions.len()),
             cursor_set: Cursor::checksum(&topics),
             history,
-            page,
+            page: pages.replay,
+            snapshot_page: pages.snapshot,
             pending: VecDeque::new(),
             fetching: None,
             heartbeat,
@@ -215,18 +245,34 @@ impl ClientStream {
             .collect();
         tracing::info!(topics = %topic_names(&topics), resume = ?resumed, endpoint = shape.endpoint(), "stream opened");
         let mut resets = Vec::new();
+        let mut snapshots = Vec::new();
         for (index, sub) in subscriptions.into_iter().enumerate() {
             let newest = client.history.last_id(&sub.topic).await?;
             let Membership {
                 guard, events_rx, ..
             } = sub.membership;
+            let filter = sub.filter.filter(|f| !f.is_empty());
+            if sub.snapshot && sub.resume.is_none() {
+                // Read before the stream starts: a topic without kept records is refused
+                // with its reason instead of getting a snapshot that looks empty.
+                let start = client
+                    .history
+                    .snapshot_start(&sub.topic, client.snapshot_page)
+                    .await?;
+                snapshots.push((
+                    index,
+                    snapshot::begin(start, client.snapshot_page, filter.as_deref()),
+                ));
+            }
             let mut lane = Lane {
                 topic: sub.topic,
                 _guard: guard,
                 events: BroadcastStream::new(events_rx),
                 last: newest,
                 catching_up: false,
-                filter: sub.filter.filter(|f| !f.is_empty()),
+                filter,
+                snapshot_wanted: sub.snapshot,
+                snapshot: None,
             };
             match sub.resume {
                 // Nothing was published since the anchor: live from the newest.
@@ -243,7 +289,15 @@ impl ClientStream {
         for (index, from, newest) in resets {
             client.reset(index, ResetReason::Unknown, from, newest);
         }
-        if resumed.is_empty() {
+        // Every lane waits in its snapshot before the first page goes out, so no `id:` is
+        // sent before every snapshot is done.
+        for (index, _) in &snapshots {
+            client.lanes[*index].snapshot = Some(Box::new(Snapshotting::Start));
+        }
+        for (index, step) in snapshots {
+            client.snapshot_step(index, step);
+        }
+        if resumed.is_empty() && !client.snapshotting() {
             // A fresh client learns its starting position at once (see
             // `proto::sse::position_frame`).
             let newest = client.last();
@@ -274,6 +328,12 @@ impl ClientStream {
         tracing::info!(topic = %lane.topic, %from, %continue_at, reason = reason.as_str(), "client reset");
         lane.last = continue_at;
         lane.catching_up = false;
+        // A client that asked for snapshots gets a fresh one: the reset then names no
+        // position (a reconnect before the snapshot is done resets and starts it again).
+        let fresh_snapshot = lane.snapshot_wanted;
+        if fresh_snapshot {
+            lane.snapshot = Some(Box::new(Snapshotting::Start));
+        }
         // On /events the topic comes first, as in its change frames.
         let mut data = serde_json::Map::new();
         if self.shape == Shape::Events {
@@ -283,9 +343,9 @@ impl ClientStream {
         data.insert("lastEventId".into(), from.to_string().into());
         data.insert("resumeFrom".into(), continue_at.to_string().into());
         let data = Value::Object(data);
-        let id = self.id_line(continue_at);
+        let id = (!fresh_snapshot).then(|| self.id_line(continue_at));
         self.pending.push_back(Bytes::from(proto::sse::reset_frame(
-            Some(&id),
+            id.as_deref(),
             &data.to_string(),
         )));
         self.metrics
@@ -314,9 +374,17 @@ impl ClientStream {
                 return Poll::Ready(None);
             }
             if let Some(fetch) = &mut self.fetching {
-                let (index, page) = ready!(fetch.as_mut().poll(cx));
+                let (index, fetched) = ready!(fetch.as_mut().poll(cx));
                 self.fetching = None;
-                self.caught_up(index, page);
+                match fetched {
+                    Fetched::Page(page) => self.caught_up(index, page),
+                    Fetched::Snapshot(step) => self.snapshot_step(index, step),
+                }
+                continue;
+            }
+            // Snapshots first: no lane goes live (or names a position) before all are sent.
+            if let Some(index) = self.lanes.iter().position(|l| l.snapshot.is_some()) {
+                self.fetching = self.next_snapshot(index);
                 continue;
             }
             if let Some(index) = self.lanes.iter().position(|l| l.catching_up) {
@@ -394,6 +462,72 @@ impl ClientStream {
         })
     }
 
+    /// Whether a lane is still in its snapshot.
+    fn snapshotting(&self) -> bool {
+        self.lanes.iter().any(|l| l.snapshot.is_some())
+    }
+
+    /// Takes lane `index`'s next snapshot step: at once for an embedded snapshot (the
+    /// records are at hand; `None` is returned), else a read to run.
+    fn next_snapshot(&mut self, index: usize) -> Option<Fetch> {
+        let state = *self.lanes[index].snapshot.take()?;
+        let filter = self.lanes[index].filter.clone();
+        if let Snapshotting::Whole { records, position } = state {
+            let step = snapshot::whole(records, position, self.snapshot_page, filter.as_deref());
+            self.snapshot_step(index, Ok(step));
+            return None;
+        }
+        let (history, topic) = (self.history.clone(), self.lanes[index].topic.clone());
+        let (page, stream_page) = (self.snapshot_page, self.page);
+        Some(Box::pin(async move {
+            let step = snapshot::next(history, topic, state, page, stream_page, filter).await;
+            (index, Fetched::Snapshot(step))
+        }))
+    }
+
+    /// Sends a snapshot step of lane `index`: a page (`event: snapshot`), and at the end
+    /// the lane's position, from which it follows the changes after the snapshot.
+    fn snapshot_step(&mut self, index: usize, step: Result<Step, Stopped>) {
+        let step = match step {
+            Ok(step) => step,
+            Err(e) => {
+                // No id was sent yet: the client's reconnect starts a fresh snapshot.
+                tracing::warn!(topic = %self.lanes[index].topic, error = %e, "snapshot stopped; ending the response");
+                self.lanes[index].snapshot = None;
+                self.ended = true;
+                return;
+            }
+        };
+        let done = match step.next {
+            Next::More(state) => {
+                self.lanes[index].snapshot = Some(Box::new(state));
+                None
+            }
+            Next::Done(position) => {
+                let lane = &mut self.lanes[index];
+                lane.last = position;
+                // From the snapshot's position on, as a resume: replay, then live.
+                lane.catching_up = true;
+                Some(position)
+            }
+        };
+        if step.records.is_empty() && done.is_none() {
+            return;
+        }
+        // The position goes with the last page of the last snapshot (a cursor of every
+        // topic's position on `/events`).
+        let id = done
+            .filter(|_| !self.snapshotting())
+            .map(|position| self.id_line(position));
+        let topic = (self.shape == Shape::Events).then(|| &self.lanes[index].topic);
+        let frame = proto::sse::snapshot_frame(id.as_deref(), topic, &step.records, done.is_some());
+        self.metrics.snapshot_pages.inc();
+        self.metrics
+            .snapshot_records
+            .inc_by(u64::try_from(step.records.len()).unwrap_or(u64::MAX));
+        self.pending.push_back(Bytes::from(frame));
+    }
+
     /// Reads one page of lane `index`'s stream after its `last` (and, if the page does not
     /// continue the chain, the stream's newest id for the reset).
     fn fetch_page(&self, index: usize) -> Fetch {
@@ -416,7 +550,7 @@ impl ClientStream {
                 };
                 Ok(Page { entries, newest })
             };
-            (index, page.await)
+            (index, Fetched::Page(page.await))
         })
     }
 
@@ -603,12 +737,16 @@ mod tests {
             membership,
             resume,
             filter: None,
+            snapshot: false,
         };
         ClientStream::open(
             Shape::ChangeStream,
             vec![subscription],
             History::Memory(store),
-            page,
+            Pages {
+                replay: page,
+                snapshot: page,
+            },
             heartbeat,
             Metrics::new().unwrap(),
         )
@@ -866,13 +1004,17 @@ mod tests {
                 membership: hub.join(topic),
                 resume: Some(from),
                 filter: None,
+                snapshot: false,
             })
             .collect();
         let mut client = ClientStream::open(
             Shape::Events,
             subscriptions,
             History::Memory(store.clone()),
-            10,
+            Pages {
+                replay: 10,
+                snapshot: 10,
+            },
             Duration::from_secs(60),
             Metrics::new().unwrap(),
         )

@@ -48,6 +48,11 @@ service::settings! {
         pub retry: Duration = Duration::from_secs(2),
         /// Stream entries per replay read
         pub replay_page: NonZeroUsize = 500_usize,
+        /// Records per in-band snapshot page
+        ///
+        /// `snapshot=true` streams send a topic's records in `event: snapshot` pages of at
+        /// most this many, read from Redis one page at a time as the client takes them.
+        pub snapshot_page: NonZeroUsize = 500_usize,
         /// Stream reads in flight on Redis at once
         ///
         /// Per pod. More clients catching up at once (a herd after a reconnect, many slow

@@ -43,6 +43,10 @@ pub struct Metrics {
     pub subscribed_topics: IntGauge,
     /// `gateway_pubsub_dropped_total`: messages dropped because the reader queue was full.
     pub pubsub_dropped: IntCounter,
+    /// `gateway_snapshot_pages_total`: `event: snapshot` pages sent.
+    pub snapshot_pages: IntCounter,
+    /// `gateway_snapshot_records_total`: records sent in snapshot pages.
+    pub snapshot_records: IntCounter,
     /// `gateway_move_outs_total`: updates that took a record out of a client's filter,
     /// delivered to it as the record's `remove`.
     pub moved_out: IntCounter,
@@ -147,6 +151,14 @@ impl Metrics {
             pubsub_dropped: counter(
                 "gateway_pubsub_dropped_total",
                 "Pub/sub messages dropped on a full reader queue.",
+            )?,
+            snapshot_pages: counter(
+                "gateway_snapshot_pages_total",
+                "In-band snapshot pages sent (snapshot=true).",
+            )?,
+            snapshot_records: counter(
+                "gateway_snapshot_records_total",
+                "Records sent in in-band snapshot pages.",
             )?,
             moved_out: counter(
                 "gateway_move_outs_total",

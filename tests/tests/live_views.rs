@@ -484,3 +484,189 @@ async fn a_find_of_a_raw_topic_is_409_not_an_empty_list() -> anyhow::Result<()> 
     }
     publisher.stop().await
 }
+
+/// The state of `Shots` at `position`, rebuilt from its whole stream (read from the start
+/// through a change stream; the test keeps all history).
+async fn state_via_stream(
+    streams: &str,
+    position: &str,
+) -> anyhow::Result<BTreeMap<String, Value>> {
+    let url = format!("{streams}/api/Shots/change-stream");
+    let mut replay = SseClient::connect(&url, Some("0-0")).await?;
+    let mut state = BTreeMap::new();
+    let target = EventId::parse(position)?;
+    if target == EventId::ZERO {
+        return Ok(state);
+    }
+    loop {
+        let frame = replay.next_event().await?;
+        assert_eq!(
+            frame.event.as_deref(),
+            Some("data"),
+            "all history kept: {frame:?}"
+        );
+        let change: Value = serde_json::from_str(frame.data.as_deref().unwrap_or(""))?;
+        apply_change(&mut state, &change);
+        let id = EventId::parse(frame.id.as_deref().unwrap_or(""))?;
+        if id >= target {
+            anyhow::ensure!(id == target, "{position} is a stream id");
+            return Ok(state);
+        }
+    }
+}
+
+/// Applies one change object to a view kept by id, as live-set.js does.
+fn apply_change(view: &mut BTreeMap<String, Value>, change: &Value) {
+    let key = change["target"].to_string();
+    match change["type"].as_str() {
+        Some("remove") => {
+            view.remove(&key);
+        }
+        _ => {
+            view.insert(key, change["data"].clone());
+        }
+    }
+}
+
+/// A `snapshot=true` stream with a filter, opened while writers change a collection of
+/// several pages (moving records in and out of the filter): the view it builds from the
+/// snapshot pages and the changes that follow equals what `GET ?filter=` answers. On Redis
+/// (pages read as the client takes them, settled by the stream) and embedded.
+async fn snapshot_view_is_exact(api: &str, streams: &str) -> anyhow::Result<()> {
+    let client = http();
+    for n in 0..1500 {
+        let res = client
+            .post(format!("{api}/api/Shots"))
+            .json(&json!({"n": n, "odd": n % 2 == 1}))
+            .send()
+            .await?;
+        anyhow::ensure!(res.status() == 200, "create {}", res.status());
+    }
+    let stop = CancellationToken::new();
+    let writer = {
+        let (stop, api) = (stop.clone(), api.to_owned());
+        tokio::spawn(async move {
+            let client = http();
+            let mut n: i64 = 0;
+            while !stop.is_cancelled() {
+                n += 1;
+                let id = 1 + (n * 7919) % 1500;
+                let url = format!("{api}/api/Shots/{id}");
+                let _ = match n % 4 {
+                    0 => client.delete(&url).send().await,
+                    1 => {
+                        client
+                            .post(format!("{api}/api/Shots"))
+                            .json(&json!({"n": n, "odd": true}))
+                            .send()
+                            .await
+                    }
+                    _ => {
+                        client
+                            .patch(&url)
+                            .json(&json!({"odd": n % 3 == 0, "v": n}))
+                            .send()
+                            .await
+                    }
+                };
+            }
+        })
+    };
+    let filter = json!({"where": {"odd": true}});
+    let url = format!(
+        "{streams}/api/Shots/change-stream?snapshot=true&options={}",
+        url_escape(&filter.to_string())
+    );
+    let mut stream = SseClient::connect(&url, None).await?;
+    let mut view = BTreeMap::new();
+    let mut pages = 0;
+    let position = loop {
+        let frame = stream.next_event().await?;
+        assert_eq!(
+            frame.event.as_deref(),
+            Some("snapshot"),
+            "pages first: {frame:?}"
+        );
+        let page: Value = serde_json::from_str(frame.data.as_deref().unwrap_or(""))?;
+        for record in page["records"].as_array().expect("records") {
+            assert_eq!(record["odd"], true, "only what the filter lets through");
+            view.insert(record["id"].to_string(), record.clone());
+        }
+        pages += 1;
+        if page["last"] == true {
+            break frame.id.expect("the last page names the position");
+        }
+        assert!(frame.id.is_none(), "no position before the last page");
+    };
+    stop.cancel();
+    writer.await?;
+    // At its position the snapshot is exactly the state there, as the stream tells it (not
+    // merely right once the later changes are applied).
+    let at_position: BTreeMap<String, Value> = state_via_stream(streams, &position)
+        .await?
+        .into_iter()
+        .filter(|(_, record)| record["odd"] == true)
+        .collect();
+    assert_eq!(view, at_position, "the snapshot is the state at {position}");
+    // A last change the filter lets through: once it arrives, the view is current.
+    let sentinel: Value = client
+        .post(format!("{api}/api/Shots"))
+        .json(&json!({"n": -1, "odd": true}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    loop {
+        let frame = stream.next_event().await?;
+        let change: Value = serde_json::from_str(frame.data.as_deref().unwrap_or(""))?;
+        apply_change(&mut view, &change);
+        if change["target"] == sentinel["id"] {
+            break;
+        }
+    }
+    let (expected, _) = find(
+        &format!("{api}/api/Shots?filter={}", url_escape(&filter.to_string())),
+        None,
+    )
+    .await?;
+    let expected: BTreeMap<String, Value> = expected
+        .into_iter()
+        .map(|r| (r["id"].to_string(), r))
+        .collect();
+    assert_eq!(
+        view, expected,
+        "snapshot at {position} and the changes after it"
+    );
+    eprintln!(
+        "{streams}: {pages} snapshot pages, {} records in the view",
+        view.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_stream_builds_the_filtered_view_exactly_under_writes() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    // All history kept: the test rebuilds the state at the snapshot's position.
+    let keep_all = [
+        ("PUBLISHER_STREAM_MAX_LEN", "0"),
+        ("PUBLISHER_STREAM_MAX_AGE", "0"),
+    ];
+    let publisher = Publisher::start_env(&redis.url(), &keep_all).await?;
+    let gateway = Gateway::start_with(Some(&redis.url()), |c| {
+        c.snapshot_page = 100.try_into().expect("non-zero");
+        c.heartbeat = Duration::from_secs(1);
+    })
+    .await?;
+    snapshot_view_is_exact(&publisher.url(""), &gateway.url("")).await?;
+    let embedded = Gateway::start_with(None, |c| {
+        c.snapshot_page = 100.try_into().expect("non-zero");
+        c.retention = Retention {
+            max_len: 0,
+            max_age: Duration::ZERO,
+        };
+    })
+    .await?;
+    snapshot_view_is_exact(&embedded.url(""), &embedded.url("")).await?;
+    publisher.stop().await
+}

@@ -16,9 +16,10 @@ use serde_json::Value;
 use service::auth::Caller;
 
 use super::AppState;
-use crate::client::{ClientStream, Shape, Subscription};
+use crate::client::{ClientStream, Pages, Shape, Subscription};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::error::HistoryError;
 use crate::sse;
 
 /// Query parameters of the change stream. Unknown ones are ignored, as LoopBack does.
@@ -28,6 +29,8 @@ pub struct StreamQuery {
     format: Option<String>,
     options: Option<String>,
     last_event_id: Option<String>,
+    /// `true`: the topic's records first, in `event: snapshot` pages.
+    snapshot: Option<String>,
 }
 
 pub(super) async fn change_stream_get(
@@ -71,6 +74,18 @@ pub(super) async fn change_stream_post(
     change_stream(state, &caller, path, query, options, &headers).await
 }
 
+/// `snapshot=true` (or `1`): the stream starts with the topics' records. Anything but
+/// `true`/`1`/`false`/`0` is a 400, not a silent no.
+fn wants_snapshot(value: Option<&str>) -> Result<bool, ApiError> {
+    match value {
+        None | Some("false" | "0") => Ok(false),
+        Some("true" | "1") => Ok(true),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "snapshot must be true or false, got {other:?}"
+        ))),
+    }
+}
+
 /// `options` as LoopBack takes it: a JSON object (in the query, as JSON text).
 fn parse_options(text: &str) -> Result<Value, ApiError> {
     serde_json::from_str(text)
@@ -101,11 +116,13 @@ async fn change_stream(
         Some(id) => Some(EventId::parse(id)?),
         None => None,
     };
+    let snapshot = wants_snapshot(query.snapshot.as_deref())?;
     open_stream(
         state,
         Shape::ChangeStream,
         vec![(topic, resume, filter)],
         access_ends,
+        snapshot,
     )
     .await
 }
@@ -125,6 +142,7 @@ pub(super) async fn events(
     let mut last_event_id = None;
     let mut common = None;
     let mut per_topic = Vec::new();
+    let mut snapshot = false;
     for (key, value) in &pairs {
         match key.as_str() {
             "topic" => {
@@ -133,6 +151,7 @@ pub(super) async fn events(
                 }
             }
             "_format" => format = Some(value.as_str()),
+            "snapshot" => snapshot = wants_snapshot(Some(value))?,
             "last_event_id" => last_event_id = Some(value.as_str()),
             "options" => common = Some(parse_options(value)?),
             key => {
@@ -196,7 +215,7 @@ pub(super) async fn events(
         let filter = scoped(filter, &caller, &topic);
         subscriptions.push((topic, resume, filter));
     }
-    open_stream(state, Shape::Events, subscriptions, access_ends).await
+    open_stream(state, Shape::Events, subscriptions, access_ends, snapshot).await
 }
 
 /// `filter` with the caller's row scope on `topic` ANDed in (the token's `topics.where`,
@@ -308,6 +327,7 @@ async fn open_stream(
     shape: Shape,
     topics: Vec<(Topic, Option<EventId>, Option<Arc<Filter>>)>,
     access_ends: Option<SystemTime>,
+    snapshot: bool,
 ) -> Result<Response, ApiError> {
     let asked_at = SystemTime::now();
     // Sorted by topic, as cursors are.
@@ -332,6 +352,7 @@ async fn open_stream(
             topic,
             resume,
             filter,
+            snapshot,
         })
         .collect();
     for sub in &mut subscriptions {
@@ -347,13 +368,18 @@ async fn open_stream(
         shape,
         subscriptions,
         state.history.clone(),
-        state.config.replay_page.get(),
+        Pages {
+            replay: state.config.replay_page.get(),
+            snapshot: state.config.snapshot_page.get(),
+        },
         state.config.heartbeat,
         state.metrics.clone(),
     )
     .await
     {
         Ok(client) => client,
+        // The client's mistake, not a transient state: a real error.
+        Err(e @ HistoryError::RecordsNotKept { .. }) => return Err(ApiError::Domain(Box::new(e))),
         Err(e) => {
             tracing::warn!(error = %e, "cannot open stream");
             return away(TurnedAway::ReadFailed);
