@@ -505,6 +505,7 @@ impl ClientStream {
             }
             Next::Done(position) => {
                 let lane = &mut self.lanes[index];
+                lane.snapshot = None;
                 lane.last = position;
                 // From the snapshot's position on, as a resume: replay, then live.
                 lane.catching_up = true;

@@ -670,3 +670,100 @@ async fn a_snapshot_stream_builds_the_filtered_view_exactly_under_writes() -> an
     snapshot_view_is_exact(&embedded.url(""), &embedded.url("")).await?;
     publisher.stop().await
 }
+
+/// `/events` with `snapshot=true`: each topic's records, the topic in every page, one
+/// position for the whole stream (a cursor) on the very last page, then live changes.
+#[tokio::test]
+async fn events_snapshot_each_topic_then_one_cursor_then_live() -> anyhow::Result<()> {
+    let gateway = Gateway::start_with(None, |_| {}).await?;
+    let client = http();
+    for (topic, n) in [("A", 1), ("A", 2), ("B", 3)] {
+        client
+            .post(gateway.url(&format!("/api/{topic}")))
+            .json(&json!({"n": n}))
+            .send()
+            .await?;
+    }
+    let mut stream =
+        SseClient::connect(&gateway.url("/events?topic=A&topic=B&snapshot=true"), None).await?;
+    let mut pages = Vec::new();
+    loop {
+        let frame = stream.next_event().await?;
+        assert_eq!(frame.event.as_deref(), Some("snapshot"));
+        let page: Value = serde_json::from_str(frame.data.as_deref().unwrap_or(""))?;
+        let id = frame.id.clone();
+        pages.push((page, id));
+        if pages.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        pages[0].0,
+        json!({"topic": "A", "records": [{"n": 1, "id": 1}, {"n": 2, "id": 2}], "last": true})
+    );
+    assert!(
+        pages[0].1.is_none(),
+        "no position while B's snapshot is to come"
+    );
+    assert_eq!(
+        pages[1].0,
+        json!({"topic": "B", "records": [{"n": 3, "id": 1}], "last": true})
+    );
+    let cursor = pages[1]
+        .1
+        .clone()
+        .expect("the last page names the stream's position");
+    assert!(cursor.starts_with("c1."), "{cursor}");
+    client
+        .post(gateway.url("/api/B"))
+        .json(&json!({"n": 4}))
+        .send()
+        .await?;
+    let frame = stream.next_event().await?;
+    let change: Value = serde_json::from_str(frame.data.as_deref().unwrap_or(""))?;
+    assert_eq!(change["topic"], "B");
+    assert_eq!(change["data"], json!({"n": 4, "id": 2}));
+    Ok(())
+}
+
+/// A `snapshot=true` client whose position was trimmed away gets `reset` (naming no
+/// position) and then a fresh snapshot, so it rebuilds without a second request.
+#[tokio::test]
+async fn a_reset_snapshot_stream_gets_a_fresh_snapshot() -> anyhow::Result<()> {
+    let gateway = Gateway::start_with(None, |c| {
+        c.retention = Retention {
+            max_len: 3,
+            max_age: Duration::ZERO,
+        };
+    })
+    .await?;
+    let client = http();
+    let mut first_id = None;
+    for n in 0..6 {
+        let res = client
+            .post(gateway.url("/api/Trim"))
+            .json(&json!({"n": n}))
+            .send()
+            .await?;
+        let _ = res.json::<Value>().await?;
+        if first_id.is_none() {
+            let (_, position) = find(&gateway.url("/api/Trim"), None).await?;
+            first_id = Some(position);
+        }
+    }
+    let url = gateway.url("/api/Trim/change-stream?snapshot=true");
+    let mut stream = SseClient::connect(&url, first_id.as_deref()).await?;
+    let reset = stream.next_event().await?;
+    assert_eq!(reset.event.as_deref(), Some("reset"));
+    assert!(
+        reset.id.is_none(),
+        "the reset names no position: the snapshot follows"
+    );
+    let snapshot = stream.next_event().await?;
+    assert_eq!(snapshot.event.as_deref(), Some("snapshot"));
+    let page: Value = serde_json::from_str(snapshot.data.as_deref().unwrap_or(""))?;
+    assert_eq!(page["records"].as_array().map(Vec::len), Some(6));
+    assert_eq!(page["last"], true);
+    assert!(snapshot.id.is_some());
+    Ok(())
+}
