@@ -50,9 +50,10 @@
  *   empty (nothing to reload on reset).
  * @param {boolean} [options.snapshot] ask for the records in the stream (`snapshot=true`)
  *   instead of loading them; default true when `load` is the default REST load, else
- *   false. False forces the load path (a LoopBack server, a raw-publish topic).
- * @param {number} [options.snapshotTimeout=10000] ms after the stream opens within which
- *   a snapshot page must arrive; else the set loads by GET.
+ *   false. False forces the load path (e.g. for a LoopBack server). A topic fed by raw
+ *   publishes keeps no records, so it has neither: give it `load: false`.
+ * @param {number} [options.snapshotTimeout=10000] ms after the stream opens (again from
+ *   each reopen) within which a snapshot page must arrive; else the set loads by GET.
  * @param {string} [options.api] REST base URL; by default the path before
  *   `/{topic}/change-stream`, or `/api` for `/events`.
  * @param {string} [options.idName='id'] the records' id property (LoopBack's idName).
