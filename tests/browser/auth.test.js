@@ -1,7 +1,8 @@
-// live-set.js against a gateway with auth on: the token goes in the stream's query and the
-// load's Authorization header; when a short-lived token expires, the gateway ends the
-// stream, the browser's reconnect with the old token is refused, and the set reopens with
-// a fresh token from where it was.
+// live-set.js against a gateway with auth on: the token goes in the stream's query (and the
+// load's Authorization header, without snapshots); when a short-lived token expires, the
+// gateway ends the stream, the browser's reconnect with the old token is refused, and the
+// set reopens with a fresh token from where it was. Once with the records in the stream's
+// snapshot, once loaded by GET.
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import { test } from 'node:test';
@@ -30,74 +31,78 @@ async function authed(method, url, body) {
   return response.json();
 }
 
-test('with auth on, an expiring token is renewed and the set resumes where it was', async (t) => {
-  const defer = cleanup(t);
-  const gateway = await startGateway({ env: { GATEWAY_JWT_SECRET: SECRET, GATEWAY_JWT_LEEWAY: '0s' } });
-  defer(() => gateway.stop());
-  const browser = await launchBrowser();
-  defer(() => browser.close());
-  const api = `${gateway.base}/api/Secret`;
-  await authed('POST', api, { n: 1 });
-  // Without a token: refused.
-  await assert.rejects(rest('GET', api), /401/);
+for (const snapshot of [true, false]) {
+  test(`with auth on, an expiring token is renewed and the set resumes where it was (snapshot: ${snapshot})`, async (t) => {
+    const defer = cleanup(t);
+    const gateway = await startGateway({ env: { GATEWAY_JWT_SECRET: SECRET, GATEWAY_JWT_LEEWAY: '0s' } });
+    defer(() => gateway.stop());
+    const browser = await launchBrowser();
+    defer(() => browser.close());
+    const api = `${gateway.base}/api/Secret`;
+    await authed('POST', api, { n: 1 });
+    // Without a token: refused.
+    await assert.rejects(rest('GET', api), /401/);
 
-  const page = await browser.newPage();
-  const errors = [];
-  page.on('pageerror', (error) => errors.push(error));
-  const streams = []; // [url, status] of each change-stream response
-  page.on('response', (response) => {
-    if (response.url().includes('/change-stream')) streams.push([new URL(response.url()), response.status()]);
-  });
-
-  // The page asks "its login service" (a route here) for tokens: the first ones live 5-6 s
-  // (time enough to load and see one change under load),
-  // later ones a minute. The third token, the reopen's, waits for the test's go.
-  let minted = 0;
-  let release;
-  const gate = new Promise((resolve) => { release = resolve; });
-  await page.route(`${gateway.base}/token`, async (route) => {
-    minted += 1;
-    if (minted === 3) await gate;
-    const life = minted <= 2 ? 6 : 60;
-    await route.fulfill({
-      contentType: 'text/plain',
-      body: mint({ sub: 'user-1', exp: now() + life, topics: { subscribe: ['Secret'], publish: [] } }),
+    const page = await browser.newPage();
+    const errors = [];
+    page.on('pageerror', (error) => errors.push(error));
+    const streams = []; // [url, status] of each change-stream response
+    page.on('response', (response) => {
+      if (response.url().includes('/change-stream')) streams.push([new URL(response.url()), response.status()]);
     });
+
+    // The page asks "its login service" (a route here) for tokens: the first ones (the
+    // stream's, and the load's without snapshots) live 5-6 s (time enough to load and see
+    // one change under load), later ones a minute. The reopen's token waits for the test's go.
+    const first = snapshot ? 1 : 2;
+    let minted = 0;
+    let release;
+    const gate = new Promise((resolve) => { release = resolve; });
+    await page.route(`${gateway.base}/token`, async (route) => {
+      minted += 1;
+      if (minted === first + 1) await gate;
+      const life = minted <= first ? 6 : 60;
+      await route.fulfill({
+        contentType: 'text/plain',
+        body: mint({ sub: 'user-1', exp: now() + life, topics: { subscribe: ['Secret'], publish: [] } }),
+      });
+    });
+    await page.route(`${gateway.base}/auth-test.html`, (route) => route.fulfill({
+      contentType: 'text/html; charset=utf-8',
+      body: `<!doctype html><title>auth</title><script type="module">
+  import { liveSet } from '/client/live-set.js';
+  window.set = liveSet('/api/Secret/change-stream?_format=event-stream', {
+    token: () => fetch('/token').then((r) => r.text()),
+    snapshot: ${snapshot},
+    onError: (error) => console.warn(error.message),
   });
-  await page.route(`${gateway.base}/auth-test.html`, (route) => route.fulfill({
-    contentType: 'text/html; charset=utf-8',
-    body: `<!doctype html><title>auth</title><script type="module">
-import { liveSet } from '/client/live-set.js';
-window.set = liveSet('/api/Secret/change-stream?_format=event-stream', {
-  token: () => fetch('/token').then((r) => r.text()),
-  onError: (error) => console.warn(error.message),
-});
-</script>`,
-  }));
-  const expired = gateway.waitForLog('access token expired; ending the stream', () => true, STEP_MS);
-  await page.goto(`${gateway.base}/auth-test.html`);
-  await page.waitForFunction(() => window.set.ready.then(() => true), null, { timeout: STEP_MS });
-  await authed('PATCH', `${api}/1`, { n: 2 });
-  await page.waitForFunction(() => window.set.get(1)?.n === 2, null, { timeout: STEP_MS });
-  const lastSeen = await page.evaluate(() => window.set.lastEventId);
+  </script>`,
+    }));
+    const expired = gateway.waitForLog('access token expired; ending the stream', () => true, STEP_MS);
+    await page.goto(`${gateway.base}/auth-test.html`);
+    await page.waitForFunction(() => window.set.ready.then(() => true), null, { timeout: STEP_MS });
+    await authed('PATCH', `${api}/1`, { n: 2 });
+    await page.waitForFunction(() => window.set.get(1)?.n === 2, null, { timeout: STEP_MS });
+    const lastSeen = await page.evaluate(() => window.set.lastEventId);
 
-  await expired; // the stream ended at the token's exp
-  // While the set waits for its new token: changes it must not miss.
-  await authed('POST', api, { n: 3 });
-  await authed('DELETE', `${api}/1`);
-  release();
+    await expired; // the stream ended at the token's exp
+    // While the set waits for its new token: changes it must not miss.
+    await authed('POST', api, { n: 3 });
+    await authed('DELETE', `${api}/1`);
+    release();
 
-  const expected = await authed('GET', api);
-  await page.waitForFunction((want) => JSON.stringify(window.set.records) === want, JSON.stringify(expected), { timeout: STEP_MS });
-  assert.deepEqual(expected, [{ n: 3, id: 2 }]);
+    const expected = await authed('GET', api);
+    await page.waitForFunction((want) => JSON.stringify(window.set.records) === want, JSON.stringify(expected), { timeout: STEP_MS });
+    assert.deepEqual(expected, [{ n: 3, id: 2 }]);
 
-  // The browser's own reconnect, with the expired token, was refused; the reopen carried
-  // a new token and the resume position.
-  assert.ok(streams.some(([, status]) => status === 401), `stream statuses: ${streams.map((s) => s[1])}`);
-  const reopened = streams.find(([url, status]) => status === 200 && url.searchParams.has('last_event_id'));
-  assert.ok(reopened, 'a reopened stream');
-  assert.equal(reopened[0].searchParams.get('last_event_id'), lastSeen);
-  assert.notEqual(reopened[0].searchParams.get('access_token'), streams[0][0].searchParams.get('access_token'));
-  assert.equal(minted, 3, 'stream, load, reopen');
-  assert.deepEqual(errors, []);
-});
+    // The browser's own reconnect, with the expired token, was refused; the reopen carried
+    // a new token and the resume position.
+    assert.ok(streams.some(([, status]) => status === 401), `stream statuses: ${streams.map((s) => s[1])}`);
+    const reopened = streams.find(([url, status]) => status === 200 && url.searchParams.has('last_event_id'));
+    assert.ok(reopened, 'a reopened stream');
+    assert.equal(reopened[0].searchParams.get('last_event_id'), lastSeen);
+    assert.notEqual(reopened[0].searchParams.get('access_token'), streams[0][0].searchParams.get('access_token'));
+    assert.equal(minted, first + 1, snapshot ? 'stream, reopen' : 'stream, load, reopen');
+    assert.deepEqual(errors, []);
+  });
+}

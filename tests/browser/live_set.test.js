@@ -1,18 +1,27 @@
-// live-set.js in the browser, on the cases a plain EventSource gets wrong: changes racing
-// the initial GET, history trimmed while away (`reset`), a reconnect with no id to resume
-// from, the browser giving up on an HTTP error, and the multi-topic /events stream.
+// live-set.js in the browser, on the cases a plain EventSource gets wrong: the in-band
+// snapshot (pages gathered by id, a reconnect before its last page), a source that ignores
+// `snapshot=true` (the fallback to GET), changes racing the initial GET, history trimmed
+// while away (`reset`, followed by a snapshot or a reload), a reconnect with no id to
+// resume from, the browser giving up on an HTTP error, and the multi-topic /events stream.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { cleanup, launchBrowser, Proxy, rest, startGateway, STEP_MS } from './harness.js';
 
 /**
  * A page at `origin` whose module script is `script` (live-set is imported as `liveSet`).
- * The page keeps what the set reports in `window.report`.
+ * The page keeps what the set reports in `window.report`. `setup(page)` runs before the
+ * page loads (routes). `lists` collects the page's list GETs (`/api/{c}`, any query).
  */
-async function openPage(browser, origin, script) {
+async function openPage(browser, origin, script, setup = async () => {}) {
   const page = await browser.newPage();
   const errors = [];
+  const lists = [];
   page.on('pageerror', (error) => errors.push(error));
+  page.on('request', (request) => {
+    const url = new URL(request.url());
+    if (request.method() === 'GET' && /^\/api\/[^/]+$/.test(url.pathname)) lists.push(url.pathname + url.search);
+  });
+  await setup(page);
   await page.route(`${origin}/live-set-test.html`, (route) => route.fulfill({
     contentType: 'text/html; charset=utf-8',
     body: `<!doctype html><title>live-set</title><script type="module">
@@ -28,8 +37,19 @@ ${script}
 </script>`,
   }));
   await page.goto(`${origin}/live-set-test.html`);
-  return { page, errors };
+  return { page, errors, lists };
 }
+
+/** Routes the page's change streams to the gateway without `snapshot=true`: a source that ignores it. */
+async function withoutSnapshots(page) {
+  await page.route((url) => url.pathname.endsWith('/change-stream'), (route) => {
+    const url = new URL(route.request().url());
+    url.searchParams.delete('snapshot');
+    return route.continue({ url: url.href });
+  });
+}
+
+const loads = (page) => page.evaluate(() => window.report.changes.filter((c) => c.type === 'load').length);
 
 const until = (page, fn, arg) => page.waitForFunction(fn, arg, { timeout: STEP_MS });
 
@@ -64,7 +84,8 @@ test('changes that race the initial load are applied on top of the list, each on
   const api = `${gateway.base}/api/Race`;
   for (const n of [1, 2, 3]) await rest('POST', api, { n });
 
-  // The load is held open by the test: it resolves with a snapshot taken when the test says.
+  // The load path (a custom `load` asks for no snapshot). The load is held open by the
+  // test: it resolves with a snapshot taken when the test says.
   const { page, errors } = await openPage(browser, gateway.base, `
 window.seen = 0;
 class Counting extends EventSource {
@@ -104,47 +125,60 @@ window.set = liveSet('/api/Race/change-stream?_format=event-stream', {
   assert.deepEqual(errors, []);
 });
 
-test('a reset (history trimmed while away) reloads the collection', async (t) => {
-  const defer = cleanup(t);
-  const gateway = await startGateway({ env: { GATEWAY_STREAM_MAX_LEN: '3' } });
-  defer(() => gateway.stop());
-  const proxy = await new Proxy({ gateway: gateway.addr }).listen();
-  defer(() => proxy.close());
-  const browser = await launchBrowser();
-  defer(() => browser.close());
-  const api = `${gateway.base}/api/Trim`;
-  await rest('POST', api, { n: 1 });
+for (const snapshot of [false, true]) {
+  const what = snapshot
+    ? 'is followed by a snapshot that rebuilds the set, with no GET'
+    : 'reloads the collection (snapshot: false)';
+  test(`a reset (history trimmed while away) ${what}`, async (t) => {
+    const defer = cleanup(t);
+    const gateway = await startGateway({ env: { GATEWAY_STREAM_MAX_LEN: '3' } });
+    defer(() => gateway.stop());
+    const proxy = await new Proxy({ gateway: gateway.addr }).listen();
+    defer(() => proxy.close());
+    const browser = await launchBrowser();
+    defer(() => browser.close());
+    const api = `${gateway.base}/api/Trim`;
+    await rest('POST', api, { n: 1 });
 
-  const { page, errors } = await openPage(browser, proxy.base, `
-window.set = liveSet('/api/Trim/change-stream?_format=event-stream', report);`);
-  await page.waitForFunction(() => window.set.ready.then(() => true), null, { timeout: STEP_MS });
-  await rest('POST', api, { n: 2 });
-  await assertInSync(page, api);
-  const lastSeen = await page.evaluate(() => window.set.lastEventId);
+    const { page, errors } = await openPage(browser, proxy.base, `
+  window.set = liveSet('/api/Trim/change-stream?_format=event-stream', { ...report, snapshot: ${snapshot} });`);
+    await page.waitForFunction(() => window.set.ready.then(() => true), null, { timeout: STEP_MS });
+    await rest('POST', api, { n: 2 });
+    await assertInSync(page, api);
+    const lastSeen = await page.evaluate(() => window.set.lastEventId);
 
-  proxy.setGateway(null);
-  proxy.cutStreams();
-  await until(page, () => window.report.state === 'reconnecting');
-  // More changes than the stream keeps: where the page was is gone.
-  for (const n of [3, 4, 5, 6]) await rest('POST', api, { n });
-  await rest('DELETE', `${api}/1`);
-  proxy.setGateway(gateway.addr);
+    proxy.setGateway(null);
+    proxy.cutStreams();
+    await until(page, () => window.report.state === 'reconnecting');
+    // More changes than the stream keeps: where the page was is gone.
+    for (const n of [3, 4, 5, 6]) await rest('POST', api, { n });
+    await rest('DELETE', `${api}/1`);
+    proxy.setGateway(gateway.addr);
 
-  const expected = await assertInSync(page, api);
-  assert.deepEqual(expected.map((r) => r.n), [2, 3, 4, 5, 6]);
-  const resets = await page.evaluate(() => window.report.resets);
-  assert.equal(resets.length, 1);
-  assert.equal(resets[0].reason, 'history-trimmed');
-  assert.equal(resets[0].lastEventId, lastSeen);
-  const lists = proxy.requests.filter((r) => r.method === 'GET' && r.url === '/api/Trim');
-  assert.equal(lists.length, 2, 'loaded at start and once more after the reset');
-  // Live after the reload.
-  await rest('PATCH', `${api}/6`, { n: 60 });
-  await assertInSync(page, api);
-  assert.deepEqual(errors, []);
-});
+    const expected = await assertInSync(page, api);
+    assert.deepEqual(expected.map((r) => r.n), [2, 3, 4, 5, 6]);
+    const resets = await page.evaluate(() => window.report.resets);
+    assert.equal(resets.length, 1);
+    assert.equal(resets[0].reason, 'history-trimmed');
+    assert.equal(resets[0].lastEventId, lastSeen);
+    const lists = proxy.requests.filter((r) => r.method === 'GET' && r.url === '/api/Trim');
+    if (snapshot) {
+      assert.equal(lists.length, 0, 'the snapshots came in the stream');
+      const reopened = proxy.requests.filter((r) => r.stream && r.backend === gateway.addr).at(-1);
+      assert.equal(reopened.lastEventId, lastSeen, 'the browser resumed, and got the reset');
+      assert.match(reopened.url, /[?&]snapshot=true(&|$)/);
+    } else {
+      assert.equal(lists.length, 2, 'loaded at start and once more after the reset');
+    }
+    assert.equal(await loads(page), 2, 'the first records, and once more after the reset');
+    // Live after the reload.
+    await rest('PATCH', `${api}/6`, { n: 60 });
+    await assertInSync(page, api);
+    assert.deepEqual(errors, []);
+  });
+}
 
-test('a stream dropped before its first event resumes from its starting position', async (t) => {
+test('a stream dropped before its first event resumes from its starting position (snapshot: false)', async (t) => {
   const defer = cleanup(t);
   const gateway = await startGateway();
   defer(() => gateway.stop());
@@ -156,7 +190,7 @@ test('a stream dropped before its first event resumes from its starting position
   await rest('POST', api, { n: 1 });
 
   const { page, errors } = await openPage(browser, proxy.base, `
-window.set = liveSet('/api/Quiet/change-stream?_format=event-stream', report);`);
+window.set = liveSet('/api/Quiet/change-stream?_format=event-stream', { ...report, snapshot: false });`);
   await page.waitForFunction(() => window.set.ready.then(() => true), null, { timeout: STEP_MS });
   assert.equal(await page.evaluate(() => window.set.lastEventId), '');
 
@@ -208,22 +242,26 @@ window.set = liveSet('/api/GiveUp/change-stream?_format=event-stream', report);`
   assert.equal(new URL(reopened.url, proxy.base).searchParams.get('last_event_id'), lastSeen);
   await assertInSync(page, api);
   await until(page, () => window.report.state === 'live');
-  // Resumed, not reloaded.
+  // Resumed, not reloaded: the records came once, in the first stream's snapshot.
   const lists = proxy.requests.filter((r) => r.method === 'GET' && r.url === '/api/GiveUp');
-  assert.equal(lists.length, 1);
+  assert.equal(lists.length, 0);
+  assert.equal(await loads(page), 1);
+  assert.match(reopened.url, /[?&]snapshot=true(&|$)/);
   assert.deepEqual(errors, []);
 });
 
 test('one set over /events?topic=A&topic=B keeps each topic apart', async (t) => {
   const defer = cleanup(t);
-  const gateway = await startGateway();
+  // One record per page: the topics' snapshot pages interleave.
+  const gateway = await startGateway({ env: { GATEWAY_SNAPSHOT_PAGE: '1' } });
   defer(() => gateway.stop());
   const browser = await launchBrowser();
   defer(() => browser.close());
   await rest('POST', `${gateway.base}/api/Alpha`, { name: 'a1' });
+  await rest('POST', `${gateway.base}/api/Alpha`, { name: 'a2' });
   await rest('POST', `${gateway.base}/api/Beta`, { name: 'b1' });
 
-  const { page, errors } = await openPage(browser, gateway.base, `
+  const { page, errors, lists } = await openPage(browser, gateway.base, `
 window.set = liveSet('/events?topic=Alpha&topic=Beta', report);`);
   await page.waitForFunction(() => window.set.ready.then(() => true), null, { timeout: STEP_MS });
   await rest('POST', `${gateway.base}/api/Beta`, { name: 'b2' });
@@ -232,6 +270,7 @@ window.set = liveSet('/events?topic=Alpha&topic=Beta', report);`);
   await until(page, () => window.report.changes.length === 5); // 2 loads + 3 changes
   assert.deepEqual(await page.evaluate(() => window.set.records), [
     { name: 'a1!', id: 1 },
+    { name: 'a2', id: 2 },
     { name: 'b2', id: 2 },
   ]);
   assert.equal(await page.evaluate(() => window.set.get(1, 'Alpha').name), 'a1!');
@@ -241,5 +280,131 @@ window.set = liveSet('/events?topic=Alpha&topic=Beta', report);`);
   const ofTopic = (name) => changes.slice(2).filter((c) => c.startsWith(`${name} `));
   assert.deepEqual(ofTopic('Alpha'), ['Alpha update 1']);
   assert.deepEqual(ofTopic('Beta'), ['Beta create 2', 'Beta remove 1']);
+  assert.deepEqual(changes.slice(0, 2).sort(), ['Alpha load ', 'Beta load ']);
+  assert.deepEqual(lists, [], 'both topics came in the stream\'s snapshots');
+  assert.deepEqual(errors, []);
+});
+
+test('a reconnect before the snapshot\'s last page gathers a fresh one; pages are kept by id', async (t) => {
+  const defer = cleanup(t);
+  const gateway = await startGateway();
+  defer(() => gateway.stop());
+  const browser = await launchBrowser();
+  defer(() => browser.close());
+  const api = `${gateway.base}/api/Pages`;
+  await rest('POST', api, { n: 1 });
+  await rest('POST', api, { n: 2 });
+  const at = (await fetch(api)).headers.get('last-event-id'); // the state [1, 2] is at `at`
+
+  // The first two stream answers are the test's: a snapshot cut off before its last page,
+  // with a record that is not there (99); then a whole one, the state at `at`, whose
+  // record 1 comes on two pages (as a Redis snapshot may send it). Then the gateway's,
+  // which resumes from `at`.
+  const asked = []; // the snapshot param of each stream request
+  const sse = (frames) => ({ contentType: 'text/event-stream', body: `retry: 50\n\n${frames.join('')}` });
+  const page = (records, last, id) => `${id ? `id: ${id}\n` : ''}event: snapshot\ndata: ${JSON.stringify({ records, last })}\n\n`;
+  const { page: tab, errors, lists } = await openPage(browser, gateway.base, `
+window.sizes = []; // the set's size when each snapshot page arrived
+class Watching extends EventSource {
+  constructor(url) { super(url); this.addEventListener('snapshot', () => window.sizes.push(window.set.size)); }
+}
+window.set = liveSet('/api/Pages/change-stream?_format=event-stream', { ...report, EventSource: Watching });`,
+  (p) => p.route((url) => url.pathname.endsWith('/change-stream'), (route) => {
+    const request = route.request();
+    asked.push(new URL(request.url()).searchParams.get('snapshot'));
+    if (asked.length === 1) {
+      return route.fulfill(sse([page([{ n: 1, id: 1 }, { n: 'ghost', id: 99 }], false)]));
+    }
+    if (asked.length === 2) {
+      return route.fulfill(sse([
+        page([{ n: 1, id: 1 }, { n: 2, id: 2 }], false),
+        page([{ n: 1, id: 1 }], true, at),
+      ]));
+    }
+    return route.continue();
+  }));
+  await tab.waitForFunction(() => window.set.ready.then(() => true), null, { timeout: STEP_MS });
+  assert.deepEqual(await tab.evaluate(() => window.set.records), [{ n: 1, id: 1 }, { n: 2, id: 2 }]);
+  assert.deepEqual(await tab.evaluate(() => window.sizes), [0, 0, 0], 'nothing shown before a last page');
+  assert.equal(await loads(tab), 1, 'the cut-off snapshot never loaded');
+
+  // Live from `at` on the gateway's stream.
+  await until(tab, () => window.report.state === 'live');
+  await rest('PATCH', `${api}/2`, { n: 20 });
+  await rest('POST', api, { n: 3 });
+  await rest('DELETE', `${api}/1`);
+  await assertInSync(tab, api);
+  assert.equal(await tab.evaluate(() => window.set.get(99)), undefined);
+  assert.deepEqual(asked, ['true', 'true', 'true']);
+  // The browser's own reconnect after the whole snapshot resumed from its id (Playwright
+  // does not show the Last-Event-ID header EventSource adds; the gateway's log does).
+  await gateway.waitForLog('stream opened', (fields) => fields.resume === JSON.stringify([`Pages:${at}`]));
+  assert.deepEqual(lists, []);
+  assert.deepEqual(errors, []);
+});
+
+test('a source that ignores snapshot=true: the set loads by GET at its first change, or after snapshotTimeout', async (t) => {
+  const defer = cleanup(t);
+  const gateway = await startGateway();
+  defer(() => gateway.stop());
+  const browser = await launchBrowser();
+  defer(() => browser.close());
+  for (const name of ['Busy', 'Idle']) {
+    await rest('POST', `${gateway.base}/api/${name}`, { n: 1 });
+    await rest('POST', `${gateway.base}/api/${name}`, { n: 2 });
+  }
+
+  // A change comes before any snapshot page: it is buffered, and the list is loaded.
+  const busy = await openPage(browser, gateway.base, `
+window.set = liveSet('/api/Busy/change-stream?_format=event-stream', report);
+window.set.ready.then(() => { window.isReady = true; });`, withoutSnapshots);
+  await until(busy.page, () => window.report.state === 'live');
+  assert.deepEqual(await busy.page.evaluate(() => [window.set.size, window.set.snapshots, window.isReady]), [0, true, undefined]);
+  await rest('PATCH', `${gateway.base}/api/Busy/2`, { n: 20 });
+  await busy.page.waitForFunction(() => window.set.ready.then(() => true), null, { timeout: STEP_MS });
+  await assertInSync(busy.page, `${gateway.base}/api/Busy`);
+  assert.equal(await busy.page.evaluate(() => window.set.snapshots), false);
+  const changes = await busy.page.evaluate(() => window.report.changes.map((c) => `${c.type} ${c.target ?? ''}`));
+  assert.deepEqual(changes, ['load ', 'update 2'], 'the change that came first, on top of the list');
+  assert.deepEqual(busy.lists, ['/api/Busy']);
+  await rest('POST', `${gateway.base}/api/Busy`, { n: 3 });
+  await assertInSync(busy.page, `${gateway.base}/api/Busy`);
+
+  // Nothing comes at all: after snapshotTimeout the list is loaded.
+  const idle = await openPage(browser, gateway.base, `
+window.set = liveSet('/api/Idle/change-stream?_format=event-stream', { ...report, snapshotTimeout: 300 });`, withoutSnapshots);
+  await idle.page.waitForFunction(() => window.set.ready.then(() => true), null, { timeout: STEP_MS });
+  await assertInSync(idle.page, `${gateway.base}/api/Idle`);
+  assert.deepEqual(idle.lists, ['/api/Idle']);
+  await rest('DELETE', `${gateway.base}/api/Idle/1`);
+  await assertInSync(idle.page, `${gateway.base}/api/Idle`);
+  assert.deepEqual([...busy.errors, ...idle.errors], []);
+});
+
+test('a stream refused with 409 (a raw-publish topic) is reported and reopened without snapshot', async (t) => {
+  const defer = cleanup(t);
+  const gateway = await startGateway();
+  defer(() => gateway.stop());
+  const browser = await launchBrowser();
+  defer(() => browser.close());
+  const publish = (n) => rest('POST', `${gateway.base}/publish`, {
+    topic: 'Raw', change: { target: n, data: { n, id: n }, type: 'create' },
+  });
+  await publish(1); // the topic is raw now: it keeps no records
+
+  const streams = [];
+  const { page, errors } = await openPage(browser, gateway.base, `
+window.set = liveSet('/api/Raw/change-stream?_format=event-stream', { ...report, load: false, snapshot: true });`,
+  async (p) => p.on('request', (request) => {
+    if (request.resourceType() === 'eventsource') streams.push(new URL(request.url()).searchParams.get('snapshot'));
+  }));
+  await page.waitForFunction(() => window.set.ready.then(() => true), null, { timeout: STEP_MS });
+  const reported = await page.evaluate(() => window.report.errors);
+  assert.equal(reported.length, 1);
+  assert.match(reported[0], /^change stream refused: 409 /);
+  assert.equal(await page.evaluate(() => window.set.snapshots), false);
+  assert.deepEqual(streams, ['true', null]);
+  await publish(2);
+  await until(page, () => window.set.get(2)?.n === 2);
   assert.deepEqual(errors, []);
 });
