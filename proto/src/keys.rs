@@ -8,6 +8,7 @@
 //! | id counter | `cs:{MyModels}:seq` | string: the highest integer id given, at most 2^53-1 |
 //! | change stream | `cs:{MyModels}:stream` | stream of change events (replay) |
 //! | raw marker | `cs:{MyModels}:raw` | string `1` once a raw `POST /publish` wrote to the topic: its records are kept by the backend, not here |
+//! | idempotency record | `cs:{MyModels}:idem:<subject>:<key>` | hash `fp` (the request's fingerprint), `outcome` (the write script's first reply), expiring after `idempotency_ttl` |
 //! | pub/sub channel | `cs:{MyModels}:events` | channel carrying [`crate::Envelope`]s |
 
 use crate::Topic;
@@ -38,6 +39,14 @@ impl Topic {
         self.key("raw")
     }
 
+    /// Where the outcome of a write made under idempotency key `key` by token subject
+    /// `subject` (empty without auth) is remembered. `%` and `:` in the subject are
+    /// percent-encoded, so no two (subject, key) pairs share a name.
+    pub fn idempotency_key(&self, subject: &str, key: &str) -> String {
+        let subject = subject.replace('%', "%25").replace(':', "%3A");
+        self.key(&format!("idem:{subject}:{key}"))
+    }
+
     /// The topic whose [`Topic::redis_channel`] is `channel`, if it is one.
     pub fn from_redis_channel(channel: &str) -> Option<Topic> {
         let name = channel.strip_prefix("cs:{")?.strip_suffix("}:events")?;
@@ -63,6 +72,12 @@ mod tests {
         assert_eq!(t.stream_key(), "cs:{MyModels}:stream");
         assert_eq!(t.raw_key(), "cs:{MyModels}:raw");
         assert_eq!(t.redis_channel(), "cs:{MyModels}:events");
+        assert_eq!(t.idempotency_key("", "k-1"), "cs:{MyModels}:idem::k-1");
+        assert_eq!(
+            t.idempotency_key("a:b%", "c"),
+            "cs:{MyModels}:idem:a%3Ab%25:c"
+        );
+        assert_ne!(t.idempotency_key("a:b", "c"), t.idempotency_key("a", "b:c"));
         assert_eq!(Topic::from_redis_channel(&t.redis_channel()), Some(t));
         assert_eq!(Topic::from_redis_channel("cs:{a b}:events"), None);
         assert_eq!(Topic::from_redis_channel("other"), None);

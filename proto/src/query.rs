@@ -41,8 +41,8 @@ pub const MAX_BRACKET_INDEX: usize = 20;
 /// Why a find filter was refused (a 400). Messages name the problem and where it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueryError {
-    #[error("filter is not valid JSON: {reason}")]
-    Json { reason: String },
+    #[error("{name} is not valid JSON: {reason}")]
+    Json { name: String, reason: String },
     #[error("filter is larger than {max} bytes of JSON")]
     TooBig { max: usize },
     #[error("filter must be a JSON object, got {found}")]
@@ -133,53 +133,23 @@ impl Query {
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
         limits: &FilterLimits,
     ) -> Result<Self, QueryError> {
-        let mut json = None;
-        let mut brackets = Vec::new();
-        for (key, value) in pairs {
-            if key == "filter" {
-                if json.replace(value).is_some() {
-                    return Err(QueryError::Bracket {
-                        reason: "filter given more than once".into(),
-                    });
-                }
-            } else if let Some(path) = key.strip_prefix("filter[") {
-                brackets.push((path, value));
-            }
+        match json_param("filter", pairs, limits)? {
+            None => Ok(Self::default()),
+            Some(value) => Self::parse(&value, limits),
         }
-        let value = match (json, brackets.is_empty()) {
-            (None, true) => return Ok(Self::default()),
-            (Some(_), false) => {
-                return Err(QueryError::Bracket {
-                    reason: "give filter as JSON or in the bracket form, not both".into(),
-                });
-            }
-            (Some(text), true) => {
-                if text.len() > limits.max_bytes {
-                    return Err(QueryError::TooBig {
-                        max: limits.max_bytes,
-                    });
-                }
-                serde_json::from_str(text).map_err(|e| QueryError::Json {
-                    reason: e.to_string(),
-                })?
-            }
-            (None, false) => {
-                let total: usize = brackets.iter().map(|(k, v)| k.len() + v.len()).sum();
-                if total > limits.max_bytes {
-                    return Err(QueryError::TooBig {
-                        max: limits.max_bytes,
-                    });
-                }
-                bracket_value(&brackets)?
-            }
-        };
-        Self::parse(&value, limits)
     }
 
     /// This query with `scope`'s `where` ANDed in ([`Filter::restricted_to`]).
     #[must_use]
     pub fn restricted_to(mut self, scope: &Filter) -> Self {
         self.filter = self.filter.restricted_to(scope);
+        self
+    }
+
+    /// This query limited to its first record (LoopBack's `findOne`).
+    #[must_use]
+    pub fn first(mut self) -> Self {
+        self.limit = Some(1);
         self
     }
 
@@ -417,6 +387,62 @@ fn count(key: &'static str, value: &Value) -> Result<Option<usize>, QueryError> 
             s.parse().map(Some).map_err(|_| bad())
         }
         _ => Err(bad()),
+    }
+}
+
+/// The JSON value of query parameter `name` (`filter`, `where`), from a request's
+/// decoded pairs: `name=<JSON>`, or LoopBack's bracket form `name[a][b]=...`; `None` if
+/// neither is there. Other parameters are ignored.
+///
+/// # Errors
+/// A [`QueryError`]: bad JSON, both forms at once, the parameter twice, a malformed
+/// bracket key, or more than `limits.max_bytes`.
+pub fn json_param<'a>(
+    name: &str,
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    limits: &FilterLimits,
+) -> Result<Option<Value>, QueryError> {
+    let mut json = None;
+    let mut brackets = Vec::new();
+    let open = format!("{name}[");
+    for (key, value) in pairs {
+        if key == name {
+            if json.replace(value).is_some() {
+                return Err(QueryError::Bracket {
+                    reason: format!("{name} given more than once"),
+                });
+            }
+        } else if let Some(path) = key.strip_prefix(open.as_str()) {
+            brackets.push((path, value));
+        }
+    }
+    match (json, brackets.is_empty()) {
+        (None, true) => Ok(None),
+        (Some(_), false) => Err(QueryError::Bracket {
+            reason: format!("give {name} as JSON or in the bracket form, not both"),
+        }),
+        (Some(text), true) => {
+            if text.len() > limits.max_bytes {
+                return Err(QueryError::TooBig {
+                    max: limits.max_bytes,
+                });
+            }
+            serde_json::from_str(text)
+                .map(Some)
+                .map_err(|e| QueryError::Json {
+                    name: name.to_owned(),
+                    reason: e.to_string(),
+                })
+        }
+        (None, false) => {
+            let total: usize = brackets.iter().map(|(k, v)| k.len() + v.len()).sum();
+            if total > limits.max_bytes {
+                return Err(QueryError::TooBig {
+                    max: limits.max_bytes,
+                });
+            }
+            bracket_value(&brackets).map(Some)
+        }
     }
 }
 

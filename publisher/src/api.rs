@@ -1,43 +1,63 @@
-//! The LoopBack-style REST API over any [`Store`]:
+//! The LoopBack `PersistedModel` REST API over any [`Store`]:
 //!
-//! | method | path | answer |
-//! |---|---|---|
-//! | `POST` | `/api/{collection}` | the created record (id assigned) |
-//! | `GET` | `/api/{collection}` | every record, by id |
-//! | `GET` | `/api/{collection}/{id}` | the record, or 404 |
-//! | `PUT` | `/api/{collection}/{id}` | the replaced record, or 404 |
-//! | `PATCH` | `/api/{collection}/{id}` | the merged record, or 404 |
-//! | `DELETE` | `/api/{collection}/{id}` | `{"count":1}` or `{"count":0}` |
-//! | `POST` | `/publish` | `{"id":"<stream id>"}`: a change without a record write |
-//! | `GET` | `/healthz`, `/readyz` | liveness; readiness (the store answers) |
+//! | method | path | LoopBack | answer |
+//! |---|---|---|---|
+//! | `GET` | `/api/{c}` | `find` | the records `filter` selects, with `Last-Event-ID` |
+//! | `POST` | `/api/{c}` | `create` | the created record, or with an array body every record (all or none) |
+//! | `PATCH` | `/api/{c}` | `upsert` | the merged or created record |
+//! | `PUT` | `/api/{c}`, `POST /api/{c}/replaceOrCreate` | `replaceOrCreate` | the replaced or created record |
+//! | `POST` | `/api/{c}/upsertWithWhere?where=` | `upsertWithWhere` | the merged or created record |
+//! | `POST` | `/api/{c}/update?where=` | `updateAll` | `{"count":N}` |
+//! | `GET` | `/api/{c}/count?where=` | `count` | `{"count":N}` |
+//! | `GET` | `/api/{c}/findOne?filter=` | `findOne` | the first record `filter` selects, or 404 |
+//! | `GET` | `/api/{c}/{id}` | `findById` (with `filter[fields]`) | the record, or 404 |
+//! | `GET` | `/api/{c}/{id}/exists`, `HEAD /api/{c}/{id}` | `exists` | `{"exists":bool}`; `HEAD`: 200 or 404 |
+//! | `PUT` | `/api/{c}/{id}`, `POST /api/{c}/{id}/replace` | `replaceById` | the replaced record, or 404 |
+//! | `PATCH` | `/api/{c}/{id}` | `patchAttributes` | the merged record, or 404 |
+//! | `DELETE` | `/api/{c}/{id}` | `deleteById` | `{"count":1}` or `{"count":0}` |
+//! | `POST` | `/publish` | | `{"id":"<stream id>"}`, or with an array one per change |
+//! | `GET` | `/healthz`, `/readyz` | | liveness; readiness (the store answers) |
 //!
+//! Every write emits the change LoopBack's own change stream would, in the same atomic
+//! step as the write ([`crate::ops`]). Every mutating route takes an `Idempotency-Key`
+//! header: a retry with the same key and request answers the first answer again (with
+//! `Idempotent-Replayed: true`) and writes nothing; another request under the key is a 422.
 //! Every error is LoopBack's JSON shape (see [`ApiError`]) and writes nothing.
 //!
 //! With auth on ([`Auth`]), every data route needs a token (a bad one is a 401 before the
-//! body is read): mutations and `/publish` a `publish` grant on the topic, reads a
-//! `subscribe` or `publish` grant. `/healthz` and `/readyz` never need one; `/metrics`
-//! only with `metrics_public = false`.
+//! body is read): writes and `/publish` a `publish` grant on the topic, reads a
+//! `subscribe` or `publish` grant. A token's row scope (`topics.where`) narrows every read,
+//! and the records `updateAll` and `upsertWithWhere` select. `/healthz` and `/readyz` never
+//! need one; `/metrics` only with `metrics_public = false`.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRef, Path, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use proto::{Change, FilterLimits, Object, Query, RecordId, Topic};
+use proto::{Change, Filter, FilterLimits, Object, Query, RecordId, Topic};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus::Registry;
 use service::auth::{Auth, Authenticated, Claims};
-use service::http::{BodyLimit, JsonObject, healthz, metrics_route, no_route, wrong_method};
+use service::http::{
+    BodyLimit, JsonBody, JsonObject, healthz, metrics_route, no_route, wrong_method,
+};
 use service::limits::RateLimiter;
 
 use crate::error::{ApiError, StoreError};
 use crate::metrics::PublisherMetrics;
-use crate::store::Store;
+use crate::ops::{self, Answer, BatchLimits, Where};
+use crate::store::{Idempotency, IdempotencyKey, Store, Written};
+
+/// The request header that carries an idempotency key.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// The response header on an answer given again under an idempotency key.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// What the handlers share.
 #[derive(Clone, Debug)]
@@ -49,6 +69,9 @@ pub struct ApiState<S> {
     pub auth: Auth,
     /// Events per second per token subject; `None`: no limit.
     pub rate: Option<Arc<RateLimiter>>,
+    /// How long an idempotency key is remembered.
+    pub idempotency_ttl: Duration,
+    pub batch: BatchLimits,
 }
 
 impl<S> ApiState<S> {
@@ -59,6 +82,8 @@ impl<S> ApiState<S> {
             metrics,
             auth,
             rate: None,
+            idempotency_ttl: ops::default_ttl(),
+            batch: BatchLimits::default(),
         }
     }
 
@@ -69,8 +94,16 @@ impl<S> ApiState<S> {
         self
     }
 
-    /// May this caller write `topic` now: its grant, then its rate. Nothing is written on
-    /// refusal.
+    /// Keeps idempotency keys for `ttl`, and bounds batches by `batch`.
+    #[must_use]
+    pub fn with_writes(mut self, ttl: Duration, batch: BatchLimits) -> Self {
+        self.idempotency_ttl = ttl;
+        self.batch = batch;
+        self
+    }
+
+    /// May this caller write `topic` now: its grant, then its rate (`events` of them).
+    /// Nothing is written on refusal.
     fn authorize_write(&self, claims: Option<&Claims>, topic: &Topic) -> Result<(), ApiError> {
         self.auth.authorize_publish(claims, topic)?;
         if let Some(rate) = &self.rate {
@@ -81,16 +114,52 @@ impl<S> ApiState<S> {
         Ok(())
     }
 
-    /// Runs one store call of `kind`, counting its outcome and duration.
+    /// The request's idempotency key, if it has one, scoped to the caller's subject.
+    fn idempotency(
+        &self,
+        headers: &HeaderMap,
+        claims: Option<&Claims>,
+    ) -> Result<Option<Idempotency>, ApiError> {
+        let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+        let Some(value) = values.next() else {
+            return Ok(None);
+        };
+        if values.next().is_some() {
+            return Err(StoreError::BadIdempotencyKey.into());
+        }
+        let key = value
+            .to_str()
+            .map_err(|_| StoreError::BadIdempotencyKey)
+            .and_then(IdempotencyKey::new)?;
+        Ok(Some(Idempotency {
+            subject: claims.and_then(|c| c.sub.clone()).unwrap_or_default(),
+            key,
+            ttl: self.idempotency_ttl,
+        }))
+    }
+
+    /// Runs one write of `kind`, counting its outcome, duration and replays.
     async fn measured<T>(
         &self,
         kind: &str,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
+        call: impl Future<Output = Result<Answer<T>, StoreError>>,
+    ) -> Result<Answer<T>, StoreError> {
         let started = Instant::now();
         let result = call.await;
         self.metrics.record(kind, started.elapsed(), &result);
+        if let Ok(answer) = &result
+            && answer.replayed
+        {
+            self.metrics.replays.with_label_values(&[kind]).inc();
+        }
         result
+    }
+
+    fn batch_size(&self, kind: &str, items: usize) {
+        self.metrics
+            .batch_items
+            .with_label_values(&[kind])
+            .observe(items as f64);
     }
 }
 
@@ -139,14 +208,34 @@ fn health_routes<S: Store>() -> Router<ApiState<S>> {
 /// its own (the embedded gateway).
 pub fn routes<S: Store>() -> Router<ApiState<S>> {
     Router::new()
-        .route("/api/{collection}", post(create::<S>).get(list::<S>))
+        .route(
+            "/api/{collection}",
+            post(create::<S>)
+                .get(list::<S>)
+                .patch(upsert::<S>)
+                .put(replace_or_create::<S>),
+        )
+        .route(
+            "/api/{collection}/replaceOrCreate",
+            post(replace_or_create::<S>),
+        )
+        .route(
+            "/api/{collection}/upsertWithWhere",
+            post(upsert_with_where::<S>),
+        )
+        .route("/api/{collection}/update", post(update_all::<S>))
+        .route("/api/{collection}/count", get(count::<S>))
+        .route("/api/{collection}/findOne", get(find_one::<S>))
         .route(
             "/api/{collection}/{id}",
             get(find::<S>)
+                .head(head::<S>)
                 .put(replace::<S>)
                 .patch(patch::<S>)
                 .delete(delete::<S>),
         )
+        .route("/api/{collection}/{id}/exists", get(exists::<S>))
+        .route("/api/{collection}/{id}/replace", post(replace::<S>))
         .route("/publish", post(publish::<S>))
 }
 
@@ -158,6 +247,12 @@ fn path_error(e: PathRejection) -> ApiError {
     ApiError::BadRequest(format!("bad path: {}", e.body_text()))
 }
 
+type CollectionPath = Result<Path<String>, PathRejection>;
+
+fn collection(path: CollectionPath) -> Result<Topic, ApiError> {
+    topic(&path.map_err(path_error)?.0)
+}
+
 /// A JSON response from text that is already JSON (stored records).
 fn raw_json(text: String) -> Response {
     (
@@ -167,20 +262,145 @@ fn raw_json(text: String) -> Response {
         .into_response()
 }
 
+/// A write's answer: `body`, marked when it is the first answer given again.
+fn answered<T>(answer: Answer<T>, body: impl FnOnce(T) -> String) -> Response {
+    let replayed = answer.replayed;
+    let mut response = raw_json(body(answer.value));
+    if replayed {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    response
+}
+
+fn record_json(written: Written) -> String {
+    Value::Object(written.record).to_string()
+}
+
+fn count_json(count: usize) -> String {
+    json!({ "count": count }).to_string()
+}
+
+/// The query string's decoded pairs.
+fn query_pairs(uri: &Uri) -> Result<Vec<(String, String)>, ApiError> {
+    serde_urlencoded::from_str(uri.query().unwrap_or(""))
+        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))
+}
+
+fn pairs_ref(pairs: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
+    pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+}
+
+/// The find filter of `uri` (`filter=` or its bracket form), with the token's row scope
+/// ANDed in.
+fn find_query(uri: &Uri, claims: Option<&Claims>, topic: &Topic) -> Result<Query, ApiError> {
+    let pairs = query_pairs(uri)?;
+    let query = Query::from_query(pairs_ref(&pairs), &FilterLimits::default())
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    // The token's row scope narrows what it reads, whatever its filter asks.
+    Ok(match claims.and_then(|c| c.scope(topic)) {
+        Some(scope) => query.restricted_to(&scope),
+        None => query,
+    })
+}
+
+/// The `where` of `uri` (`where=` or its bracket form), with the token's row scope ANDed
+/// in. None: every record, unless `required` (a write must say what it selects; `{}` is
+/// every record).
+fn where_param(
+    uri: &Uri,
+    claims: Option<&Claims>,
+    topic: &Topic,
+    required: bool,
+) -> Result<Where, ApiError> {
+    let pairs = query_pairs(uri)?;
+    let value = proto::query::json_param("where", pairs_ref(&pairs), &FilterLimits::default())
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let value = match value {
+        Some(value) => value,
+        None if required => {
+            return Err(ApiError::BadRequest(
+                "where is required: ?where={...} selects the records ({} selects every one)".into(),
+            ));
+        }
+        None => Value::Object(Object::new()),
+    };
+    let scope = claims.and_then(|c| c.scope(topic));
+    Ok(Where::new(&value, scope.as_ref())?)
+}
+
+/// The records of a snapshot, parsed.
+fn parsed(records: &[String]) -> Result<Vec<Object>, ApiError> {
+    records
+        .iter()
+        .map(|text| serde_json::from_str::<Object>(text))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StoreError::Reply(format!("stored record is not a JSON object: {e}")).into())
+}
+
+/// `Last-Event-ID`: the position a read's records are exactly the state of.
+fn at_position(mut response: Response, position: proto::EventId) -> Response {
+    if let Ok(position) = HeaderValue::from_str(&position.to_string()) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("last-event-id"), position);
+    }
+    response
+}
+
 async fn create<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Authenticated,
-    path: Result<Path<String>, PathRejection>,
-    JsonObject(body): JsonObject,
-) -> Result<Json<Object>, ApiError> {
-    let topic = topic(&path.map_err(path_error)?.0)?;
+    path: CollectionPath,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let topic = collection(path)?;
     state.authorize_write(caller.claims(), &topic)?;
-    Ok(Json(
-        state
-            .measured("create", state.store.create(&topic, body))
-            .await?
-            .record,
-    ))
+    let idem = state.idempotency(&headers, caller.claims())?;
+    match body {
+        Value::Object(body) => {
+            let answer = state
+                .measured(
+                    "create",
+                    ops::create(&state.store, &topic, body, idem.as_ref()),
+                )
+                .await?;
+            Ok(answered(answer, record_json))
+        }
+        Value::Array(items) => {
+            let bodies = items
+                .into_iter()
+                .enumerate()
+                .map(|(n, item)| match item {
+                    Value::Object(body) => Ok(body),
+                    _ => Err(ApiError::BadRequest(format!(
+                        "request body[{n}] must be a JSON object"
+                    ))),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            state.batch_size("create", bodies.len());
+            let answer = state
+                .measured(
+                    "create",
+                    ops::create_many(&state.store, &topic, bodies, idem.as_ref(), &state.batch),
+                )
+                .await?;
+            Ok(answered(answer, |written| {
+                Value::Array(
+                    written
+                        .into_iter()
+                        .map(|w| Value::Object(w.record))
+                        .collect(),
+                )
+                .to_string()
+            }))
+        }
+        _ => Err(ApiError::BadRequest(
+            "request body must be a JSON object or an array of objects".into(),
+        )),
+    }
 }
 
 /// LoopBack's `find`: the records `filter` selects (`?filter=<JSON>` or the bracket form,
@@ -189,49 +409,64 @@ async fn create<S: Store>(
 async fn list<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Authenticated,
-    path: Result<Path<String>, PathRejection>,
+    path: CollectionPath,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let topic = topic(&path.map_err(path_error)?.0)?;
+    let topic = collection(path)?;
     state.auth.authorize_read(caller.claims(), &topic)?;
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(uri.query().unwrap_or(""))
-        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
-    let query = Query::from_query(
-        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        &FilterLimits::default(),
-    )
-    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    // The token's row scope narrows what it reads, whatever its filter asks.
-    let query = match caller.claims().and_then(|c| c.scope(&topic)) {
-        Some(scope) => query.restricted_to(&scope),
-        None => query,
-    };
+    let query = find_query(&uri, caller.claims(), &topic)?;
     let snapshot = state.store.snapshot(&topic).await?;
     let body = if query.is_empty() {
         format!("[{}]", snapshot.records.join(","))
     } else {
-        let records = snapshot
-            .records
-            .iter()
-            .map(|text| serde_json::from_str::<Object>(text))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| StoreError::Reply(format!("stored record is not a JSON object: {e}")))?;
-        serde_json::Value::Array(
+        Value::Array(
             query
-                .apply(records)
+                .apply(parsed(&snapshot.records)?)
                 .into_iter()
-                .map(serde_json::Value::Object)
+                .map(Value::Object)
                 .collect(),
         )
         .to_string()
     };
-    let mut response = raw_json(body);
-    if let Ok(position) = HeaderValue::from_str(&snapshot.position.to_string()) {
-        response
-            .headers_mut()
-            .insert(HeaderName::from_static("last-event-id"), position);
+    Ok(at_position(raw_json(body), snapshot.position))
+}
+
+/// LoopBack's `findOne`: the first record `filter` selects, or 404.
+async fn find_one<S: Store>(
+    State(state): State<ApiState<S>>,
+    caller: Authenticated,
+    path: CollectionPath,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let topic = collection(path)?;
+    state.auth.authorize_read(caller.claims(), &topic)?;
+    let query = find_query(&uri, caller.claims(), &topic)?.first();
+    let snapshot = state.store.snapshot(&topic).await?;
+    match query.apply(parsed(&snapshot.records)?).into_iter().next() {
+        Some(record) => Ok(at_position(
+            raw_json(Value::Object(record).to_string()),
+            snapshot.position,
+        )),
+        None => Err(StoreError::NoneFound { topic }.into()),
     }
-    Ok(response)
+}
+
+/// LoopBack's `count`: `{"count":N}` of the records `where` selects.
+async fn count<S: Store>(
+    State(state): State<ApiState<S>>,
+    caller: Authenticated,
+    path: CollectionPath,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let topic = collection(path)?;
+    state.auth.authorize_read(caller.claims(), &topic)?;
+    let where_ = where_param(&uri, caller.claims(), &topic, false)?;
+    let snapshot = state.store.snapshot(&topic).await?;
+    let count = parsed(&snapshot.records)?
+        .iter()
+        .filter(|r| where_.filter().matches(r))
+        .count();
+    Ok(at_position(raw_json(count_json(count)), snapshot.position))
 }
 
 type ItemPath = Result<Path<(String, String)>, PathRejection>;
@@ -241,104 +476,325 @@ fn item(path: ItemPath) -> Result<(Topic, RecordId), ApiError> {
     Ok((topic(&collection)?, RecordId::from_path(&id)?))
 }
 
+/// The record the caller may see: `None` if absent or outside its token's row scope.
+async fn visible<S: Store>(
+    state: &ApiState<S>,
+    claims: Option<&Claims>,
+    topic: &Topic,
+    id: &RecordId,
+) -> Result<Option<Object>, ApiError> {
+    let Some(text) = state.store.get(topic, id).await? else {
+        return Ok(None);
+    };
+    let record: Object = serde_json::from_str(&text)
+        .map_err(|e| StoreError::Reply(format!("stored record is not a JSON object: {e}")))?;
+    // A record outside the token's row scope is not there, for this token.
+    let scope: Option<Filter> = claims.and_then(|c| c.scope(topic));
+    Ok(scope.is_none_or(|s| s.matches(&record)).then_some(record))
+}
+
+/// LoopBack's `findById`, with `filter[fields]`.
 async fn find<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Authenticated,
     path: ItemPath,
+    uri: Uri,
 ) -> Result<Response, ApiError> {
     let (topic, id) = item(path)?;
     state.auth.authorize_read(caller.claims(), &topic)?;
-    let record = state.store.get(&topic, &id).await?;
-    // A record outside the token's row scope is not there, for this token.
-    let scope = caller.claims().and_then(|c| c.scope(&topic));
-    let visible = |text: &String| {
-        scope.as_ref().is_none_or(|scope| {
-            serde_json::from_str::<Object>(text).is_ok_and(|record| scope.matches(&record))
-        })
-    };
-    match record {
-        Some(record) if visible(&record) => Ok(raw_json(record)),
-        _ => Err(StoreError::NotFound { topic, id }.into()),
+    let query = find_query(&uri, None, &topic)?;
+    match visible(&state, caller.claims(), &topic, &id).await? {
+        Some(record) => Ok(raw_json(
+            Value::Object(query.filter().project(&record)).to_string(),
+        )),
+        None => Err(StoreError::NotFound { topic, id }.into()),
     }
+}
+
+/// LoopBack's `exists`: `{"exists":true|false}`.
+async fn exists<S: Store>(
+    State(state): State<ApiState<S>>,
+    caller: Authenticated,
+    path: ItemPath,
+) -> Result<Json<Value>, ApiError> {
+    let (topic, id) = item(path)?;
+    state.auth.authorize_read(caller.claims(), &topic)?;
+    let found = visible(&state, caller.claims(), &topic, &id)
+        .await?
+        .is_some();
+    Ok(Json(json!({ "exists": found })))
+}
+
+/// `HEAD /api/{c}/{id}`: LoopBack's `exists` as a status, 200 or 404, no body.
+async fn head<S: Store>(
+    State(state): State<ApiState<S>>,
+    caller: Authenticated,
+    path: ItemPath,
+) -> Result<StatusCode, ApiError> {
+    let (topic, id) = item(path)?;
+    state.auth.authorize_read(caller.claims(), &topic)?;
+    Ok(match visible(&state, caller.claims(), &topic, &id).await? {
+        Some(_) => StatusCode::OK,
+        None => StatusCode::NOT_FOUND,
+    })
 }
 
 async fn replace<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Authenticated,
     path: ItemPath,
+    headers: HeaderMap,
     JsonObject(body): JsonObject,
-) -> Result<Json<Object>, ApiError> {
+) -> Result<Response, ApiError> {
     let (topic, id) = item(path)?;
     state.authorize_write(caller.claims(), &topic)?;
-    Ok(Json(
-        state
-            .measured("replace", state.store.replace(&topic, &id, body))
-            .await?
-            .record,
-    ))
+    let idem = state.idempotency(&headers, caller.claims())?;
+    let answer = state
+        .measured(
+            "replace",
+            ops::replace(&state.store, &topic, &id, body, idem.as_ref()),
+        )
+        .await?;
+    Ok(answered(answer, record_json))
 }
 
 async fn patch<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Authenticated,
     path: ItemPath,
+    headers: HeaderMap,
     JsonObject(body): JsonObject,
-) -> Result<Json<Object>, ApiError> {
+) -> Result<Response, ApiError> {
     let (topic, id) = item(path)?;
     state.authorize_write(caller.claims(), &topic)?;
-    Ok(Json(
-        state
-            .measured("patch", state.store.patch(&topic, &id, body))
-            .await?
-            .record,
-    ))
+    let idem = state.idempotency(&headers, caller.claims())?;
+    let answer = state
+        .measured(
+            "patch",
+            ops::patch(&state.store, &topic, &id, body, idem.as_ref()),
+        )
+        .await?;
+    Ok(answered(answer, record_json))
+}
+
+/// LoopBack's `upsert` (`PATCH /api/{c}`).
+async fn upsert<S: Store>(
+    State(state): State<ApiState<S>>,
+    caller: Authenticated,
+    path: CollectionPath,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    let topic = collection(path)?;
+    state.authorize_write(caller.claims(), &topic)?;
+    let idem = state.idempotency(&headers, caller.claims())?;
+    let answer = state
+        .measured(
+            "upsert",
+            ops::upsert(&state.store, &topic, body, idem.as_ref()),
+        )
+        .await?;
+    Ok(answered(answer, record_json))
+}
+
+/// LoopBack's `replaceOrCreate` (`PUT /api/{c}`, `POST /api/{c}/replaceOrCreate`).
+async fn replace_or_create<S: Store>(
+    State(state): State<ApiState<S>>,
+    caller: Authenticated,
+    path: CollectionPath,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    let topic = collection(path)?;
+    state.authorize_write(caller.claims(), &topic)?;
+    let idem = state.idempotency(&headers, caller.claims())?;
+    let answer = state
+        .measured(
+            "replace_or_create",
+            ops::replace_or_create(&state.store, &topic, body, idem.as_ref()),
+        )
+        .await?;
+    Ok(answered(answer, record_json))
+}
+
+/// LoopBack's `upsertWithWhere` (`POST /api/{c}/upsertWithWhere?where=`).
+async fn upsert_with_where<S: Store>(
+    State(state): State<ApiState<S>>,
+    caller: Authenticated,
+    path: CollectionPath,
+    uri: Uri,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    let topic = collection(path)?;
+    state.authorize_write(caller.claims(), &topic)?;
+    let where_ = where_param(&uri, caller.claims(), &topic, true)?;
+    let idem = state.idempotency(&headers, caller.claims())?;
+    let answer = state
+        .measured(
+            "upsert_with_where",
+            ops::upsert_with_where(&state.store, &topic, &where_, body, idem.as_ref()),
+        )
+        .await?;
+    Ok(answered(answer, record_json))
+}
+
+/// LoopBack's `updateAll` (`POST /api/{c}/update?where=`): `{"count":N}`.
+async fn update_all<S: Store>(
+    State(state): State<ApiState<S>>,
+    caller: Authenticated,
+    path: CollectionPath,
+    uri: Uri,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    let topic = collection(path)?;
+    state.authorize_write(caller.claims(), &topic)?;
+    let where_ = where_param(&uri, caller.claims(), &topic, true)?;
+    let idem = state.idempotency(&headers, caller.claims())?;
+    let answer = state
+        .measured(
+            "update_all",
+            ops::update_all(
+                &state.store,
+                &topic,
+                &where_,
+                body,
+                idem.as_ref(),
+                &state.batch,
+            ),
+        )
+        .await?;
+    state.batch_size("update_all", answer.value.len());
+    Ok(answered(answer, |written| count_json(written.len())))
 }
 
 async fn delete<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Authenticated,
     path: ItemPath,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let (topic, id) = item(path)?;
     state.authorize_write(caller.claims(), &topic)?;
-    let count = u8::from(
-        state
-            .measured("delete", state.store.delete(&topic, &id))
-            .await?
-            .is_some(),
-    );
-    Ok(Json(json!({ "count": count })))
+    let idem = state.idempotency(&headers, caller.claims())?;
+    let answer = state
+        .measured(
+            "delete",
+            ops::delete(&state.store, &topic, &id, idem.as_ref()),
+        )
+        .await?;
+    Ok(answered(answer, |event| {
+        count_json(usize::from(event.is_some()))
+    }))
 }
 
-/// `POST /publish` body.
+/// One `POST /publish` object.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PublishRequest {
     topic: String,
-    change: serde_json::Value,
+    change: Value,
     #[serde(default)]
     last: Option<Object>,
 }
 
+/// A change of a `POST /publish` array, with its place in the array and its `last`.
+type Numbered = (usize, Change, Option<Object>);
+
+/// `POST /publish` of one object (`{"id":...}`) or an array of them (one `{"id":...}` per
+/// item, in order). Each topic's items are written all or none, in order, in one step;
+/// with several topics, each topic is its own step (in the order of its first item). An
+/// idempotency key covers the whole request: a retry after a failure between two topics'
+/// steps writes only the topics not yet written.
 async fn publish<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Authenticated,
-    JsonObject(body): JsonObject,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let request: PublishRequest = serde_json::from_value(serde_json::Value::Object(body))
-        .map_err(|e| ApiError::BadRequest(format!("publish body: {e}")))?;
-    let topic = topic(&request.topic)?;
-    state.authorize_write(caller.claims(), &topic)?;
-    let change = Change::deserialize(request.change)
-        .map_err(|e| ApiError::BadRequest(format!("change: {e}")))?;
-    let id = state
-        .measured(
-            "publish",
-            state.store.publish(&topic, &change, request.last.as_ref()),
-        )
-        .await?;
-
-    Ok(Json(json!({ "id": id.to_string() })))
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let request_text = body.to_string();
+    let (items, one) = match body {
+        Value::Array(items) => (items, false),
+        body @ Value::Object(_) => (vec![body], true),
+        _ => {
+            return Err(ApiError::BadRequest(
+                "publish body must be a JSON object or an array of objects".into(),
+            ));
+        }
+    };
+    if items.len() > state.batch.max_items {
+        return Err(StoreError::BatchTooLarge {
+            what: format!("{} items", items.len()),
+            limit: format!("{} items", state.batch.max_items),
+        }
+        .into());
+    }
+    // Every item is checked, and every topic authorized, before anything is written.
+    let mut groups: Vec<(Topic, Vec<Numbered>)> = Vec::new();
+    for (n, item) in items.into_iter().enumerate() {
+        let at = |e: &dyn std::fmt::Display| {
+            if one {
+                format!("publish body: {e}")
+            } else {
+                format!("publish body[{n}]: {e}")
+            }
+        };
+        let request: PublishRequest =
+            serde_json::from_value(item).map_err(|e| ApiError::BadRequest(at(&e)))?;
+        let topic = topic(&request.topic)?;
+        let change = Change::deserialize(request.change)
+            .map_err(|e| ApiError::BadRequest(at(&format!("change: {e}"))))?;
+        match groups.iter_mut().find(|(t, _)| *t == topic) {
+            Some((_, group)) => group.push((n, change, request.last)),
+            None => groups.push((topic, vec![(n, change, request.last)])),
+        }
+    }
+    for (topic, _) in &groups {
+        state.auth.authorize_publish(caller.claims(), topic)?;
+    }
+    // One request is one admission by the rate limit, as a single write is.
+    if let Some((topic, _)) = groups.first() {
+        state.authorize_write(caller.claims(), topic)?;
+    }
+    let idem = state.idempotency(&headers, caller.claims())?;
+    let total: usize = groups.iter().map(|(_, g)| g.len()).sum();
+    state.batch_size("publish", total);
+    let mut ids = vec![String::new(); total];
+    let mut replayed = true;
+    for (topic, group) in groups {
+        let (positions, changes): (Vec<usize>, Vec<(Change, Option<Object>)>) =
+            group.into_iter().map(|(n, c, l)| (n, (c, l))).unzip();
+        let answer = state
+            .measured(
+                "publish",
+                ops::publish_limited(
+                    &state.store,
+                    &topic,
+                    changes,
+                    idem.as_ref(),
+                    &state.batch,
+                    &request_text,
+                ),
+            )
+            .await?;
+        replayed &= answer.replayed;
+        for (n, event) in positions.into_iter().zip(answer.value) {
+            ids[n] = event.to_string();
+        }
+    }
+    let answer = Answer {
+        value: ids,
+        replayed: replayed && total > 0,
+    };
+    Ok(answered(answer, |ids| {
+        let mut ids: Vec<Value> = ids.into_iter().map(|id| json!({ "id": id })).collect();
+        if one {
+            ids.pop().unwrap_or_default().to_string()
+        } else {
+            Value::Array(ids).to_string()
+        }
+    }))
 }
 
 async fn readyz<S: Store>(State(state): State<ApiState<S>>) -> Response {

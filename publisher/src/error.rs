@@ -2,7 +2,7 @@
 //! (through [`service::HttpError`], as an [`ApiError`]).
 
 use axum::http::StatusCode;
-use proto::{DecodeError, RecordId, Topic};
+use proto::{DecodeError, FilterError, RecordId, Topic};
 pub use service::ApiError;
 use service::HttpError;
 
@@ -48,6 +48,27 @@ pub enum StoreError {
     RecordsNotKept { topic: Topic },
     #[error(transparent)]
     Invalid(#[from] DecodeError),
+    #[error("where: {0}")]
+    Filter(#[from] FilterError),
+    #[error(
+        "Idempotency-Key must be 1 to 255 visible ASCII characters (no spaces or control characters)"
+    )]
+    BadIdempotencyKey,
+    /// The key was used for another request (another operation, topic or body): its first
+    /// answer belongs to that request.
+    #[error(
+        "this Idempotency-Key was used for a different request; use a new key for a new request"
+    )]
+    KeyReused,
+    /// A batch over [`crate::ops::BatchLimits`]; nothing was written.
+    #[error("batch of {what} is larger than the limit of {limit}; split it")]
+    BatchTooLarge { what: String, limit: String },
+    /// `upsertWithWhere` found several records: it updates one or creates one.
+    #[error("{count} records of {topic} match the where; upsertWithWhere updates only one")]
+    ManyMatched { topic: Topic, count: usize },
+    /// `findOne` found nothing.
+    #[error("no record of {topic} matches the filter")]
+    NoneFound { topic: Topic },
 }
 
 impl From<redis::RedisError> for StoreError {
@@ -95,7 +116,13 @@ impl HttpError for StoreError {
             // the safe range), and the client can resolve it by naming an id. A 5xx would
             // also be retried by clients and proxies, and page operators.
             Self::IdsExhausted { .. } => (StatusCode::CONFLICT, "ID_COUNTER_EXHAUSTED"),
-            Self::Invalid(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
+            Self::NoneFound { .. } => (StatusCode::NOT_FOUND, "MODEL_NOT_FOUND"),
+            Self::Invalid(_) | Self::Filter(_) | Self::ManyMatched { .. } => {
+                (StatusCode::BAD_REQUEST, "BAD_REQUEST")
+            }
+            Self::BadIdempotencyKey => (StatusCode::BAD_REQUEST, "BAD_IDEMPOTENCY_KEY"),
+            Self::KeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED"),
+            Self::BatchTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "BATCH_TOO_LARGE"),
         }
     }
 }

@@ -21,12 +21,17 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod ops;
 pub mod store;
 
 pub use config::Config;
 pub use error::{ApiError, StoreError};
+pub use ops::{Answer, BatchLimits, Where};
 pub use service::RedisTarget;
-pub use store::{MemoryStore, RedisOptions, RedisStore, Retention, Snapshot, Store, Written};
+pub use store::{
+    Idempotency, IdempotencyKey, MemoryStore, RedisOptions, RedisStore, Retention, Snapshot, Store,
+    Written,
+};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

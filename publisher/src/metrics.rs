@@ -21,6 +21,11 @@ pub struct PublisherMetrics {
     pub mutations: IntCounterVec,
     /// `publisher_mutation_duration_seconds{type}`.
     pub duration: HistogramVec,
+    /// `publisher_idempotent_replays_total{type}`: writes answered with the first answer
+    /// under their idempotency key (nothing written).
+    pub replays: IntCounterVec,
+    /// `publisher_batch_items{type}`: records or changes per batch write.
+    pub batch_items: HistogramVec,
 }
 
 impl PublisherMetrics {
@@ -44,29 +49,59 @@ impl PublisherMetrics {
             .buckets(BUCKETS.to_vec()),
             &["type"],
         )?;
+        let replays = IntCounterVec::new(
+            Opts::new(
+                "publisher_idempotent_replays_total",
+                "Writes answered with the first answer under their Idempotency-Key, writing nothing.",
+            ),
+            &["type"],
+        )?;
+        let batch_items = HistogramVec::new(
+            HistogramOpts::new(
+                "publisher_batch_items",
+                "Records or changes written per batch (array create, updateAll, publish array).",
+            )
+            .buckets(vec![
+                0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0,
+            ]),
+            &["type"],
+        )?;
         registry.register(Box::new(mutations.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(replays.clone()))?;
+        registry.register(Box::new(batch_items.clone()))?;
         Ok(Self {
             mutations,
             duration,
+            replays,
+            batch_items,
         })
     }
 
-    /// Counts one mutation of `kind` (`create`, `replace`, `patch`, `delete`, `publish`).
+    /// Counts one mutation of `kind` (the operation: `create`, `replace`, `patch`, ...).
+    /// A refused reuse of an idempotency key counts as outcome `key_reused` (the 422s).
     pub fn record<T>(&self, kind: &str, took: Duration, result: &Result<T, StoreError>) {
         let outcome = match result {
             Ok(_) => "ok",
             Err(
                 StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::Unsettled { .. },
             ) => "unavailable",
-            Err(StoreError::NotFound { .. }) => "not_found",
+            Err(StoreError::NotFound { .. } | StoreError::NoneFound { .. }) => "not_found",
             Err(
                 StoreError::Exists { .. }
                 | StoreError::Contended { .. }
                 | StoreError::IdsExhausted { .. }
                 | StoreError::RecordsNotKept { .. },
             ) => "conflict",
-            Err(StoreError::IdMismatch { .. } | StoreError::Invalid(_)) => "invalid",
+            Err(
+                StoreError::IdMismatch { .. }
+                | StoreError::Invalid(_)
+                | StoreError::Filter(_)
+                | StoreError::BadIdempotencyKey
+                | StoreError::ManyMatched { .. },
+            ) => "invalid",
+            Err(StoreError::KeyReused) => "key_reused",
+            Err(StoreError::BatchTooLarge { .. }) => "too_large",
             Err(StoreError::Redis(_) | StoreError::Reply(_)) => "error",
         };
         self.mutations.with_label_values(&[kind, outcome]).inc();

@@ -1,9 +1,10 @@
 //! Record stores: where a mutation and its change event are written together.
 //!
 //! [`Store`] is what the REST API calls. [`RedisStore`] is the production store (one
-//! atomic Lua script per mutation); [`MemoryStore`] keeps records and streams in memory
-//! for the embedded single-node gateway, with the same semantics and a bounded history. The id rules, record assembly and
-//! patch merge live here, once, for both.
+//! atomic Lua script per batch of writes); [`MemoryStore`] keeps records and streams in
+//! memory for the embedded single-node gateway, with the same semantics and a bounded
+//! history. The id rules, record assembly and patch merge live here, once, for both; the
+//! LoopBack operations over them live in [`crate::ops`].
 
 use std::future::Future;
 use std::time::Duration;
@@ -50,50 +51,160 @@ pub struct Written {
     pub event: EventId,
 }
 
+/// One write of a [`Batch`]. The items of one batch name distinct records.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Item {
+    /// A new record. `id: None`: the collection's next integer, appended as the record's
+    /// last key (the record has no `id` then).
+    Create {
+        id: Option<RecordId>,
+        record: Object,
+    },
+    /// A new state for an existing record; with `expect`, only if its stored JSON text is
+    /// still that (compare-and-set).
+    Update {
+        id: RecordId,
+        record: Object,
+        expect: Option<String>,
+    },
+    /// Deletes a record; a missing one is no event.
+    Delete { id: RecordId },
+    /// A change without a record write; `last` is the record's previous state.
+    Publish {
+        change: Change,
+        last: Option<Object>,
+    },
+}
+
+/// Writes made in one atomic step: all or none, their events adjacent in the stream.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Batch {
+    pub items: Vec<Item>,
+    /// The stream position the batch was computed at: it is refused
+    /// ([`Refusal::Moved`]) if any write came after it (`updateAll` reads, then writes).
+    pub at: Option<EventId>,
+}
+
+impl Batch {
+    pub fn of(items: Vec<Item>) -> Self {
+        Self { items, at: None }
+    }
+
+    pub fn one(item: Item) -> Self {
+        Self::of(vec![item])
+    }
+}
+
+/// What one item of a batch did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Effect {
+    /// Its change event; `None` for a delete of a missing record.
+    pub event: Option<EventId>,
+    /// The record's key (empty for a publish).
+    pub key: String,
+    /// The record's JSON text as stored (`None` for a delete or a publish).
+    pub record: Option<String>,
+}
+
+/// Why a batch wrote nothing, when the reason is the data (not the store).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Item `n` (from 0) creates a record that exists.
+    Exists(usize),
+    /// Item `n` updates a record that does not exist.
+    Missing(usize),
+    /// Item `n`'s record is no longer the expected state.
+    Conflict(usize),
+    /// The stream moved past [`Batch::at`]; this is its newest id.
+    Moved(EventId),
+    /// An automatic id would pass [`proto::MAX_SAFE_INTEGER`].
+    Exhausted,
+}
+
+/// What [`Store::apply`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Applied {
+    /// Written now, or (`replayed`) the first time this idempotency key was used; then
+    /// nothing was written now and these are the first write's effects.
+    Done {
+        effects: Vec<Effect>,
+        replayed: bool,
+    },
+    Refused(Refusal),
+}
+
+/// An idempotency key as a write carries it ([`Store::apply`]): whose it is, the
+/// request's fingerprint (a different request under the same key is refused), and how
+/// long it is remembered. [`crate::ops`] makes it from an [`Idempotency`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Remember {
+    pub subject: String,
+    pub key: IdempotencyKey,
+    pub fingerprint: String,
+    pub ttl: Duration,
+}
+
+/// An `Idempotency-Key`: 1 to [`IdempotencyKey::MAX_LEN`] visible ASCII characters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub const MAX_LEN: usize = 255;
+
+    /// # Errors
+    /// [`StoreError::BadIdempotencyKey`] for an empty or longer key, or one with a byte
+    /// outside `!`..=`~`.
+    pub fn new(key: &str) -> Result<Self, StoreError> {
+        let visible = key.bytes().all(|b| b.is_ascii_graphic());
+        if key.is_empty() || key.len() > Self::MAX_LEN || !visible {
+            return Err(StoreError::BadIdempotencyKey);
+        }
+        Ok(Self(key.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Who writes under an idempotency key, and for how long it is kept: what a caller
+/// passes to the [`crate::ops`] functions, which add the request's fingerprint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Idempotency {
+    /// The token's subject (`""` without auth): keys are scoped per subject and topic.
+    pub subject: String,
+    pub key: IdempotencyKey,
+    pub ttl: Duration,
+}
+
+/// Default for how long an idempotency key is remembered.
+pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// A place records and their change events are written to, atomically.
 ///
-/// Every mutating method writes the record and appends + publishes its change in one
-/// step, or writes nothing and returns an error.
+/// The primitive is [`Store::apply`]: a batch of writes, each record written and its
+/// change appended and published, all in one step, or nothing. The LoopBack operations
+/// ([`crate::ops`]) are built on it once, for every store; the provided methods here are
+/// the common ones without an idempotency key.
 pub trait Store: Clone + Send + Sync + 'static {
-    /// Creates a record. Its id is the body's `id`, or the collection's next integer.
-    fn create(
+    /// Writes `batch` in one atomic step. With `remember`, the outcome is kept under its
+    /// key in the same step; a key used before answers its first outcome
+    /// ([`Applied::Done`] `replayed`) and writes nothing, or [`StoreError::KeyReused`] if
+    /// the fingerprint differs.
+    fn apply(
         &self,
         topic: &Topic,
-        body: Object,
-    ) -> impl Future<Output = Result<Written, StoreError>> + Send;
+        batch: &Batch,
+        remember: Option<&Remember>,
+    ) -> impl Future<Output = Result<Applied, StoreError>> + Send;
 
-    /// Replaces an existing record (HTTP `PUT`).
-    fn replace(
+    /// The first outcome under `remember`'s key, if it was used (and not expired), or
+    /// [`StoreError::KeyReused`] if for another request. Writes nothing.
+    fn recall(
         &self,
         topic: &Topic,
-        id: &RecordId,
-        body: Object,
-    ) -> impl Future<Output = Result<Written, StoreError>> + Send;
-
-    /// Merges `body` into an existing record (HTTP `PATCH`); the event carries the whole
-    /// record after the change.
-    fn patch(
-        &self,
-        topic: &Topic,
-        id: &RecordId,
-        body: Object,
-    ) -> impl Future<Output = Result<Written, StoreError>> + Send;
-
-    /// Deletes a record. `None` if it did not exist (no event is published then).
-    fn delete(
-        &self,
-        topic: &Topic,
-        id: &RecordId,
-    ) -> impl Future<Output = Result<Option<EventId>, StoreError>> + Send;
-
-    /// Publishes a change without touching records, for backends with their own database.
-    /// `last` is a removed record's last state, used by gateway filters.
-    fn publish(
-        &self,
-        topic: &Topic,
-        change: &Change,
-        last: Option<&Object>,
-    ) -> impl Future<Output = Result<EventId, StoreError>> + Send;
+        remember: &Remember,
+    ) -> impl Future<Output = Result<Option<Vec<Effect>>, StoreError>> + Send;
 
     /// One record's JSON text.
     fn get(
@@ -108,6 +219,69 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Whether the store can take writes now (Redis answers PING).
     fn ready(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Creates a record. Its id is the body's `id`, or the collection's next integer.
+    fn create(
+        &self,
+        topic: &Topic,
+        body: Object,
+    ) -> impl Future<Output = Result<Written, StoreError>> + Send {
+        async move { Ok(crate::ops::create(self, topic, body, None).await?.value) }
+    }
+
+    /// Replaces an existing record (HTTP `PUT`).
+    fn replace(
+        &self,
+        topic: &Topic,
+        id: &RecordId,
+        body: Object,
+    ) -> impl Future<Output = Result<Written, StoreError>> + Send {
+        async move {
+            Ok(crate::ops::replace(self, topic, id, body, None)
+                .await?
+                .value)
+        }
+    }
+
+    /// Merges `body` into an existing record (HTTP `PATCH`); the event carries the whole
+    /// record after the change.
+    fn patch(
+        &self,
+        topic: &Topic,
+        id: &RecordId,
+        body: Object,
+    ) -> impl Future<Output = Result<Written, StoreError>> + Send {
+        async move { Ok(crate::ops::patch(self, topic, id, body, None).await?.value) }
+    }
+
+    /// Deletes a record. `None` if it did not exist (no event is published then).
+    fn delete(
+        &self,
+        topic: &Topic,
+        id: &RecordId,
+    ) -> impl Future<Output = Result<Option<EventId>, StoreError>> + Send {
+        async move { Ok(crate::ops::delete(self, topic, id, None).await?.value) }
+    }
+
+    /// Publishes a change without touching records, for backends with their own database.
+    /// `last` is the record's previous state, used by gateway filters.
+    fn publish(
+        &self,
+        topic: &Topic,
+        change: &Change,
+        last: Option<&Object>,
+    ) -> impl Future<Output = Result<EventId, StoreError>> + Send {
+        async move {
+            let item = (change.clone(), last.cloned());
+            let events = crate::ops::publish(self, topic, vec![item], None)
+                .await?
+                .value;
+            events
+                .into_iter()
+                .next()
+                .ok_or_else(|| StoreError::Reply("publish answered no event".into()))
+        }
+    }
 }
 
 /// A collection's records as they were at one stream position: opening the change stream
@@ -118,6 +292,46 @@ pub struct Snapshot {
     pub records: Vec<String>,
     /// The topic's stream position the records reflect (`0-0` before any event).
     pub position: EventId,
+}
+
+/// Reads the write script's `{"ok", event, key, record, ...}` reply (the memory store
+/// answers the same shape).
+pub(crate) fn effects(reply: &[String]) -> Result<Vec<Effect>, StoreError> {
+    let bad = || StoreError::Reply(format!("{reply:?}"));
+    let (Some("ok"), rest) = (
+        reply.first().map(String::as_str),
+        reply.get(1..).unwrap_or(&[]),
+    ) else {
+        return Err(bad());
+    };
+    if rest.len() % 3 != 0 {
+        return Err(bad());
+    }
+    rest.chunks_exact(3)
+        .map(|item| {
+            let event = match item[0].as_str() {
+                "" => None,
+                id => Some(EventId::parse(id).map_err(|_| bad())?),
+            };
+            Ok(Effect {
+                event,
+                key: item[1].clone(),
+                record: (!item[2].is_empty()).then(|| item[2].clone()),
+            })
+        })
+        .collect()
+}
+
+/// A remembered outcome: the first `ok` reply as a JSON array of strings (Lua's cjson
+/// writes an empty array as `{}`).
+pub(crate) fn remembered(outcome: &str) -> Result<Vec<Effect>, StoreError> {
+    let reply: Vec<String> = if outcome == "{}" {
+        Vec::new()
+    } else {
+        serde_json::from_str(outcome)
+            .map_err(|e| StoreError::Reply(format!("remembered outcome: {e}")))?
+    };
+    effects(&reply)
 }
 
 /// How a create names its record.

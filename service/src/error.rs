@@ -140,6 +140,7 @@ fn error_name(status: StatusCode) -> &'static str {
         StatusCode::TOO_MANY_REQUESTS => "TooManyRequestsError",
         StatusCode::CONFLICT => "ConflictError",
         StatusCode::PAYLOAD_TOO_LARGE => "PayloadTooLargeError",
+        StatusCode::UNPROCESSABLE_ENTITY => "UnprocessableEntityError",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaTypeError",
         StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailableError",
         _ => "Error",

@@ -69,6 +69,27 @@ pub async fn wrong_method(method: Method, uri: Uri) -> ApiError {
     }
 }
 
+/// A request body that is JSON (any value): right content type, within the size limit.
+#[derive(Debug)]
+pub struct JsonBody(pub serde_json::Value);
+
+impl<St> FromRequest<St> for JsonBody
+where
+    St: Send + Sync,
+    BodyLimit: FromRef<St>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &St) -> Result<Self, ApiError> {
+        let BodyLimit(limit) = BodyLimit::from_ref(state);
+        let (parts, body) = req.into_parts();
+        let bytes = read_json_body(&parts.headers, body, limit).await?;
+        serde_json::from_slice(&bytes)
+            .map(Self)
+            .map_err(|e| ApiError::InvalidJson(e.to_string()))
+    }
+}
+
 /// A request body that is a JSON object: right content type, within the size limit.
 #[derive(Debug)]
 pub struct JsonObject(pub Object);
@@ -81,15 +102,11 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &St) -> Result<Self, ApiError> {
-        let BodyLimit(limit) = BodyLimit::from_ref(state);
-        let (parts, body) = req.into_parts();
-        let bytes = read_json_body(&parts.headers, body, limit).await?;
-        match serde_json::from_slice::<serde_json::Value>(&bytes) {
-            Ok(serde_json::Value::Object(object)) => Ok(Self(object)),
-            Ok(_) => Err(ApiError::BadRequest(
+        match JsonBody::from_request(req, state).await?.0 {
+            serde_json::Value::Object(object) => Ok(Self(object)),
+            _ => Err(ApiError::BadRequest(
                 "request body must be a JSON object".into(),
             )),
-            Err(e) => Err(ApiError::InvalidJson(e.to_string())),
         }
     }
 }

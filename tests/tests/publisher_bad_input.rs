@@ -66,7 +66,7 @@ async fn bad_input_is_refused_with_a_json_error_and_nothing_written() -> anyhow:
             JSON,
             "[1,2]",
             400,
-            "request body must be a JSON object",
+            "request body[0] must be a JSON object",
         ),
         case(
             Method::POST,

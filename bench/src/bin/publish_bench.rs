@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bench::load::cpu_model;
-use proto::script::{OP_CREATE_AUTO, OP_PUBLISH, PUBLISH_SCRIPT};
+use proto::script::{ITEM_AUTO, ITEM_PUBLISH, WRITE_SCRIPT};
 use proto::{Change, Object, RecordId, Topic};
 use publisher::{RedisOptions, RedisStore, Store};
 use redis::aio::MultiplexedConnection;
@@ -452,30 +452,45 @@ impl BenchmarkCsv {
     }
 }
 
-/// The publish script's `create_auto` and `publish` ops, each over many connections and
-/// over one pipelining connection, then the script's main commands alone as baselines.
+/// The write script with one item of `kind` and its arguments `a`, `b` (no idempotency
+/// key), as `redis-benchmark` sends it.
+fn evalsha(sha: &str, topic: &Topic, kind: &str, a: &str, b: &str) -> Vec<String> {
+    let retention = publisher::Retention::default();
+    [
+        "EVALSHA",
+        sha,
+        "5",
+        &topic.records_key(),
+        &topic.seq_key(),
+        &topic.stream_key(),
+        &topic.raw_key(),
+        &topic.raw_key(),
+        &topic.redis_channel(),
+        "PUBLISH",
+        &retention.max_len.to_string(),
+        &retention.max_age.as_millis().to_string(),
+        "",
+        "0",
+        "",
+        "1",
+        kind,
+        "",
+        a,
+        b,
+        "",
+    ]
+    .map(str::to_owned)
+    .into()
+}
+
+/// The write script's single automatic-id create and single publish, each over many
+/// connections and over one pipelining connection, then the script's main commands alone
+/// as baselines.
 fn benchmark_runs(sha: &str, topic: &Topic) -> Vec<BenchmarkRun> {
     let retention = publisher::Retention::default();
-    let evalsha = |op: &str, op_args: &[&str]| -> Vec<String> {
-        let mut command = vec![
-            "EVALSHA".to_owned(),
-            sha.to_owned(),
-            "3".to_owned(),
-            topic.records_key(),
-            topic.seq_key(),
-            topic.stream_key(),
-            op.to_owned(),
-            topic.redis_channel(),
-            "PUBLISH".to_owned(),
-            retention.max_len.to_string(),
-            retention.max_age.as_millis().to_string(),
-        ];
-        command.extend(op_args.iter().map(|&a| a.to_owned()));
-        command
-    };
     let change = fixed_change().to_json();
-    let create_auto = evalsha(OP_CREATE_AUTO, &[SCRIPT_BODY]);
-    let publish = evalsha(OP_PUBLISH, &[&change, ""]);
+    let create_auto = evalsha(sha, topic, ITEM_AUTO, SCRIPT_BODY, "");
+    let publish = evalsha(sha, topic, ITEM_PUBLISH, &change, "");
     let xadd = [
         "XADD",
         &topic.stream_key(),
@@ -552,7 +567,7 @@ async fn redis_benchmarks(
 ) -> anyhow::Result<Vec<Row>> {
     let sha: String = redis::cmd("SCRIPT")
         .arg("LOAD")
-        .arg(PUBLISH_SCRIPT)
+        .arg(WRITE_SCRIPT)
         .query_async(admin)
         .await
         .context("SCRIPT LOAD")?;

@@ -3,18 +3,24 @@
 //! (atomic write + event, stream ids, the id chain), a bounded history per topic, and a
 //! broadcast of every event in publish order for the gateway's hub.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use proto::{Change, Envelope, EventId, Object, RecordId, StreamFields, Topic};
+use proto::{Change, Envelope, EventId, RecordId, StreamFields, Topic};
 use tokio::sync::broadcast;
 
 use super::{
-    NewRecord, Retention, Snapshot, Store, Written, append_id, check_body_id, in_id_order, json,
-    merged, next_auto_id, parse_record, plan_create, replacement,
+    Applied, Batch, Effect, Item, Refusal, Remember, Retention, Snapshot, Store, append_id,
+    in_id_order, json, next_auto_id,
 };
 use crate::error::StoreError;
+
+/// Most idempotency keys the memory store remembers at once. When full, the key closest
+/// to expiry is forgotten first (a retry under it would write again); the embedded
+/// gateway is one process for development and small installs, where this is far more
+/// than a day of retried writes.
+pub const MEMORY_IDEMPOTENCY_KEYS: usize = 100_000;
 
 /// Capacity of the event broadcast. A receiver that falls further behind gets `Lagged`
 /// and must refill from [`MemoryStore::range`]: nothing is lost, the history is the buffer.
@@ -41,6 +47,19 @@ struct Inner {
     topics: HashMap<Topic, TopicState>,
     last_id: EventId,
     retention: Retention,
+    /// Outcomes under idempotency keys, by topic and key name.
+    remembered: HashMap<(Topic, String), Kept>,
+    /// The same keys in the order they expire (every key of one store has one TTL in
+    /// practice, so insertion order); at most [`MEMORY_IDEMPOTENCY_KEYS`].
+    expiry: VecDeque<(Instant, Topic, String)>,
+}
+
+/// A remembered outcome.
+#[derive(Debug)]
+struct Kept {
+    fingerprint: String,
+    effects: Vec<Effect>,
+    expires: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +82,8 @@ impl MemoryStore {
                 topics: HashMap::new(),
                 last_id: EventId::ZERO,
                 retention,
+                remembered: HashMap::new(),
+                expiry: VecDeque::new(),
             })),
             events_tx,
         }
@@ -172,118 +193,212 @@ impl MemoryStore {
     }
 }
 
+impl Inner {
+    /// Forgets expired keys, and the oldest beyond [`MEMORY_IDEMPOTENCY_KEYS`].
+    fn expire(&mut self, now: Instant) {
+        while let Some((expires, topic, key)) = self.expiry.front() {
+            if *expires > now && self.expiry.len() < MEMORY_IDEMPOTENCY_KEYS {
+                break;
+            }
+            let name = (topic.clone(), key.clone());
+            if self
+                .remembered
+                .get(&name)
+                .is_some_and(|k| k.expires == *expires)
+            {
+                self.remembered.remove(&name);
+            }
+            self.expiry.pop_front();
+        }
+    }
+
+    /// The outcome under `remember`'s key; [`StoreError::KeyReused`] if for another request.
+    fn recall(
+        &mut self,
+        topic: &Topic,
+        remember: &Remember,
+    ) -> Result<Option<Vec<Effect>>, StoreError> {
+        self.expire(Instant::now());
+        let name = (
+            topic.clone(),
+            topic.idempotency_key(&remember.subject, remember.key.as_str()),
+        );
+        match self.remembered.get(&name) {
+            Some(kept) if kept.fingerprint == remember.fingerprint => {
+                Ok(Some(kept.effects.clone()))
+            }
+            Some(_) => Err(StoreError::KeyReused),
+            None => Ok(None),
+        }
+    }
+
+    fn remember(&mut self, topic: &Topic, remember: &Remember, effects: &[Effect]) {
+        let now = Instant::now();
+        self.expire(now);
+        let expires = now + remember.ttl;
+        let key = topic.idempotency_key(&remember.subject, remember.key.as_str());
+        self.expiry.push_back((expires, topic.clone(), key.clone()));
+        self.remembered.insert(
+            (topic.clone(), key),
+            Kept {
+                fingerprint: remember.fingerprint.clone(),
+                effects: effects.to_vec(),
+                expires,
+            },
+        );
+    }
+}
+
+impl MemoryStore {
+    /// Checks every item of `batch` against `state`, as the write script does before its
+    /// first write: the refusal, if any, and the automatic ids the creates get.
+    fn check(
+        topic: &Topic,
+        state: &TopicState,
+        batch: &Batch,
+    ) -> Result<Result<Vec<i64>, Refusal>, StoreError> {
+        if let Some(at) = batch.at
+            && at != state.last
+        {
+            return Ok(Err(Refusal::Moved(state.last)));
+        }
+        let mut given = HashSet::new();
+        let mut autos = 0;
+        for (n, item) in batch.items.iter().enumerate() {
+            match item {
+                Item::Create { id: None, .. } => autos += 1,
+                Item::Create { id: Some(id), .. } => {
+                    if state.records.contains_key(&id.key()) || !given.insert(id.key()) {
+                        return Ok(Err(Refusal::Exists(n)));
+                    }
+                }
+                Item::Update { id, expect, .. } => match state.records.get(&id.key()) {
+                    None => return Ok(Err(Refusal::Missing(n))),
+                    Some(current) if expect.as_ref().is_some_and(|e| e != current) => {
+                        return Ok(Err(Refusal::Conflict(n)));
+                    }
+                    Some(_) => {}
+                },
+                Item::Delete { .. } | Item::Publish { .. } => {}
+            }
+        }
+        let mut ids = Vec::with_capacity(autos);
+        let mut seq = state.seq;
+        for _ in 0..autos {
+            let taken = |n: i64| {
+                let key = n.to_string();
+                state.records.contains_key(&key) || given.contains(&key)
+            };
+            match next_auto_id(topic, seq, taken) {
+                Ok(n) => {
+                    ids.push(n);
+                    seq = n;
+                }
+                Err(StoreError::IdsExhausted { .. }) => return Ok(Err(Refusal::Exhausted)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Ok(ids))
+    }
+}
+
 impl Store for MemoryStore {
-    async fn create(&self, topic: &Topic, body: Object) -> Result<Written, StoreError> {
-        let plan = plan_create(body)?;
-        let mut inner = self.lock();
-        let state = inner.topics.entry(topic.clone()).or_default();
-        let (id, record) = match plan {
-            NewRecord::Auto(body) => {
-                let n = next_auto_id(topic, state.seq, |n| {
-                    state.records.contains_key(&n.to_string())
-                })?;
-                state.seq = n;
-                let id = RecordId::Int(n);
-                let record = append_id(body, &id);
-                (id, record)
-            }
-            NewRecord::Given(id, record) => {
-                if state.records.contains_key(&id.key()) {
-                    return Err(StoreError::Exists {
-                        topic: topic.clone(),
-                        id,
-                    });
-                }
-                if let RecordId::Int(n) = id {
-                    state.seq = state.seq.max(n);
-                }
-                (id, record)
-            }
-        };
-        state.records.insert(id.key(), json(&record));
-        let change = Change::create(id.clone(), record.clone()).to_json();
-        let event = self.emit(&mut inner, topic, change, None);
-        Ok(Written { id, record, event })
-    }
-
-    async fn replace(
+    async fn apply(
         &self,
         topic: &Topic,
-        id: &RecordId,
-        body: Object,
-    ) -> Result<Written, StoreError> {
-        let record = replacement(body, id)?;
+        batch: &Batch,
+        remember: Option<&Remember>,
+    ) -> Result<Applied, StoreError> {
         let mut inner = self.lock();
-        let slot = inner
-            .topics
-            .get_mut(topic)
-            .and_then(|s| s.records.get_mut(&id.key()))
-            .ok_or_else(|| StoreError::NotFound {
-                topic: topic.clone(),
-                id: id.clone(),
-            })?;
-        // The previous state goes into the stream entry: a filtered view moves the record
-        // out when the new state no longer matches.
-        let previous = std::mem::replace(slot, json(&record));
-        let change = Change::update(id.clone(), record.clone()).to_json();
-        let event = self.emit(&mut inner, topic, change, Some(previous));
-        Ok(Written {
-            id: id.clone(),
-            record,
-            event,
+        if let Some(remember) = remember
+            && let Some(effects) = inner.recall(topic, remember)?
+        {
+            return Ok(Applied::Done {
+                effects,
+                replayed: true,
+            });
+        }
+        let ids = {
+            let state = inner.topics.entry(topic.clone()).or_default();
+            match Self::check(topic, state, batch)? {
+                Ok(ids) => ids,
+                Err(refusal) => return Ok(Applied::Refused(refusal)),
+            }
+        };
+        let mut ids = ids.into_iter();
+        let mut effects = Vec::with_capacity(batch.items.len());
+        for item in &batch.items {
+            let state = inner.topics.entry(topic.clone()).or_default();
+            let (key, record, change, last) = match item {
+                Item::Create { id, record } => {
+                    let (id, record) = match id {
+                        Some(id) => (id.clone(), record.clone()),
+                        None => {
+                            let id = RecordId::Int(ids.next().unwrap_or_default());
+                            let record = append_id(record.clone(), &id);
+                            (id, record)
+                        }
+                    };
+                    if let RecordId::Int(n) = id {
+                        state.seq = state.seq.max(n);
+                    }
+                    let text = json(&record);
+                    state.records.insert(id.key(), text.clone());
+                    let change = Change::create(id.clone(), record).to_json();
+                    (id.key(), Some(text), change, None)
+                }
+                Item::Update { id, record, .. } => {
+                    let text = json(record);
+                    // The previous state goes into the stream entry: a filtered view moves
+                    // the record out when the new state no longer matches.
+                    let previous = state.records.insert(id.key(), text.clone());
+                    let change = Change::update(id.clone(), record.clone()).to_json();
+                    (id.key(), Some(text), change, previous)
+                }
+                Item::Delete { id } => {
+                    let Some(previous) = state.records.remove(&id.key()) else {
+                        effects.push(Effect {
+                            event: None,
+                            key: id.key(),
+                            record: None,
+                        });
+                        continue;
+                    };
+                    let change = Change::remove(id.clone()).to_json();
+                    (id.key(), None, change, Some(previous))
+                }
+                Item::Publish { change, last } => {
+                    state.raw = true;
+                    (
+                        String::new(),
+                        None,
+                        change.to_json(),
+                        last.as_ref().map(json),
+                    )
+                }
+            };
+            let event = self.emit(&mut inner, topic, change, last);
+            effects.push(Effect {
+                event: Some(event),
+                key,
+                record,
+            });
+        }
+        if let Some(remember) = remember {
+            inner.remember(topic, remember, &effects);
+        }
+        Ok(Applied::Done {
+            effects,
+            replayed: false,
         })
     }
 
-    async fn patch(
+    async fn recall(
         &self,
         topic: &Topic,
-        id: &RecordId,
-        body: Object,
-    ) -> Result<Written, StoreError> {
-        check_body_id(&body, id)?;
-        let mut inner = self.lock();
-        let slot = inner
-            .topics
-            .get_mut(topic)
-            .and_then(|s| s.records.get_mut(&id.key()))
-            .ok_or_else(|| StoreError::NotFound {
-                topic: topic.clone(),
-                id: id.clone(),
-            })?;
-        let record = merged(parse_record(slot)?, body);
-        let previous = std::mem::replace(slot, json(&record));
-        let change = Change::update(id.clone(), record.clone()).to_json();
-        let event = self.emit(&mut inner, topic, change, Some(previous));
-        Ok(Written {
-            id: id.clone(),
-            record,
-            event,
-        })
-    }
-
-    async fn delete(&self, topic: &Topic, id: &RecordId) -> Result<Option<EventId>, StoreError> {
-        let mut inner = self.lock();
-        let Some(last) = inner
-            .topics
-            .get_mut(topic)
-            .and_then(|s| s.records.remove(&id.key()))
-        else {
-            return Ok(None);
-        };
-        let change = Change::remove(id.clone()).to_json();
-        Ok(Some(self.emit(&mut inner, topic, change, Some(last))))
-    }
-
-    async fn publish(
-        &self,
-        topic: &Topic,
-        change: &Change,
-        last: Option<&Object>,
-    ) -> Result<EventId, StoreError> {
-        let mut inner = self.lock();
-        let event = self.emit(&mut inner, topic, change.to_json(), last.map(json));
-        inner.topics.entry(topic.clone()).or_default().raw = true;
-        Ok(event)
+        remember: &Remember,
+    ) -> Result<Option<Vec<Effect>>, StoreError> {
+        self.lock().recall(topic, remember)
     }
 
     async fn get(&self, topic: &Topic, id: &RecordId) -> Result<Option<String>, StoreError> {
@@ -327,6 +442,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::Object;
     use serde_json::json;
 
     fn obj(v: serde_json::Value) -> Object {

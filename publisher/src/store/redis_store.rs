@@ -1,5 +1,5 @@
-//! [`RedisStore`]: every mutation is one `EVALSHA` of [`proto::script::PUBLISH_SCRIPT`],
-//! on one Redis or on a Redis Cluster ([`RedisTarget`]).
+//! [`RedisStore`]: every batch of writes is one `EVALSHA` of
+//! [`proto::script::WRITE_SCRIPT`], on one Redis or on a Redis Cluster ([`RedisTarget`]).
 //!
 //! In a cluster every key of a topic and its channel carry the hash tag `{topic}`
 //! ([`proto::Topic::stream_key`]), so the script runs on the master of that one slot and
@@ -9,23 +9,18 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::script::{OP_CREATE, OP_CREATE_AUTO, OP_DELETE, OP_PATCH, OP_PUBLISH, OP_REPLACE};
-use proto::{Change, EventId, Object, RecordId, Topic};
+use proto::script::{ITEM_AUTO, ITEM_CREATE, ITEM_DELETE, ITEM_PUBLISH, ITEM_UPDATE};
+use proto::{Change, EventId, RecordId, Topic};
 use redis::AsyncCommands;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use redis::{ErrorKind, ServerErrorKind};
 use service::{RedisConnection, RedisTarget};
 
 use super::{
-    NewRecord, Retention, Snapshot, Store, Written, check_body_id, in_id_order, json, merged,
-    parse_record, plan_create, replacement,
+    Applied, Batch, Effect, Item, Refusal, Remember, Retention, Snapshot, Store, effects,
+    in_id_order, json, remembered,
 };
 use crate::error::StoreError;
-
-/// How many times a PATCH re-reads and retries when the record changed under it, before
-/// answering 409. Each retry means another writer won; eight losses in a row is a hot
-/// record, not bad luck.
-const MAX_PATCH_ATTEMPTS: usize = 8;
 
 /// First pause before a cluster call is sent again after a refusal that proves the script
 /// did not run (`MOVED`, `TRYAGAIN`, a refused connection during a failover); doubled
@@ -124,7 +119,7 @@ impl RedisStore {
             .map_err(StoreError::Redis)?;
         Ok(Self {
             conn,
-            script: Arc::new(redis::Script::new(proto::script::PUBLISH_SCRIPT)),
+            script: Arc::new(redis::Script::new(proto::script::WRITE_SCRIPT)),
             snapshot_page: Arc::new(redis::Script::new(proto::script::SNAPSHOT_PAGE_SCRIPT)),
             options,
         })
@@ -147,14 +142,24 @@ impl RedisStore {
         call.await.map_err(|e| self.failed(e))
     }
 
-    /// Runs the publish script for `topic` with the operation's arguments.
-    async fn run(&self, topic: &Topic, op: &str, args: &[&str]) -> Result<Vec<String>, StoreError> {
+    /// Runs the write script for `topic` with `batch` (and its idempotency key).
+    async fn run(
+        &self,
+        topic: &Topic,
+        batch: &Batch,
+        remember: Option<&Remember>,
+    ) -> Result<Vec<String>, StoreError> {
+        let idem_key = match remember {
+            Some(r) => topic.idempotency_key(&r.subject, r.key.as_str()),
+            // Any key of the topic's slot: the script does not touch it.
+            None => topic.raw_key(),
+        };
         let mut invocation = self.script.key(topic.records_key());
         invocation
             .key(topic.seq_key())
             .key(topic.stream_key())
             .key(topic.raw_key())
-            .arg(op)
+            .key(idem_key)
             .arg(topic.redis_channel())
             .arg(if self.options.sharded {
                 "SPUBLISH"
@@ -162,9 +167,17 @@ impl RedisStore {
                 "PUBLISH"
             })
             .arg(self.options.retention.max_len)
-            .arg(u64::try_from(self.options.retention.max_age.as_millis()).unwrap_or(u64::MAX));
-        for arg in args {
-            invocation.arg(*arg);
+            .arg(u64::try_from(self.options.retention.max_age.as_millis()).unwrap_or(u64::MAX))
+            .arg(remember.map_or("", |r| r.fingerprint.as_str()))
+            .arg(remember.map_or(0, |r| {
+                u64::try_from(r.ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+            }))
+            .arg(batch.at.map(|at| at.to_string()).unwrap_or_default())
+            .arg(batch.items.len());
+        for item in &batch.items {
+            for arg in item_args(item) {
+                invocation.arg(arg);
+            }
         }
         let mut conn = self.conn.clone();
         match conn {
@@ -200,27 +213,82 @@ impl RedisStore {
             }
         }
     }
+}
 
-    /// Reads the `{"ok", stream_id, ...}` reply, or maps the refusal to an error.
-    fn event_id(reply: &[String], topic: &Topic, id: &RecordId) -> Result<EventId, StoreError> {
-        match reply.first().map(String::as_str) {
-            Some("ok") => {
-                let text = reply
-                    .get(1)
-                    .ok_or_else(|| StoreError::Reply(format!("{reply:?}")))?;
-                EventId::parse(text).map_err(|_| StoreError::Reply(format!("{reply:?}")))
-            }
-            Some("exists") => Err(StoreError::Exists {
-                topic: topic.clone(),
-                id: id.clone(),
-            }),
-            Some("missing") => Err(StoreError::NotFound {
-                topic: topic.clone(),
-                id: id.clone(),
-            }),
-            _ => Err(StoreError::Reply(format!("{reply:?}"))),
+/// An item's [`proto::script::ITEM_ARGS`] script arguments.
+fn item_args(item: &Item) -> [String; 5] {
+    let none = String::new;
+    match item {
+        Item::Create { id: None, record } => {
+            [ITEM_AUTO.into(), none(), json(record), none(), none()]
         }
+        Item::Create {
+            id: Some(id),
+            record,
+        } => {
+            let int = match id {
+                RecordId::Int(n) => n.to_string(),
+                RecordId::Str(_) => none(),
+            };
+            let change = Change::create(id.clone(), record.clone()).to_json();
+            [ITEM_CREATE.into(), id.key(), json(record), change, int]
+        }
+        Item::Update { id, record, expect } => [
+            ITEM_UPDATE.into(),
+            id.key(),
+            expect.clone().unwrap_or_default(),
+            json(record),
+            Change::update(id.clone(), record.clone()).to_json(),
+        ],
+        Item::Delete { id } => [
+            ITEM_DELETE.into(),
+            id.key(),
+            Change::remove(id.clone()).to_json(),
+            none(),
+            none(),
+        ],
+        Item::Publish { change, last } => [
+            ITEM_PUBLISH.into(),
+            none(),
+            change.to_json(),
+            last.as_ref().map(json).unwrap_or_default(),
+            none(),
+        ],
     }
+}
+
+/// Reads the write script's reply.
+fn applied(reply: &[String], remember: Option<&Remember>) -> Result<Applied, StoreError> {
+    let bad = || StoreError::Reply(format!("{reply:?}"));
+    let item = |n: &String| -> Result<usize, StoreError> {
+        n.parse::<usize>()
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .ok_or_else(bad)
+    };
+    Ok(match reply {
+        [ok, ..] if ok == "ok" => Applied::Done {
+            effects: effects(reply)?,
+            replayed: false,
+        },
+        [replay, fingerprint, outcome] if replay == "replay" => {
+            if remember.is_none_or(|r| &r.fingerprint != fingerprint) {
+                return Err(StoreError::KeyReused);
+            }
+            Applied::Done {
+                effects: remembered(outcome)?,
+                replayed: true,
+            }
+        }
+        [refusal, n] if refusal == "exists" => Applied::Refused(Refusal::Exists(item(n)?)),
+        [refusal, n] if refusal == "missing" => Applied::Refused(Refusal::Missing(item(n)?)),
+        [refusal, n] if refusal == "conflict" => Applied::Refused(Refusal::Conflict(item(n)?)),
+        [refusal, top] if refusal == "moved" => {
+            Applied::Refused(Refusal::Moved(EventId::parse(top).map_err(|_| bad())?))
+        }
+        [refusal] if refusal == "exhausted" => Applied::Refused(Refusal::Exhausted),
+        _ => return Err(bad()),
+    })
 }
 
 impl RedisStore {
@@ -353,124 +421,32 @@ fn stream_fields(entry: &redis::streams::StreamId) -> Option<proto::StreamFields
 }
 
 impl Store for RedisStore {
-    async fn create(&self, topic: &Topic, body: Object) -> Result<Written, StoreError> {
-        match plan_create(body)? {
-            NewRecord::Auto(body) => {
-                let reply = self.run(topic, OP_CREATE_AUTO, &[&json(&body)]).await?;
-                match reply.as_slice() {
-                    [ok, event, key, record] if ok == "ok" => Ok(Written {
-                        id: RecordId::from_path(key)?,
-                        record: parse_record(record)?,
-                        event: EventId::parse(event)
-                            .map_err(|_| StoreError::Reply(format!("{reply:?}")))?,
-                    }),
-                    [refused] if refused == "exhausted" => Err(StoreError::IdsExhausted {
-                        topic: topic.clone(),
-                        max: proto::MAX_SAFE_INTEGER,
-                    }),
-                    _ => Err(StoreError::Reply(format!("{reply:?}"))),
-                }
-            }
-            NewRecord::Given(id, record) => {
-                let change = Change::create(id.clone(), record.clone()).to_json();
-                let int = match id {
-                    RecordId::Int(n) => n.to_string(),
-                    RecordId::Str(_) => String::new(),
-                };
-                let reply = self
-                    .run(
-                        topic,
-                        OP_CREATE,
-                        &[&id.key(), &json(&record), &change, &int],
-                    )
-                    .await?;
-                let event = Self::event_id(&reply, topic, &id)?;
-                Ok(Written { id, record, event })
-            }
-        }
-    }
-
-    async fn replace(
+    async fn apply(
         &self,
         topic: &Topic,
-        id: &RecordId,
-        body: Object,
-    ) -> Result<Written, StoreError> {
-        let record = replacement(body, id)?;
-        let change = Change::update(id.clone(), record.clone()).to_json();
-        let reply = self
-            .run(topic, OP_REPLACE, &[&id.key(), &json(&record), &change])
-            .await?;
-        let event = Self::event_id(&reply, topic, id)?;
-        Ok(Written {
-            id: id.clone(),
-            record,
-            event,
-        })
+        batch: &Batch,
+        remember: Option<&Remember>,
+    ) -> Result<Applied, StoreError> {
+        let reply = self.run(topic, batch, remember).await?;
+        applied(&reply, remember)
     }
 
-    async fn patch(
+    async fn recall(
         &self,
         topic: &Topic,
-        id: &RecordId,
-        body: Object,
-    ) -> Result<Written, StoreError> {
-        check_body_id(&body, id)?;
-        // Merge in Rust (key order), then write only if the record is still what was
-        // read: the script compares and sets atomically.
-        for _ in 0..MAX_PATCH_ATTEMPTS {
-            let Some(current) = self.get(topic, id).await? else {
-                return Err(StoreError::NotFound {
-                    topic: topic.clone(),
-                    id: id.clone(),
-                });
-            };
-            let record = merged(parse_record(&current)?, body.clone());
-            let change = Change::update(id.clone(), record.clone()).to_json();
-            let reply = self
-                .run(
-                    topic,
-                    OP_PATCH,
-                    &[&id.key(), &current, &json(&record), &change],
-                )
-                .await?;
-            if reply.first().map(String::as_str) == Some("conflict") {
-                continue;
+        remember: &Remember,
+    ) -> Result<Option<Vec<Effect>>, StoreError> {
+        let key = topic.idempotency_key(&remember.subject, remember.key.as_str());
+        let mut conn = self.conn.clone();
+        let (fingerprint, outcome): (Option<String>, Option<String>) =
+            self.bounded(conn.hmget(key, &["fp", "outcome"])).await?;
+        match (fingerprint, outcome) {
+            (Some(fingerprint), Some(outcome)) if fingerprint == remember.fingerprint => {
+                Ok(Some(remembered(&outcome)?))
             }
-            let event = Self::event_id(&reply, topic, id)?;
-            return Ok(Written {
-                id: id.clone(),
-                record,
-                event,
-            });
+            (Some(_), _) => Err(StoreError::KeyReused),
+            _ => Ok(None),
         }
-        Err(StoreError::Contended {
-            topic: topic.clone(),
-            id: id.clone(),
-        })
-    }
-
-    async fn delete(&self, topic: &Topic, id: &RecordId) -> Result<Option<EventId>, StoreError> {
-        let change = Change::remove(id.clone()).to_json();
-        let reply = self.run(topic, OP_DELETE, &[&id.key(), &change]).await?;
-        match Self::event_id(&reply, topic, id) {
-            Ok(event) => Ok(Some(event)),
-            Err(StoreError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn publish(
-        &self,
-        topic: &Topic,
-        change: &Change,
-        last: Option<&Object>,
-    ) -> Result<EventId, StoreError> {
-        let last = last.map(json).unwrap_or_default();
-        let reply = self
-            .run(topic, OP_PUBLISH, &[&change.to_json(), &last])
-            .await?;
-        Self::event_id(&reply, topic, &change.target)
     }
 
     async fn get(&self, topic: &Topic, id: &RecordId) -> Result<Option<String>, StoreError> {
