@@ -374,7 +374,12 @@ impl ClientStream {
                 return Poll::Ready(None);
             }
             if let Some(fetch) = &mut self.fetching {
-                let (index, fetched) = ready!(fetch.as_mut().poll(cx));
+                let Poll::Ready((index, fetched)) = fetch.as_mut().poll(cx) else {
+                    // A long read (a selective filter skipping snapshot pages that hold
+                    // nothing for it) still shows the stream alive; the read goes on.
+                    ready!(self.heartbeat.poll_tick(cx));
+                    return Poll::Ready(Some(Bytes::from_static(proto::sse::HEARTBEAT.as_bytes())));
+                };
                 self.fetching = None;
                 match fetched {
                     Fetched::Page(page) => self.caught_up(index, page),

@@ -49,6 +49,16 @@ async fn over_the_connection_cap_a_stream_is_told_to_retry() -> anyhow::Result<(
         "{:?}",
         resuming.received
     );
+    // A fresh client that wants a snapshot gets no position either: with one, its next
+    // connection would be a resume, and a resume sends no snapshot.
+    let snapshot_url = format!("{}&snapshot=true", stream_url(&gateway));
+    let mut snapshot = SseClient::connect(&snapshot_url, None).await?;
+    while snapshot.next_frame().await?.is_some() {}
+    assert!(
+        snapshot.received.starts_with(":ok\n\nretry: "),
+        "{:?}",
+        snapshot.received
+    );
 
     // A closed stream frees its place.
     drop(open.pop());

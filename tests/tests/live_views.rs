@@ -767,3 +767,66 @@ async fn a_reset_snapshot_stream_gets_a_fresh_snapshot() -> anyhow::Result<()> {
     assert!(snapshot.id.is_some());
     Ok(())
 }
+
+/// A snapshot read that Redis is slow to answer still shows the stream alive: heartbeats go
+/// out while a page read is in flight (a selective filter over a large collection reads
+/// many pages before it has a record to send), so a proxy's read timeout does not cut it.
+#[tokio::test]
+async fn heartbeats_go_out_while_a_snapshot_read_waits_on_redis() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let store = RedisStore::connect_lazy(&redis.url(), RedisOptions::default())?;
+    let topic = Topic::new("Slow")?;
+    // Past Redis's small-hash encoding, so HSCAN reads it in pages.
+    let records = (0..1000).map(|n| object(json!({ "n": n }))).collect();
+    publisher::ops::create_many(&store, &topic, records, None, &Default::default()).await?;
+    let gateway = Gateway::start_with(Some(&redis.url()), |c| {
+        c.heartbeat = Duration::from_millis(100);
+        c.snapshot_page = 10.try_into().expect("non-zero");
+    })
+    .await?;
+    let url = gateway.url("/api/Slow/change-stream?_format=event-stream&snapshot=true");
+    let mut client = SseClient::connect(&url, None).await?;
+    let first = client.next_event().await?;
+    assert_eq!(first.event.as_deref(), Some("snapshot"));
+    let page: Value = serde_json::from_str(first.data.as_deref().unwrap_or("{}"))?;
+    assert_eq!(
+        page["last"],
+        false,
+        "{}",
+        first.raw.chars().take(300).collect::<String>()
+    );
+    let mut admin = redis.connection().await?;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await?;
+    let (mut heartbeats, mut records) = (0, 0);
+    let mut frames = Vec::new();
+    let read = within("the snapshot's last page", async {
+        loop {
+            let frame = client.next_frame().await?.expect("the stream stays open");
+            if frame.comment.as_deref() == Some("") {
+                heartbeats += 1;
+                continue;
+            }
+            frames.push(frame.raw.chars().take(80).collect::<String>());
+            if frame.event.as_deref() == Some("snapshot") {
+                let page: Value = serde_json::from_str(frame.data.as_deref().unwrap_or("{}"))?;
+                records += page["records"].as_array().map_or(0, Vec::len);
+                if page["last"] == true {
+                    return anyhow::Ok(());
+                }
+            }
+        }
+    })
+    .await;
+    anyhow::ensure!(
+        matches!(read, Ok(Ok(()))),
+        "{read:?} after {records} records, {heartbeats} heartbeats: {frames:?}"
+    );
+    assert!(records >= 990, "{records}");
+    assert!(heartbeats > 0, "heartbeats while the pages waited on Redis");
+    gateway.stop().await
+}

@@ -276,13 +276,16 @@ impl TurnedAway {
 /// it; a client without one gets an anchor ([`EventId::anchor`]) at its request's arrival,
 /// less [`ANCHOR_MARGIN`] for the clocks of this pod and Redis, so its next connection
 /// replays everything published since it asked, on any pod. No Redis read is needed, so
-/// this works while Redis is out of reach and costs nothing when shedding load.
+/// this works while Redis is out of reach and costs nothing when shedding load. A fresh
+/// client that asked for a snapshot (`snapshot`) gets no anchor: its next connection must
+/// come without a position, to get the snapshot.
 fn turn_away(
     state: &AppState,
     shape: Shape,
     positions: &[(Topic, Option<EventId>)],
     asked_at: SystemTime,
     reason: TurnedAway,
+    snapshot: bool,
 ) -> Response {
     state
         .metrics
@@ -293,7 +296,8 @@ fn turn_away(
         reason = reason.as_str(),
         "stream turned away; told to retry"
     );
-    let position = positions.iter().any(|(_, p)| p.is_none()).then(|| {
+    let fresh = positions.iter().any(|(_, p)| p.is_none());
+    let position = (fresh && !snapshot).then(|| {
         let ms = asked_at
             .checked_sub(ANCHOR_MARGIN)
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
@@ -334,7 +338,11 @@ async fn open_stream(
     let mut positions: Vec<(Topic, Option<EventId>)> =
         topics.iter().map(|(t, r, _)| (t.clone(), *r)).collect();
     positions.sort_by(|a, b| a.0.cmp(&b.0));
-    let away = |reason| Ok(turn_away(&state, shape, &positions, asked_at, reason));
+    let away = |reason| {
+        Ok(turn_away(
+            &state, shape, &positions, asked_at, reason, snapshot,
+        ))
+    };
     if state.shutdown.is_cancelled() {
         return away(TurnedAway::Draining);
     }
