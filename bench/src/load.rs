@@ -223,6 +223,12 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
 
 /// User + system CPU time of a process so far, in seconds.
 pub fn cpu_seconds(pid: &str) -> Option<f64> {
+    cpu_split(pid).map(|(user, system)| user + system)
+}
+
+/// User and system (kernel) CPU time of a process so far, in seconds: what its own code
+/// cost apart from what the kernel did for it (socket writes, mostly).
+pub fn cpu_split(pid: &str) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces): state is the 3rd field of
     // the line, utime the 14th, stime the 15th.
@@ -230,7 +236,10 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / TICKS_PER_SECOND)
+    Some((
+        utime as f64 / TICKS_PER_SECOND,
+        stime as f64 / TICKS_PER_SECOND,
+    ))
 }
 
 /// Proportional set size of a process, in KiB: its private pages plus its share of pages

@@ -593,6 +593,7 @@ async fn run_step(
         workers + cpu_seconds("self").unwrap_or(0.0)
     };
     let (server_cpu_before, redis_cpu_before) = server.cpu();
+    let split_before = server.cpu_split();
     let (ours_before, machine_before) = (ours(), machine_cpu());
     let started = Instant::now();
     let publish_start = unix_nanos();
@@ -652,6 +653,7 @@ async fn run_step(
         latency.merge(&pairs);
     }
     let (server_cpu_after, redis_cpu_after) = server.cpu();
+    let split_after = server.cpu_split();
     let (ours_after, machine_after) = (ours(), machine_cpu());
     for (mut child, _) in workers {
         let _ = child.kill().await;
@@ -672,6 +674,8 @@ async fn run_step(
     };
     let per_connection =
         |after: u64, before: u64| after.saturating_sub(before) as f64 / held.max(1) as f64;
+    let per_delivery =
+        |seconds: f64| (totals.deliveries > 0).then(|| seconds * 1e6 / totals.deliveries as f64);
     let variant = (args.filter.is_some() || args.writes != Writes::Creates).then(|| {
         let variant = report::Variant {
             writes: args.writes,
@@ -680,20 +684,21 @@ async fn run_step(
             owed_move_outs_per_client: owed.move_outs,
             moved_out: totals.moved_out,
             latency_samples: latency.total(),
-            gateway_cpu_us_per_delivery: (totals.deliveries > 0)
-                .then(|| server_cpu * 1e6 / totals.deliveries as f64),
+            gateway_cpu_us_per_delivery: per_delivery(server_cpu),
+            gateway_user_us_per_delivery: per_delivery(split_after.0 - split_before.0),
+            gateway_system_us_per_delivery: per_delivery(split_after.1 - split_before.1),
         };
         eprintln!(
-            "  {:?}, filter {}: {} of {events} events owed per client ({} as move-outs); {} move-outs delivered, latency from the {} deliveries that carry `t`; gateway CPU {} µs/delivery",
+            "  {:?}, filter {}: {} of {events} events owed per client ({} as move-outs); {} move-outs delivered, latency from the {} deliveries that carry `t`; gateway CPU {} µs/delivery ({} user + {} system)",
             variant.writes,
             variant.filter.as_deref().unwrap_or("none"),
             variant.owed_per_client,
             variant.owed_move_outs_per_client,
             variant.moved_out,
             variant.latency_samples,
-            variant
-                .gateway_cpu_us_per_delivery
-                .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
+            us(variant.gateway_cpu_us_per_delivery),
+            us(variant.gateway_user_us_per_delivery),
+            us(variant.gateway_system_us_per_delivery),
         );
         variant
     });
@@ -730,6 +735,10 @@ async fn run_step(
             .then(|| (server_cpu + redis_cpu) * 1e6 / totals.deliveries as f64),
         variant,
     })
+}
+
+fn us(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"))
 }
 
 /// What a client is owed of the events published: a filter may skip some, and sends an

@@ -73,6 +73,10 @@ pub struct Variant {
     pub latency_samples: u64,
     /// The gateways' CPU alone per delivery, microseconds.
     pub gateway_cpu_us_per_delivery: Option<f64>,
+    /// Of which in user space (the gateway's own code: filters, framing).
+    pub gateway_user_us_per_delivery: Option<f64>,
+    /// And in the kernel (socket writes).
+    pub gateway_system_us_per_delivery: Option<f64>,
 }
 
 fn ms(v: Option<f64>) -> String {

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use anyhow::Context;
-use bench::load::{GatewayProcess, cpu_seconds, gateway_binary, pss_kib, rss_kib, unix_nanos};
+use bench::load::{
+    GatewayProcess, cpu_seconds, cpu_split, gateway_binary, pss_kib, rss_kib, unix_nanos,
+};
 use bench::peers::Peer;
 use proto::{Filter, FilterLimits, Object, RecordId, Topic};
 use publisher::{RedisOptions, RedisStore, Store};
@@ -186,6 +188,14 @@ impl Server {
             .and_then(|pid| cpu_seconds(&pid.to_string()))
             .unwrap_or(0.0);
         (server, redis)
+    }
+
+    /// User and system CPU seconds so far of the server's processes (not Redis).
+    pub fn cpu_split(&self) -> (f64, f64) {
+        self.pids()
+            .iter()
+            .filter_map(|pid| cpu_split(&pid.to_string()))
+            .fold((0.0, 0.0), |(u, s), (user, system)| (u + user, s + system))
     }
 
     /// Publishes event `seq`, its body carrying the publish time, and waits for the
