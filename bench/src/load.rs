@@ -1,7 +1,7 @@
-//! Pieces of the load tools (`latency_bench`, `loadgen`): release gateway processes, a
-//! lean SSE client over a plain `TcpStream` (chunked decoding, SSE fields, no JSON tree),
-//! a latency histogram, `/proc` readings (RSS, PSS, CPU time, child processes) and small
-//! report helpers. Peer servers (Nchan, Centrifugo) live in [`crate::peers`].
+//! Pieces of the load tools (`latency_bench`, `loadgen`, ...): release gateway (and
+//! publisher) processes, a lean SSE client over a plain `TcpStream` (chunked decoding, SSE
+//! fields, no JSON tree), a latency histogram, `/proc` readings (RSS and its peak, PSS, CPU
+//! time, child processes) and small report helpers. Peer servers (Nchan, Centrifugo) live in [`crate::peers`].
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -38,14 +38,23 @@ pub fn unix_nanos() -> u64 {
 
 /// `GATEWAY_BIN`, else `target/release/gateway` (under `CARGO_TARGET_DIR` if set).
 pub fn gateway_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("GATEWAY_BIN") {
+    release_binary("GATEWAY_BIN", "gateway")
+}
+
+/// `PUBLISHER_BIN`, else `target/release/publisher` (under `CARGO_TARGET_DIR` if set).
+pub fn publisher_binary() -> PathBuf {
+    release_binary("PUBLISHER_BIN", "publisher")
+}
+
+fn release_binary(variable: &str, name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(variable) {
         return PathBuf::from(path);
     }
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
         PathBuf::from,
     );
-    target.join("release/gateway")
+    target.join("release").join(name)
 }
 
 pub fn free_port() -> anyhow::Result<u16> {
@@ -92,7 +101,8 @@ pub async fn summarize_log(stderr: ChildStderr) -> LogSummary {
     summary
 }
 
-/// A `gateway` child process on a free loopback port, in fleet mode. Killed on drop.
+/// A `gateway` child process on a free loopback port, in fleet mode (or a `publisher`:
+/// [`GatewayProcess::publisher`]). Killed on drop.
 #[derive(Debug)]
 pub struct GatewayProcess {
     pub child: Child,
@@ -109,12 +119,31 @@ impl GatewayProcess {
         redis_url: &str,
         settings: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::spawn(binary, "GATEWAY", redis_url, settings).await
+    }
+
+    /// The `publisher` binary, the same way: it reads the same two settings under
+    /// `PUBLISHER_` and answers `/readyz` once Redis does.
+    pub async fn publisher(
+        binary: &Path,
+        redis_url: &str,
+        settings: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::spawn(binary, "PUBLISHER", redis_url, settings).await
+    }
+
+    async fn spawn(
+        binary: &Path,
+        prefix: &str,
+        redis_url: &str,
+        settings: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut last_error = None;
         for _ in 0..5 {
             let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
             let mut child = Command::new(binary)
-                .env("GATEWAY_LISTEN", addr.to_string())
-                .env("GATEWAY_REDIS_URL", redis_url)
+                .env(format!("{prefix}_LISTEN"), addr.to_string())
+                .env(format!("{prefix}_REDIS_URL"), redis_url)
                 .envs(settings.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -135,7 +164,7 @@ impl GatewayProcess {
                 Err(e) => last_error = Some(e),
             }
         }
-        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("gateway did not start")))
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("{} did not start", binary.display())))
     }
 
     pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
@@ -172,10 +201,20 @@ impl GatewayProcess {
 
 /// `VmRSS` of a process, in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// `VmHWM` of a process, in KiB: the highest RSS it has had since it started, counted by
+/// the kernel (a peak that sampling `VmRSS` can miss between two samples).
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .find_map(|line| line.strip_prefix(field))?
         .split_whitespace()
         .next()?
         .parse()
@@ -184,6 +223,12 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 
 /// User + system CPU time of a process so far, in seconds.
 pub fn cpu_seconds(pid: &str) -> Option<f64> {
+    cpu_split(pid).map(|(user, system)| user + system)
+}
+
+/// User and system (kernel) CPU time of a process so far, in seconds: what its own code
+/// cost apart from what the kernel did for it (socket writes, mostly).
+pub fn cpu_split(pid: &str) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces): state is the 3rd field of
     // the line, utime the 14th, stime the 15th.
@@ -191,7 +236,10 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / TICKS_PER_SECOND)
+    Some((
+        utime as f64 / TICKS_PER_SECOND,
+        stime as f64 / TICKS_PER_SECOND,
+    ))
 }
 
 /// Proportional set size of a process, in KiB: its private pages plus its share of pages
@@ -705,6 +753,7 @@ mod tests {
     fn reads_proc_of_this_process() {
         let me = std::process::id();
         assert!(rss_kib(me).is_some_and(|kib| kib > 0));
+        assert!(peak_rss_kib(me).is_some_and(|kib| kib > 0));
         assert!(pss_kib(me).is_some_and(|kib| kib > 0));
         assert!(cpu_seconds("self").is_some());
     }

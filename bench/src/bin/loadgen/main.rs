@@ -5,6 +5,7 @@
 //! loadgen [--target gateway,nchan,centrifugo] [--clients 1000,5000,15000] [--rate 20,40]
 //!         [--seconds 10] [--rounds 1] [--gateways 2] [--workers 4] [--out results.json]
 //!         [--plot results.svg] [--nginx PATH] [--nchan-module PATH] [--centrifugo PATH]
+//!         [--filter '{"status":"open"}'] [--writes creates|toggles]
 //! ```
 //!
 //! For each target and client count it starts a fresh `redis-server` and the server:
@@ -26,6 +27,15 @@
 //! side-by-side comparison of the medians with ratios (ours / peer) when several targets
 //! ran, JSON (`--out`) and an SVG plot of the first target's
 //! latency and throughput against connections (`--plot`).
+//!
+//! Filters (gateway only): `--filter '{"status":"open"}'` opens every client's stream with
+//! `options={"where":...}`, and `--writes toggles` makes the events updates (`PUT`) of
+//! [`server::TOGGLED`] records in turn, each flipping its `status` between `done` and
+//! `open`, so with that filter every event is a move-in (the update) or a move-out (a
+//! `remove`) for every client. The parent evaluates the filter as the gateway does
+//! (`proto::Filter` on the new and the previous state) to know what each client is owed;
+//! an event the filter skips is not a delivery, a move-out is one (counted, but it carries
+//! no `t`, so latency is taken from the deliveries that do).
 //!
 //! Workers talk to the parent with JSON lines on stdout; the parent tells them the number
 //! of events to expect on stdin.
@@ -113,6 +123,24 @@ struct Args {
     /// Where peers' temporary config and log directories go.
     #[arg(long, default_value_os_t = std::env::temp_dir())]
     work_dir: PathBuf,
+    /// A `where` (JSON) every gateway client's stream is opened with, as
+    /// `options={"where":...}`; gateway target only.
+    #[arg(long)]
+    filter: Option<String>,
+    /// What the publisher writes (gateway target only for `toggles`).
+    #[arg(long, value_enum, default_value = "creates")]
+    writes: Writes,
+}
+
+/// What a gateway step publishes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Writes {
+    /// A create per event.
+    Creates,
+    /// A `PUT` per event of one of `server::TOGGLED` records in turn, flipping its `status`
+    /// between `done` (as created before clients connect) and `open`.
+    Toggles,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -148,6 +176,10 @@ enum WorkerCommand {
         clients: usize,
         #[arg(long)]
         source: Ipv4Addr,
+        /// A `remove` (a filtered client's move-out) is a delivery, checked for order,
+        /// without a latency (it carries no data).
+        #[arg(long)]
+        removes: bool,
     },
 }
 
@@ -159,6 +191,7 @@ fn main() -> anyhow::Result<()> {
         check,
         clients,
         source,
+        removes,
     }) = args.worker
     {
         // One thread per worker: the parent runs several, each on its own address.
@@ -166,7 +199,7 @@ fn main() -> anyhow::Result<()> {
         return tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(worker(&servers, &path, check, clients, source));
+            .block_on(worker(&servers, &path, check, clients, source, removes));
     }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -189,6 +222,8 @@ struct Tally {
     disordered: u64,
     /// Peer messages without a `seq` (Centrifugo's connect reply and pings).
     other: u64,
+    /// Move-outs: `remove`s counted as deliveries (`--removes`).
+    moved_out: u64,
     /// Events per client, to check completeness.
     per_client: Vec<u64>,
     /// Unix nanos when the last event arrived (for deliveries/s when saturated, where
@@ -203,6 +238,7 @@ async fn worker(
     check: Check,
     clients: usize,
     source: IpAddr,
+    removes: bool,
 ) -> anyhow::Result<()> {
     let tally = Arc::new(Mutex::new(Tally {
         per_client: vec![0; clients],
@@ -237,7 +273,7 @@ async fn worker(
     .collect();
     let held = connected.len();
     for conn in connected {
-        tokio::spawn(follow(conn, check, Arc::clone(&tally)));
+        tokio::spawn(follow(conn, check, removes, Arc::clone(&tally)));
     }
     line(&mut stdout, &json!({ "connected": held })).await?;
 
@@ -284,6 +320,7 @@ async fn worker(
                 "errors": t.errors,
                 "disordered": t.disordered,
                 "other": t.other,
+                "moved_out": t.moved_out,
                 "last_arrival": t.last_arrival,
                 "first_error": t.first_error,
                 "latency": t.latency.counts.iter().map(|(b, n)| [*b, *n]).collect::<Vec<_>>(),
@@ -307,7 +344,8 @@ async fn line(out: &mut tokio::io::Stdout, value: &Value) -> anyhow::Result<()> 
 }
 
 /// Reads one client's stream, recording every event's latency, in one read per wake-up.
-async fn follow(mut conn: Connection, check: Check, tally: Arc<Mutex<Tally>>) {
+/// With `removes`, a `remove` is a delivery without a latency.
+async fn follow(mut conn: Connection, check: Check, removes: bool, tally: Arc<Mutex<Tally>>) {
     let mut buf = vec![0_u8; READ_BUFFER];
     let mut pending = std::mem::take(&mut conn.leftover);
     let mut last_id = EventId::ZERO;
@@ -331,6 +369,17 @@ async fn follow(mut conn: Connection, check: Check, tally: Arc<Mutex<Tally>>) {
                                 }
                                 last_id = id;
                                 sent
+                            }
+                            (Some(id), None) if removes && is_remove(event.data) => {
+                                if id <= last_id {
+                                    t.disordered += 1;
+                                }
+                                last_id = id;
+                                t.moved_out += 1;
+                                t.events += 1;
+                                t.last_arrival = t.last_arrival.max(arrived);
+                                t.per_client[conn.index] += 1;
+                                return;
                             }
                             _ => {
                                 t.errors += 1;
@@ -391,10 +440,19 @@ async fn follow(mut conn: Connection, check: Check, tally: Arc<Mutex<Tally>>) {
     }
 }
 
+/// A change object of type `remove` (compact JSON, as the gateway sends it).
+fn is_remove(change: &[u8]) -> bool {
+    bench::load::find(change, br#""type":"remove""#).is_some()
+}
+
 // ---------------------------------------------------------------------------------------
 // Parent process
 
 async fn parent(args: Args) -> anyhow::Result<()> {
+    let variant = args.filter.is_some() || args.writes != Writes::Creates;
+    if variant && args.target.iter().any(|&t| t != Target::Gateway) {
+        anyhow::bail!("--filter and --writes toggles are for the gateway target only");
+    }
     eprintln!(
         "loadgen: {:?}; {} worker(s), {:?} events/s for {} s per step; {} cores ({})",
         args.target,
@@ -436,12 +494,16 @@ async fn parent(args: Args) -> anyhow::Result<()> {
     let summaries = report::summarize(&steps);
     report::print_summaries(&summaries);
     let comparison = report::compare(&summaries);
-    let report = json!({
+    let mut report = json!({
         "machine": { "cores": std::thread::available_parallelism().map_or(0, usize::from), "cpu": cpu_model() },
         "targets": args.target, "rates": args.rate, "seconds": args.seconds,
         "gateways": args.gateways, "workers": args.workers,
         "rounds": args.rounds, "steps": steps, "medians": summaries, "comparison": comparison, "failures": failures,
     });
+    if variant {
+        report["filter"] = json!(args.filter);
+        report["writes"] = json!(args.writes);
+    }
     if let Some(path) = &args.out {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }
@@ -488,13 +550,18 @@ async fn run_step(
     for w in 0..args.workers {
         let share = clients / args.workers + usize::from(w < clients % args.workers);
         let source = Ipv4Addr::new(127, 0, 0, u8::try_from(10 + w)?);
-        let mut child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command
             .args(["worker", "--servers", &addrs.join(",")])
             .args(["--path", &server.stream_path(), "--check", check])
             .arg("--clients")
             .arg(share.to_string())
             .arg("--source")
-            .arg(source.to_string())
+            .arg(source.to_string());
+        if server.filtered() {
+            command.arg("--removes");
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -526,6 +593,7 @@ async fn run_step(
         workers + cpu_seconds("self").unwrap_or(0.0)
     };
     let (server_cpu_before, redis_cpu_before) = server.cpu();
+    let split_before = server.cpu_split();
     let (ours_before, machine_before) = (ours(), machine_cpu());
     let started = Instant::now();
     let publish_start = unix_nanos();
@@ -534,11 +602,13 @@ async fn run_step(
         let server = Arc::clone(server);
         AbortOnDropHandle::new(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+            // What each client is owed: every event, unless its filter skips some.
+            let mut owed = Owed::default();
             for seq in 1..=events {
                 tick.tick().await;
-                server.publish(seq).await?;
+                owed.add(server.publish(seq).await?);
             }
-            anyhow::Ok(())
+            anyhow::Ok(owed)
         }))
     };
     let mut progress = tokio::time::interval(Duration::from_secs(1));
@@ -559,14 +629,15 @@ async fn run_step(
             started.elapsed().as_secs_f64()
         );
     }
-    publishing.await??;
+    let owed = publishing.await??;
     let published_in = started.elapsed();
+    let expected = owed.deliveries;
 
     let mut latency = Histogram::default();
     let mut totals = Totals::default();
     for (child, lines) in &mut workers {
         let stdin = child.stdin.as_mut().context("stdin")?;
-        stdin.write_all(format!("{events}\n").as_bytes()).await?;
+        stdin.write_all(format!("{expected}\n").as_bytes()).await?;
         stdin.flush().await?;
         let done = loop {
             let msg = next_message(lines).await?;
@@ -582,6 +653,7 @@ async fn run_step(
         latency.merge(&pairs);
     }
     let (server_cpu_after, redis_cpu_after) = server.cpu();
+    let split_after = server.cpu_split();
     let (ours_after, machine_after) = (ours(), machine_cpu());
     for (mut child, _) in workers {
         let _ = child.kill().await;
@@ -602,6 +674,34 @@ async fn run_step(
     };
     let per_connection =
         |after: u64, before: u64| after.saturating_sub(before) as f64 / held.max(1) as f64;
+    let per_delivery =
+        |seconds: f64| (totals.deliveries > 0).then(|| seconds * 1e6 / totals.deliveries as f64);
+    let variant = (args.filter.is_some() || args.writes != Writes::Creates).then(|| {
+        let variant = report::Variant {
+            writes: args.writes,
+            filter: args.filter.clone(),
+            owed_per_client: expected,
+            owed_move_outs_per_client: owed.move_outs,
+            moved_out: totals.moved_out,
+            latency_samples: latency.total(),
+            gateway_cpu_us_per_delivery: per_delivery(server_cpu),
+            gateway_user_us_per_delivery: per_delivery(split_after.0 - split_before.0),
+            gateway_system_us_per_delivery: per_delivery(split_after.1 - split_before.1),
+        };
+        eprintln!(
+            "  {:?}, filter {}: {} of {events} events owed per client ({} as move-outs); {} move-outs delivered, latency from the {} deliveries that carry `t`; gateway CPU {} µs/delivery ({} user + {} system)",
+            variant.writes,
+            variant.filter.as_deref().unwrap_or("none"),
+            variant.owed_per_client,
+            variant.owed_move_outs_per_client,
+            variant.moved_out,
+            variant.latency_samples,
+            us(variant.gateway_cpu_us_per_delivery),
+            us(variant.gateway_user_us_per_delivery),
+            us(variant.gateway_system_us_per_delivery),
+        );
+        variant
+    });
     Ok(Step {
         round: 0,
         target,
@@ -633,7 +733,33 @@ async fn run_step(
         other_cpu_seconds: (machine_busy - server_cpu - redis_cpu - clients_cpu).max(0.0),
         cpu_us_per_delivery: (totals.deliveries > 0)
             .then(|| (server_cpu + redis_cpu) * 1e6 / totals.deliveries as f64),
+        variant,
     })
+}
+
+fn us(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"))
+}
+
+/// What a client is owed of the events published: a filter may skip some, and sends an
+/// update that took a record out of it as a `remove`.
+#[derive(Debug, Default)]
+struct Owed {
+    deliveries: u64,
+    move_outs: u64,
+}
+
+impl Owed {
+    fn add(&mut self, delivery: Option<server::Delivery>) {
+        match delivery {
+            Some(server::Delivery::Change) => self.deliveries += 1,
+            Some(server::Delivery::MoveOut) => {
+                self.deliveries += 1;
+                self.move_outs += 1;
+            }
+            None => {}
+        }
+    }
 }
 
 /// The workers' final reports, summed.
@@ -645,6 +771,7 @@ struct Totals {
     errors: u64,
     disordered: u64,
     other: u64,
+    moved_out: u64,
     last_arrival: u64,
 }
 
@@ -657,6 +784,7 @@ impl Totals {
         self.errors += n("errors");
         self.disordered += n("disordered");
         self.other += n("other");
+        self.moved_out += n("moved_out");
         self.last_arrival = self.last_arrival.max(n("last_arrival"));
     }
 }

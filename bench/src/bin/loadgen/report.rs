@@ -5,7 +5,7 @@ use std::io::Write as _;
 
 use serde_json::{Value, json};
 
-use crate::Target;
+use crate::{Target, Writes};
 
 /// One step: a target, a client count and a rate, in one round.
 #[derive(Debug, serde::Serialize)]
@@ -52,6 +52,31 @@ pub struct Step {
     pub other_cpu_seconds: f64,
     /// (server + Redis) CPU per delivery, microseconds.
     pub cpu_us_per_delivery: Option<f64>,
+    /// With `--filter` or `--writes toggles` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<Variant>,
+}
+
+/// A step with a filter or toggling writes: what each client was owed and what it cost.
+#[derive(Debug, serde::Serialize)]
+pub struct Variant {
+    pub writes: Writes,
+    /// The `where` every client's stream was opened with.
+    pub filter: Option<String>,
+    /// Events a client was owed (the filter applied as the gateway applies it).
+    pub owed_per_client: u64,
+    /// Of those, move-outs (`remove`s).
+    pub owed_move_outs_per_client: u64,
+    /// Move-outs delivered, all clients.
+    pub moved_out: u64,
+    /// Deliveries with a latency: those carrying `t` (a move-out carries no data).
+    pub latency_samples: u64,
+    /// The gateways' CPU alone per delivery, microseconds.
+    pub gateway_cpu_us_per_delivery: Option<f64>,
+    /// Of which in user space (the gateway's own code: filters, framing).
+    pub gateway_user_us_per_delivery: Option<f64>,
+    /// And in the kernel (socket writes).
+    pub gateway_system_us_per_delivery: Option<f64>,
 }
 
 fn ms(v: Option<f64>) -> String {

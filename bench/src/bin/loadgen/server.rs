@@ -4,15 +4,22 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Mutex;
 
-use bench::load::{GatewayProcess, cpu_seconds, gateway_binary, pss_kib, rss_kib, unix_nanos};
+use anyhow::Context;
+use bench::load::{
+    GatewayProcess, cpu_seconds, cpu_split, gateway_binary, pss_kib, rss_kib, unix_nanos,
+};
 use bench::peers::Peer;
-use proto::{Object, Topic};
+use proto::{Filter, FilterLimits, Object, RecordId, Topic};
 use publisher::{RedisOptions, RedisStore, Store};
-use serde_json::json;
+use serde_json::{Value, json};
 use system_tests::RedisServer;
 
-use crate::{Args, Check, STREAM_PATH, TOPIC, Target};
+use crate::{Args, Check, STREAM_PATH, TOPIC, Target, Writes};
+
+/// Records `--writes toggles` updates in turn (ids 1..=16).
+pub const TOGGLED: u64 = 16;
 
 #[derive(Debug)]
 pub enum Server {
@@ -21,6 +28,12 @@ pub enum Server {
         store: RedisStore,
         topic: Topic,
         redis: RedisServer,
+        writes: Writes,
+        /// `--filter`: the stream's `options` query parameter and the filter, as the
+        /// gateway parses it, to tell what a client is owed.
+        filter: Option<(String, Filter)>,
+        /// `--writes toggles`: each toggled record's state, the `last` of its next update.
+        states: Mutex<Vec<Object>>,
     },
     Peer {
         peer: Peer,
@@ -54,13 +67,36 @@ impl Server {
                 let topic = Topic::new(TOPIC)?;
                 // Warm up: load the script, open the connection. Clients connect after it
                 // and never see it.
-                let warm_up = store.create(&topic, body(unix_nanos(), 0));
-                system_tests::within("warm-up publish", warm_up).await??;
+                let mut states = Vec::new();
+                match args.writes {
+                    Writes::Creates => {
+                        let warm_up = store.create(&topic, body(unix_nanos(), 0));
+                        system_tests::within("warm-up publish", warm_up).await??;
+                    }
+                    // The toggled records, all `done`: the first update of each moves it
+                    // into a `status: open` filter.
+                    Writes::Toggles => {
+                        for id in 1..=TOGGLED {
+                            let mut record = toggled(unix_nanos(), 0, false);
+                            record.insert("id".into(), json!(id));
+                            let create = store.create(&topic, record);
+                            states.push(
+                                system_tests::within("warm-up create", create)
+                                    .await??
+                                    .record,
+                            );
+                        }
+                    }
+                }
+                let filter = args.filter.as_deref().map(options).transpose()?;
                 Self::Gateway {
                     processes,
                     store,
                     topic,
                     redis,
+                    writes: args.writes,
+                    filter,
+                    states: Mutex::new(states),
                 }
             }
             Target::Nchan => {
@@ -90,9 +126,24 @@ impl Server {
 
     pub fn stream_path(&self) -> String {
         match self {
+            Self::Gateway {
+                filter: Some((query, _)),
+                ..
+            } => format!("{STREAM_PATH}&options={query}"),
             Self::Gateway { .. } => STREAM_PATH.to_owned(),
             Self::Peer { peer, .. } => peer.stream_path(),
         }
+    }
+
+    /// Whether clients' streams are filtered (a `remove` is then a move-out).
+    pub fn filtered(&self) -> bool {
+        matches!(
+            self,
+            Self::Gateway {
+                filter: Some(_),
+                ..
+            }
+        )
     }
 
     pub fn check(&self) -> Check {
@@ -139,20 +190,73 @@ impl Server {
         (server, redis)
     }
 
+    /// User and system CPU seconds so far of the server's processes (not Redis).
+    pub fn cpu_split(&self) -> (f64, f64) {
+        self.pids()
+            .iter()
+            .filter_map(|pid| cpu_split(&pid.to_string()))
+            .fold((0.0, 0.0), |(u, s), (user, system)| (u + user, s + system))
+    }
+
     /// Publishes event `seq`, its body carrying the publish time, and waits for the
-    /// server (Redis for the gateway, the peer's API otherwise) to accept it.
+    /// server (Redis for the gateway, the peer's API otherwise) to accept it. Returns what
+    /// a client gets of it: `None` when its filter skips it.
     ///
     /// # Errors
     /// The publish fails or times out.
-    pub async fn publish(&self, seq: u64) -> anyhow::Result<()> {
+    pub async fn publish(&self, seq: u64) -> anyhow::Result<Option<Delivery>> {
         match self {
-            Self::Gateway { store, topic, .. } => {
+            Self::Gateway {
+                store,
+                topic,
+                writes: Writes::Creates,
+                filter,
+                ..
+            } => {
                 let create = store.create(topic, body(unix_nanos(), seq));
-                system_tests::within("publish", create).await??;
+                let written = system_tests::within("publish", create).await??;
+                Ok(delivery(
+                    filter.as_ref().map(|(_, f)| f),
+                    &written.record,
+                    None,
+                ))
             }
-            Self::Peer { peer, .. } => peer.publish(unix_nanos(), seq).await?,
+            Self::Gateway {
+                store,
+                topic,
+                writes: Writes::Toggles,
+                filter,
+                states,
+                ..
+            } => {
+                // Record 1, 2, .. 16, 1, ..: its first update opens it, the next closes it.
+                let index = usize::try_from((seq - 1) % TOGGLED)?;
+                let open = ((seq - 1) / TOGGLED).is_multiple_of(2);
+                let id = RecordId::Int(i64::try_from(index)? + 1);
+                let last = states
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get(index)
+                    .cloned()
+                    .context("toggled record")?;
+                let replace = store.replace(topic, &id, toggled(unix_nanos(), seq, open));
+                let written = system_tests::within("publish", replace).await??;
+                let filter = filter.as_ref().map(|(_, f)| f);
+                let delivery = delivery(filter, &written.record, Some(&last));
+                if let Some(state) = states
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get_mut(index)
+                {
+                    *state = written.record;
+                }
+                Ok(delivery)
+            }
+            Self::Peer { peer, .. } => {
+                peer.publish(unix_nanos(), seq).await?;
+                Ok(Some(Delivery::Change))
+            }
         }
-        Ok(())
     }
 
     /// Stops the server and its Redis; reports what the gateways logged.
@@ -183,9 +287,83 @@ impl Server {
     }
 }
 
+/// What a client gets of one change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The change itself.
+    Change,
+    /// A `remove`: an update took the record out of the client's filter.
+    MoveOut,
+}
+
+/// What a client with `filter` gets of a create (`last: None`) or an update of a record
+/// to `record` from `last`, as the gateway decides it (`gateway/src/client.rs`, `apply`):
+/// the change when the new state matches, a move-out when only the previous one did.
+fn delivery(filter: Option<&Filter>, record: &Object, last: Option<&Object>) -> Option<Delivery> {
+    let Some(filter) = filter else {
+        return Some(Delivery::Change);
+    };
+    if filter.matches(record) {
+        Some(Delivery::Change)
+    } else if last.is_some_and(|last| filter.matches(last)) {
+        Some(Delivery::MoveOut)
+    } else {
+        None
+    }
+}
+
+/// `--filter`'s `where` as the stream's `options` (URL-encoded), and parsed.
+fn options(where_json: &str) -> anyhow::Result<(String, Filter)> {
+    let condition: Value = serde_json::from_str(where_json).context("--filter: not JSON")?;
+    let options = json!({ "where": condition });
+    let filter = Filter::parse(&options, &FilterLimits::default())
+        .map_err(|e| anyhow::anyhow!("--filter: {e}"))?;
+    Ok((percent_encode(&options.to_string()), filter))
+}
+
+/// Every byte but RFC 3986's unreserved ones as `%XX`.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// A toggled record's body at event `seq`.
+fn toggled(t: u64, seq: u64, open: bool) -> Object {
+    let mut body = body(t, seq);
+    body.insert("status".into(), json!(if open { "open" } else { "done" }));
+    body
+}
+
 fn body(t: u64, seq: u64) -> Object {
     let mut body = Object::new();
     body.insert("t".into(), json!(t));
     body.insert("seq".into(), json!(seq));
     body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filtered_client_is_owed_move_ins_and_move_outs() {
+        let (query, filter) = options(r#"{"status":"open"}"#).unwrap();
+        assert_eq!(query, "%7B%22where%22%3A%7B%22status%22%3A%22open%22%7D%7D");
+        let (open, done) = (toggled(1, 1, true), toggled(1, 1, false));
+        let f = Some(&filter);
+        assert_eq!(delivery(f, &open, Some(&done)), Some(Delivery::Change));
+        assert_eq!(delivery(f, &done, Some(&open)), Some(Delivery::MoveOut));
+        assert_eq!(delivery(f, &done, Some(&done)), None);
+        assert_eq!(delivery(f, &done, None), None);
+        assert_eq!(delivery(None, &done, None), Some(Delivery::Change));
+        assert!(options("{").is_err());
+        assert!(options(r#"{"n":{"between":1}}"#).is_err());
+    }
 }
