@@ -1,6 +1,7 @@
 //! Live views under a random workload: for several seeds, a few thousand operations
-//! (creates, updates that move records into and out of filters and token scopes,
-//! replaces, deletes, issued in concurrent groups) on two topics, with clients of every
+//! (creates, array creates, updates that move records into and out of filters and token
+//! scopes, `updateAll`s that move several at once, replaces, upserts, replaceOrCreates,
+//! deletes, issued in concurrent groups) on two topics, with clients of every
 //! kind (unfiltered, filtered, token-scoped, scoped and filtered, multi-topic) that start
 //! with an in-band snapshot, all reconnect to the other of two gateway pods mid-way, and
 //! live through a Redis restart (AOF: nothing is lost). Each client's view, built from its
@@ -326,11 +327,23 @@ async fn operate(client: &reqwest::Client, api: &str, auth: &str, rng: &mut Rng,
     let status = *rng.pick(&["open", "done"]);
     let n = rng.below(100);
     let id = if ids.is_empty() { 1 } else { *rng.pick(ids) };
-    let request = match rng.below(20) {
-        0..=3 => client
+    let order = |rng: &mut Rng| {
+        json!({
+            "ownerId": *rng.pick(&OWNERS),
+            "status": *rng.pick(&["open", "done"]),
+            "n": rng.below(100),
+        })
+    };
+    let request = match rng.below(25) {
+        0..=2 => client
             .post(format!("{api}/api/Orders"))
             .json(&json!({"ownerId": owner, "status": status, "n": n})),
-        4..=10 => {
+        // An array create: all its records or none, their events adjacent.
+        3 => {
+            let records: Vec<Value> = (0..2 + rng.below(4)).map(|_| order(rng)).collect();
+            client.post(format!("{api}/api/Orders")).json(&records)
+        }
+        4..=9 => {
             let patch = match rng.below(3) {
                 0 => json!({"status": status}),
                 1 => json!({"ownerId": owner}),
@@ -338,14 +351,36 @@ async fn operate(client: &reqwest::Client, api: &str, auth: &str, rng: &mut Rng,
             };
             client.patch(format!("{api}/api/Orders/{id}")).json(&patch)
         }
-        11..=12 => client
+        10..=11 => client
             .put(format!("{api}/api/Orders/{id}"))
             .json(&json!({"ownerId": owner, "status": status, "n": n, "id": id})),
-        13..=14 => client.delete(format!("{api}/api/Orders/{id}")),
-        15..=16 => client
+        // updateAll: one step, one update per record, moving several records at once
+        // into or out of filters and scopes.
+        12..=13 => {
+            let where_ = json!({"ownerId": *rng.pick(&OWNERS), "n": {"lt": 10 + rng.below(10)}});
+            let patch = match rng.below(2) {
+                0 => json!({"status": status}),
+                _ => json!({"ownerId": owner}),
+            };
+            client
+                .post(format!(
+                    "{api}/api/Orders/update?where={}",
+                    url_escape(&where_.to_string())
+                ))
+                .json(&patch)
+        }
+        // upsert (merge, or create) and replaceOrCreate (replace, or create).
+        14 => client
+            .patch(format!("{api}/api/Orders"))
+            .json(&json!({"id": id, "status": status})),
+        15 => client
+            .put(format!("{api}/api/Orders"))
+            .json(&json!({"id": id, "ownerId": owner, "status": status, "n": n})),
+        16..=17 => client.delete(format!("{api}/api/Orders/{id}")),
+        18..=19 => client
             .post(format!("{api}/api/Items"))
             .json(&json!({"n": n})),
-        17..=18 => client
+        20..=22 => client
             .patch(format!("{api}/api/Items/{}", 1 + rng.below(40)))
             .json(&json!({"n": n})),
         _ => client.delete(format!("{api}/api/Items/{}", 1 + rng.below(40))),
@@ -378,24 +413,26 @@ async fn run(seed: u64) -> anyhow::Result<()> {
     let admin = token("admin", None);
     let client = http();
     let mut rng = Rng(seed);
-    // A starting collection of several snapshot pages.
-    for n in 0..300 {
-        let owner = OWNERS[n % 3];
-        client
+    // A starting collection of several snapshot pages, in array creates.
+    for chunk in 0..3 {
+        let orders: Vec<Value> = (chunk * 100..(chunk + 1) * 100)
+            .map(|n| json!({"ownerId": OWNERS[n % 3], "status": if n % 2 == 0 { "open" } else { "done" }, "n": n % 100}))
+            .collect();
+        let res = client
             .post(format!("{api}/api/Orders"))
             .bearer_auth(&admin)
-            .json(&json!({"ownerId": owner, "status": if n % 2 == 0 { "open" } else { "done" }, "n": n % 100}))
+            .json(&orders)
             .send()
             .await?;
+        anyhow::ensure!(res.status() == 200, "array create: {}", res.status());
     }
-    for n in 0..40 {
-        client
-            .post(format!("{api}/api/Items"))
-            .bearer_auth(&admin)
-            .json(&json!({"n": n}))
-            .send()
-            .await?;
-    }
+    let items: Vec<Value> = (0..40).map(|n| json!({"n": n})).collect();
+    client
+        .post(format!("{api}/api/Items"))
+        .bearer_auth(&admin)
+        .json(&items)
+        .send()
+        .await?;
 
     let (switch_tx, switch_rx) = watch::channel(0_usize);
     let stop = tokio_util::sync::CancellationToken::new();
