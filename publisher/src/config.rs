@@ -13,7 +13,11 @@ use service::limits::{self, RequestLimits};
 pub use service::settings::ConfigError;
 use service::settings::{Fallback, Unparsed};
 
-use crate::store::{DEFAULT_STREAM_MAX_AGE, DEFAULT_STREAM_MAX_LEN, RedisOptions, Retention};
+use crate::ops::{BatchLimits, DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_ITEMS};
+use crate::store::{
+    DEFAULT_IDEMPOTENCY_TTL, DEFAULT_STREAM_MAX_AGE, DEFAULT_STREAM_MAX_LEN, RedisOptions,
+    Retention,
+};
 
 /// Default Redis URL, when neither `redis_url` nor `redis_cluster` is set.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
@@ -70,6 +74,12 @@ service::settings! {
         ///
         /// With `publish_rate`: the burst (0: = rate).
         pub publish_burst: u32 = 0_u32,
+        /// How long an Idempotency-Key's first answer is kept, e.g. 24h
+        pub idempotency_ttl: Duration = DEFAULT_IDEMPOTENCY_TTL,
+        /// Most items in one batch write (array create, updateAll, publish array)
+        batch_max_items: NonZeroUsize = DEFAULT_BATCH_MAX_ITEMS,
+        /// Most bytes of records and changes one batch writes
+        batch_max_bytes: NonZeroUsize = DEFAULT_BATCH_MAX_BYTES,
     }
     // The fields several settings make, or one setting in another shape.
     derived |s, layers| {
@@ -87,6 +97,11 @@ service::settings! {
         pub request_limits: RequestLimits = RequestLimits {
             max_url_bytes: s.max_url_bytes.get(),
             max_header_bytes: s.max_header_bytes.get(),
+        },
+        /// How large one batch write may be.
+        pub batch: BatchLimits = BatchLimits {
+            max_items: s.batch_max_items.get(),
+            max_bytes: s.batch_max_bytes.get(),
         },
     }
 }
@@ -109,7 +124,18 @@ impl Config {
         env: &HashMap<String, String>,
     ) -> Result<Self, ConfigError> {
         let layers = Self::layers(args, env)?;
-        Self::read(&layers).map_err(ConfigError::Settings)
+        let config = Self::read(&layers).map_err(ConfigError::Settings)?;
+        // Checked after parsing so the message names the setting.
+        layers
+            .checked("idempotency_ttl", |_: &String| {
+                if config.idempotency_ttl.is_zero() {
+                    Err("must be more than 0".to_owned())
+                } else {
+                    Ok(())
+                }
+            })
+            .map_err(ConfigError::Settings)?;
+        Ok(config)
     }
 
     /// The write-rate limiter, if `publish_rate` sets one.

@@ -70,13 +70,17 @@ pub async fn run(
         jwt_algorithms = ?config.auth.algorithms(),
         jwt_leeway_ms = ms(config.auth.leeway()),
         metrics_public = config.auth.metrics_public(),
+        idempotency_ttl_ms = ms(config.idempotency_ttl),
+        batch_max_items = config.batch.max_items,
+        batch_max_bytes = config.batch.max_bytes,
         "configuration"
     );
     let store = RedisStore::connect(&config.redis, config.redis_options())?;
     let registry = prometheus::Registry::new();
     let metrics = metrics::PublisherMetrics::register(&registry).map_err(std::io::Error::other)?;
     let state = api::ApiState::new(store, config.body_limit, metrics, config.auth.clone())
-        .with_rate_limit(config.rate_limiter());
+        .with_rate_limit(config.rate_limiter())
+        .with_writes(config.idempotency_ttl, config.batch);
     // The admin server, if any, runs on the tracker; the main one is awaited below.
     let tracker = tokio_util::task::TaskTracker::new();
     let app = match config.admin_listen {
