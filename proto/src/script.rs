@@ -147,19 +147,29 @@ for j = 1, autos do
   ids[j] = string.format('%d', raised)
 end
 
--- Append a change to the stream and publish it with its id and the previous id.
+-- Append a change to the stream and publish it with its id and the previous id. The
+-- first change of a run takes the next id Redis gives (`*`); the later ones take the ids
+-- right after it (same milliseconds, sequence + 1), so a batch's ids are consecutive.
+local first_ms, first_seq, emitted = nil, 0, 0
 local function emit(change, last)
   local fields = {'v', '1', 'prev', prev, 'change', change}
   if last then
     fields[7] = 'last'
     fields[8] = last
   end
+  local wanted = '*'
+  if first_ms then wanted = first_ms .. '-' .. string.format('%d', first_seq + emitted) end
   local id
   if maxlen ~= '0' then
-    id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+    id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, wanted, unpack(fields))
   else
-    id = redis.call('XADD', stream, '*', unpack(fields))
+    id = redis.call('XADD', stream, wanted, unpack(fields))
   end
+  if not first_ms then
+    local dash = string.find(id, '-', 1, true)
+    first_ms, first_seq = string.sub(id, 1, dash - 1), tonumber(string.sub(id, dash + 1))
+  end
+  emitted = emitted + 1
   redis.call(pubcmd, channel, '1\n' .. id .. '\n' .. prev .. '\n' .. change .. '\n' .. (last or ''))
   prev = id
   return id

@@ -16,6 +16,11 @@ pub enum StoreError {
     /// No reply in time. The script may have run (in full) or not at all.
     #[error("redis did not answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// A write was sent and its answer lost (a timeout, a dropped connection): it ran in
+    /// full or not at all, and only a retry with the same Idempotency-Key can tell which.
+    /// The one case where "nothing was written" cannot be promised.
+    #[error("the write got no answer from redis ({0}); it ran in full or not at all")]
+    Unanswered(#[source] Box<StoreError>),
     #[error("redis: {0}")]
     Redis(#[source] redis::RedisError),
     #[error("unexpected reply from the publish script: {0}")]
@@ -71,6 +76,17 @@ pub enum StoreError {
     NoneFound { topic: Topic },
 }
 
+impl StoreError {
+    /// The error of a read: a lost answer to a read wrote nothing, so it is what caused it.
+    #[must_use]
+    pub fn read(self) -> Self {
+        match self {
+            Self::Unanswered(cause) => *cause,
+            e => e,
+        }
+    }
+}
+
 impl From<redis::RedisError> for StoreError {
     fn from(e: redis::RedisError) -> Self {
         use redis::{ErrorKind, ServerErrorKind};
@@ -103,6 +119,7 @@ impl HttpError for StoreError {
             Self::Unavailable(_) | Self::Timeout(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "REDIS_UNAVAILABLE")
             }
+            Self::Unanswered(_) => (StatusCode::SERVICE_UNAVAILABLE, "OUTCOME_UNKNOWN"),
             Self::Unsettled { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UNSETTLED"),
             // The request conflicts with how the topic is fed; a retry would fail alike.
             Self::RecordsNotKept { .. } => (StatusCode::CONFLICT, "RECORDS_NOT_KEPT"),
@@ -124,6 +141,14 @@ impl HttpError for StoreError {
             Self::KeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED"),
             Self::BatchTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "BATCH_TOO_LARGE"),
         }
+    }
+
+    fn public_message(&self) -> Option<String> {
+        matches!(self, Self::Unanswered(_)).then(|| {
+            "Redis did not answer the write: it was made in full or not at all (never in part); \
+             send it again with the same Idempotency-Key to make it exactly once"
+                .to_owned()
+        })
     }
 }
 

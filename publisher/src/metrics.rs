@@ -86,6 +86,7 @@ impl PublisherMetrics {
             Err(
                 StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::Unsettled { .. },
             ) => "unavailable",
+            Err(StoreError::Unanswered(_)) => "unknown",
             Err(StoreError::NotFound { .. } | StoreError::NoneFound { .. }) => "not_found",
             Err(
                 StoreError::Exists { .. }

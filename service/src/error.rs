@@ -17,6 +17,13 @@ pub trait HttpError: std::error::Error + Send + Sync + 'static {
     /// The status and LoopBack `code`. A 5xx is logged with its cause and answered with a
     /// generic message; anything else is answered with the error's text.
     fn status_and_code(&self) -> (StatusCode, &'static str);
+
+    /// The message a 5xx answers instead of the generic one, when the client must know
+    /// more than "nothing was written" (a write whose outcome is unknown). The cause
+    /// itself is only logged.
+    fn public_message(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A request whose body cannot be delimited, or read, as HTTP/1 says (RFC 9112): after one
@@ -162,6 +169,9 @@ impl IntoResponse for ApiError {
             tracing::warn!(error = %self, "request failed");
             match (&self, status) {
                 (Self::Unavailable(message), _) => message.clone(),
+                (Self::Domain(e), _) if e.public_message().is_some() => {
+                    e.public_message().unwrap_or_default()
+                }
                 (_, StatusCode::SERVICE_UNAVAILABLE) => {
                     "Redis is unavailable; nothing was written".to_owned()
                 }

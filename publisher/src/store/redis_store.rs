@@ -181,8 +181,24 @@ impl RedisStore {
         }
         let mut conn = self.conn.clone();
         match conn {
-            RedisConnection::Single(_) => self.bounded(invocation.invoke_async(&mut conn)).await,
+            RedisConnection::Single(_) => invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.write_failed(e)),
             RedisConnection::Cluster(_) => self.run_cluster(&invocation, &mut conn).await,
+        }
+    }
+
+    /// A failed write as a [`StoreError`]: [`StoreError::Unanswered`] unless Redis
+    /// answered (an error reply) or refused it before it could run.
+    fn write_failed(&self, e: redis::RedisError) -> StoreError {
+        let lost = !refused_before_running(&e)
+            && (e.is_timeout() || e.is_io_error() || e.is_connection_dropped());
+        let error = self.failed(e);
+        if lost {
+            StoreError::Unanswered(Box::new(error))
+        } else {
+            error
         }
     }
 
@@ -209,7 +225,7 @@ impl RedisStore {
                     tokio::time::sleep(pause).await;
                     pause = pause.saturating_mul(2);
                 }
-                result => return result.map_err(|e| self.failed(e)),
+                result => return result.map_err(|e| self.write_failed(e)),
             }
         }
     }
@@ -310,7 +326,10 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         match conn {
             RedisConnection::Single(_) => self.bounded(invocation.invoke_async(&mut conn)).await,
-            RedisConnection::Cluster(_) => self.run_cluster(&invocation, &mut conn).await,
+            RedisConnection::Cluster(_) => self
+                .run_cluster(&invocation, &mut conn)
+                .await
+                .map_err(|e| e.read()),
         }
     }
 
