@@ -178,6 +178,51 @@ impl RedisServer {
         .context("connect")
     }
 
+    /// Holds every write (scripts included) inside Redis, for up to 10 s, until
+    /// [`RedisServer::release_writes`]: `CLIENT PAUSE 10000 WRITE`. Reads go on.
+    pub async fn hold_writes(&self) -> anyhow::Result<()> {
+        let mut conn = self.connection().await?;
+        let mut pause = redis::cmd("CLIENT");
+        pause.arg("PAUSE").arg(10_000).arg("WRITE");
+        Ok(within("CLIENT PAUSE", pause.query_async::<()>(&mut conn)).await??)
+    }
+
+    /// Waits until a write script has reached Redis and is held there by
+    /// [`RedisServer::hold_writes`] (a client blocked on `EVALSHA`/`EVAL`).
+    pub async fn wait_for_held_script(&self) -> anyhow::Result<()> {
+        let conn = self.connection().await?;
+        crate::poll_until("a script held in Redis", STEP, || {
+            let mut conn = conn.clone();
+            async move {
+                let list: String = redis::cmd("CLIENT")
+                    .arg("LIST")
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                list.lines()
+                    .any(|client| {
+                        let field = |name: &str| {
+                            client
+                                .split(' ')
+                                .find_map(|f| f.strip_prefix(name).map(str::to_owned))
+                        };
+                        field("flags=").is_some_and(|f| f.contains('b'))
+                            && field("cmd=").is_some_and(|c| c.starts_with("eval"))
+                    })
+                    .then_some(())
+            }
+        })
+        .await
+    }
+
+    /// Lets the writes [`RedisServer::hold_writes`] held run: `CLIENT UNPAUSE`.
+    pub async fn release_writes(&self) -> anyhow::Result<()> {
+        let mut conn = self.connection().await?;
+        let mut unpause = redis::cmd("CLIENT");
+        unpause.arg("UNPAUSE");
+        Ok(within("CLIENT UNPAUSE", unpause.query_async::<()>(&mut conn)).await??)
+    }
+
     /// SIGKILL: no shutdown, no final save. What survives is what AOF already had.
     pub async fn kill(&mut self) -> anyhow::Result<()> {
         match self.process.take() {

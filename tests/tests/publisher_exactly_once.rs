@@ -435,16 +435,7 @@ async fn a_lost_answer_is_outcome_unknown_and_a_keyed_retry_settles_it() -> anyh
 
     // Hold writes in Redis, send the write, wait until Redis holds it, cut the route, let
     // Redis run it: its answer goes into the partition.
-    let mut admin = redis.connection().await?;
-    let _: () = within(
-        "CLIENT PAUSE",
-        redis::cmd("CLIENT")
-            .arg("PAUSE")
-            .arg(10_000)
-            .arg("WRITE")
-            .query_async(&mut admin),
-    )
-    .await??;
+    redis.hold_writes().await?;
     let write = tokio::spawn({
         let url = url.clone();
         async move {
@@ -458,29 +449,9 @@ async fn a_lost_answer_is_outcome_unknown_and_a_keyed_retry_settles_it() -> anyh
             .await
         }
     });
-    poll_until("Redis to hold the write", Duration::from_secs(5), || {
-        let mut admin = admin.clone();
-        async move {
-            let info: String = redis::cmd("INFO")
-                .arg("clients")
-                .query_async(&mut admin)
-                .await
-                .ok()?;
-            info.lines()
-                .any(|l| {
-                    l.strip_prefix("blocked_clients:")
-                        .is_some_and(|n| n.trim() != "0")
-                })
-                .then_some(())
-        }
-    })
-    .await?;
+    redis.wait_for_held_script().await?;
     proxy.partition();
-    let _: () = within(
-        "CLIENT UNPAUSE",
-        redis::cmd("CLIENT").arg("UNPAUSE").query_async(&mut admin),
-    )
-    .await??;
+    redis.release_writes().await?;
     let lost = within("the write's answer", write).await???;
     assert_eq!(lost.status, 503, "{lost:?}");
     assert_eq!(lost.json()["error"]["code"], "OUTCOME_UNKNOWN");
