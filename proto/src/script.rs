@@ -52,8 +52,9 @@
 //! - `{"moved", position}`: the stream moved past `ARGV[7]`;
 //! - `{"exhausted"}`: an auto id would pass [`crate::MAX_SAFE_INTEGER`].
 
-/// A create without an id: the next integer (the counter + 1, past ids already taken and
-/// ids the batch names), appended as the record's last key `"id":N`.
+/// A create without an id: the next integer (one past the counter or past an integer id an
+/// earlier item of the batch names, whichever is larger; past ids already taken and ids
+/// the batch names), appended as the record's last key `"id":N`.
 pub const ITEM_AUTO: &str = "auto";
 /// A create with the record's own id. Refuses a key that exists.
 pub const ITEM_CREATE: &str = "create";
@@ -107,12 +108,12 @@ if top[1] then prev = top[1][1] end
 if at ~= '' and at ~= prev then return {'moved', prev} end
 
 -- Check every item before writing any.
-local given, current, autos = {}, {}, 0
+local given, current = {}, {}
 for i = 1, n do
   local b = 8 + (i - 1) * 5
   local kind, key = ARGV[b + 1], ARGV[b + 2]
   if kind == 'auto' then
-    autos = autos + 1
+    -- its id is chosen below, once every given id is known
   elseif kind == 'create' then
     if given[key] or redis.call('HEXISTS', records, key) == 1 then
       return {'exists', tostring(i)}
@@ -136,15 +137,23 @@ end
 local max_id = 9007199254740991
 local counter = tonumber(redis.call('GET', seq) or '0')
 local raised = counter
+-- In item order, as if each create ran in turn: an integer id an earlier item names
+-- moves the counter past it for the creates after it.
 local ids = {}
-for j = 1, autos do
-  raised = raised + 1
-  while raised <= max_id and (given[string.format('%d', raised)]
-      or redis.call('HEXISTS', records, string.format('%d', raised)) == 1) do
+for i = 1, n do
+  local b = 8 + (i - 1) * 5
+  local kind = ARGV[b + 1]
+  if kind == 'create' and ARGV[b + 5] ~= '' and tonumber(ARGV[b + 5]) > raised then
+    raised = tonumber(ARGV[b + 5])
+  elseif kind == 'auto' then
     raised = raised + 1
+    while raised <= max_id and (given[string.format('%d', raised)]
+        or redis.call('HEXISTS', records, string.format('%d', raised)) == 1) do
+      raised = raised + 1
+    end
+    if raised > max_id then return {'exhausted'} end
+    ids[#ids + 1] = string.format('%d', raised)
   end
-  if raised > max_id then return {'exhausted'} end
-  ids[j] = string.format('%d', raised)
 end
 
 -- Append a change to the stream and publish it with its id and the previous id. The
@@ -193,7 +202,6 @@ for i = 1, n do
   elseif kind == 'create' then
     record = a
     redis.call('HSET', records, key, record)
-    if ARGV[b + 5] ~= '' and tonumber(ARGV[b + 5]) > raised then raised = tonumber(ARGV[b + 5]) end
     event = emit(ARGV[b + 4], nil)
   elseif kind == 'update' then
     record = ARGV[b + 4]

@@ -132,3 +132,66 @@ export async function request(method, url, body) {
   }
   return { status: response.status, headers: response.headers, body: parsed };
 }
+
+/**
+ * An SSE response read in the background: `next(what)` is its next event
+ * (`{event, data, id}`), waited for with a deadline; `close()` aborts it. Comments
+ * (`:ok`, heartbeats) and blocks without data (`retry:`) are not events.
+ */
+export async function openEventStream(url, headers = {}) {
+  const controller = new AbortController();
+  const response = await within(`open ${url}`, fetch(url, {
+    headers: { accept: 'text/event-stream', ...headers },
+    signal: controller.signal,
+  }));
+  if (response.status !== 200 || !response.headers.get('content-type')?.startsWith('text/event-stream')) {
+    controller.abort();
+    throw new Error(`${url}: ${response.status} ${response.headers.get('content-type')}`);
+  }
+  const events = [];
+  let ended = null;
+  let wake = () => {};
+  const pump = async () => {
+    const decoder = new TextDecoder();
+    let buffer = '';
+    for await (const chunk of response.body) {
+      buffer += decoder.decode(chunk, { stream: true });
+      let end;
+      while ((end = buffer.indexOf('\n\n')) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const event = { event: 'message', data: [], id: undefined };
+        for (const line of block.split('\n')) {
+          if (line === '' || line.startsWith(':')) continue;
+          const colon = line.indexOf(':');
+          const name = colon < 0 ? line : line.slice(0, colon);
+          const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
+          if (name === 'data') event.data.push(value);
+          else if (name === 'event') event.event = value;
+          else if (name === 'id') event.id = value;
+        }
+        if (event.data.length > 0) {
+          events.push({ ...event, data: event.data.join('\n') });
+          wake();
+        }
+      }
+    }
+    throw new Error(`${url}: the stream ended`);
+  };
+  pump().catch((error) => {
+    ended = error;
+    wake();
+  });
+  return {
+    async next(what) {
+      while (events.length === 0) {
+        if (ended) throw ended;
+        await within(what, new Promise((resolve) => { wake = resolve; }));
+      }
+      return events.shift();
+    },
+    close() {
+      controller.abort();
+    },
+  };
+}

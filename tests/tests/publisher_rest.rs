@@ -249,6 +249,41 @@ async fn ids_reads_and_raw_publish() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn an_array_create_numbers_its_items_in_array_order() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let publisher = Publisher::start(&redis.url()).await?;
+    let client = http();
+    let post = |body: Value| {
+        client
+            .post(publisher.url("/api/Batches"))
+            .json(&body)
+            .send()
+    };
+
+    // As if each were created in turn (LoopBack's order): id 10 moves the counter for
+    // the items after it, in the same script run.
+    let created: Value = post(json!([{"id": 10}, {"a": 1}, {"id": "s"}, {"a": 2}]))
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(
+        created,
+        json!([{"id": 10}, {"a": 1, "id": 11}, {"id": "s"}, {"a": 2, "id": 12}])
+    );
+    let next: Value = post(json!({})).await?.json().await?;
+    assert_eq!(next, json!({"id": 13}));
+    // An id a later item names is skipped, not refused.
+    let created: Value = post(json!([{"a": 3}, {"id": 14}]))
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(created, json!([{"a": 3, "id": 15}, {"id": 14}]));
+    publisher.stop().await
+}
+
+#[tokio::test]
 async fn retention_trims_the_stream() -> anyhow::Result<()> {
     let redis = RedisServer::start().await?;
     let publisher = Publisher::start_with(&redis.url(), |c| c.retention.max_len = 100).await?;

@@ -282,20 +282,33 @@ impl MemoryStore {
                 Item::Delete { .. } | Item::Publish { .. } => {}
             }
         }
+        // In item order, as if each create ran in turn: an integer id an earlier item
+        // names moves the counter past it for the creates after it.
         let mut ids = Vec::with_capacity(autos);
         let mut seq = state.seq;
-        for _ in 0..autos {
-            let taken = |n: i64| {
-                let key = n.to_string();
-                state.records.contains_key(&key) || given.contains(&key)
-            };
-            match next_auto_id(topic, seq, taken) {
-                Ok(n) => {
-                    ids.push(n);
-                    seq = n;
+        for item in &batch.items {
+            match item {
+                Item::Create {
+                    id: Some(RecordId::Int(n)),
+                    ..
+                } => seq = seq.max(*n),
+                Item::Create { id: None, .. } => {
+                    let taken = |n: i64| {
+                        let key = n.to_string();
+                        state.records.contains_key(&key) || given.contains(&key)
+                    };
+                    match next_auto_id(topic, seq, taken) {
+                        Ok(n) => {
+                            ids.push(n);
+                            seq = n;
+                        }
+                        Err(StoreError::IdsExhausted { .. }) => {
+                            return Ok(Err(Refusal::Exhausted));
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
-                Err(StoreError::IdsExhausted { .. }) => return Ok(Err(Refusal::Exhausted)),
-                Err(e) => return Err(e),
+                _ => {}
             }
         }
         Ok(Ok(ids))
@@ -447,6 +460,56 @@ mod tests {
 
     fn obj(v: serde_json::Value) -> Object {
         v.as_object().cloned().unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_array_create_numbers_its_items_in_array_order() {
+        let store = MemoryStore::new(Retention::default());
+        let topic = Topic::new("T").unwrap();
+        let bodies = [
+            json!({"id": 10, "a": 1}),
+            json!({"a": 2}),
+            json!({"id": "s"}),
+            json!({"a": 3}),
+        ];
+        let created = crate::ops::create_many(
+            &store,
+            &topic,
+            bodies.into_iter().map(obj).collect(),
+            None,
+            &crate::ops::BatchLimits::default(),
+        )
+        .await
+        .unwrap();
+        // As if each were created in turn (LoopBack's order): id 10 moves the counter
+        // for the items after it.
+        let ids: Vec<RecordId> = created.value.into_iter().map(|w| w.id).collect();
+        assert_eq!(
+            ids,
+            [
+                RecordId::Int(10),
+                RecordId::Int(11),
+                RecordId::Str("s".into()),
+                RecordId::Int(12)
+            ]
+        );
+        assert_eq!(
+            store.create(&topic, obj(json!({}))).await.unwrap().id,
+            RecordId::Int(13)
+        );
+        // An id a later item names is skipped, not refused.
+        let other = Topic::new("U").unwrap();
+        let created = crate::ops::create_many(
+            &store,
+            &other,
+            vec![obj(json!({"a": 1})), obj(json!({"id": 1}))],
+            None,
+            &crate::ops::BatchLimits::default(),
+        )
+        .await
+        .unwrap();
+        let ids: Vec<RecordId> = created.value.into_iter().map(|w| w.id).collect();
+        assert_eq!(ids, [RecordId::Int(2), RecordId::Int(1)]);
     }
 
     #[tokio::test]
