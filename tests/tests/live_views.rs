@@ -795,6 +795,8 @@ async fn heartbeats_go_out_while_a_snapshot_read_waits_on_redis() -> anyhow::Res
         "{}",
         first.raw.chars().take(300).collect::<String>()
     );
+    // HSCAN's COUNT is a hint: a page may hold a few more than 10.
+    let first_records = page["records"].as_array().map_or(0, Vec::len);
     let mut admin = redis.connection().await?;
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
@@ -826,7 +828,10 @@ async fn heartbeats_go_out_while_a_snapshot_read_waits_on_redis() -> anyhow::Res
         matches!(read, Ok(Ok(()))),
         "{read:?} after {records} records, {heartbeats} heartbeats: {frames:?}"
     );
-    assert!(records >= 990, "{records}");
+    assert!(
+        first_records + records >= 1000,
+        "every record: {first_records} + {records}"
+    );
     assert!(heartbeats > 0, "heartbeats while the pages waited on Redis");
     gateway.stop().await
 }
