@@ -32,15 +32,13 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use proto::{Cursor, EventId, Filter, Topic};
 use serde_json::Value;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::error::HistoryError;
 use crate::event::{LiveEvent, ParsedChange};
+use crate::fanout;
 use crate::history::{Entry, History};
 
 mod snapshot;
@@ -116,7 +114,7 @@ struct Lane {
     topic: Topic,
     /// Keeps the topic wanted while the client is here; dropping it leaves the topic.
     _guard: TopicGuard,
-    events: BroadcastStream<Arc<LiveEvent>>,
+    events: fanout::Receiver<Arc<LiveEvent>>,
     /// The id of the last event of this topic passed (or the starting position).
     last: EventId,
     /// Reading the stream rather than following live.
@@ -267,7 +265,7 @@ impl ClientStream {
             let mut lane = Lane {
                 topic: sub.topic,
                 _guard: guard,
-                events: BroadcastStream::new(events_rx),
+                events: events_rx,
                 last: newest,
                 catching_up: false,
                 filter,
@@ -399,7 +397,7 @@ impl ClientStream {
             let n = self.lanes.len();
             let received = (0..n).find_map(|k| {
                 let index = (self.next_lane + k) % n;
-                match self.lanes[index].events.poll_next_unpin(cx) {
+                match self.lanes[index].events.poll_recv(cx) {
                     Poll::Ready(item) => Some((index, item)),
                     Poll::Pending => None,
                 }
@@ -408,7 +406,7 @@ impl ClientStream {
                 self.next_lane = (index + 1) % n;
                 match item {
                     Some(Ok(event)) => self.live(index, &event),
-                    Some(Err(BroadcastStreamRecvError::Lagged(_))) => {
+                    Some(Err(fanout::Lagged(_))) => {
                         self.metrics.catchups.inc();
                         self.lanes[index].catching_up = true;
                     }
