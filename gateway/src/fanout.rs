@@ -341,6 +341,91 @@ mod tests {
         assert_eq!(task.await.unwrap(), Some(Ok(7)));
     }
 
+    /// A waker that counts its wakes.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Random sends, subscribes, reads and drops against a model: each receiver gets the
+    /// events sent since it subscribed, in order, with gaps only where it was told how
+    /// many it missed; a receiver left waiting is woken by the next send; the ring never
+    /// holds more than its capacity, nor anything once every receiver has read it all.
+    #[test]
+    fn random_use_matches_the_model() {
+        for seed in 1..=20_u64 {
+            let mut state = seed;
+            let mut rand = move |n: u64| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state % n
+            };
+            let capacity = 1 + rand(8) as usize;
+            let tx = channel::<u64>(capacity);
+            // (receiver, next value it must see at least, its wake counter, waiting)
+            let mut rxs: Vec<(Receiver<u64>, u64, Arc<Count>, bool)> = Vec::new();
+            let mut sent = 0_u64;
+            for _ in 0..2000 {
+                match rand(10) {
+                    0..=3 => {
+                        tx.send(sent);
+                        sent += 1;
+                        for (_, _, count, waiting) in &mut rxs {
+                            if *waiting {
+                                assert_eq!(
+                                    count.0.load(std::sync::atomic::Ordering::SeqCst),
+                                    1,
+                                    "seed {seed}: woken"
+                                );
+                                count.0.store(0, std::sync::atomic::Ordering::SeqCst);
+                                *waiting = false;
+                            }
+                        }
+                    }
+                    4 => {
+                        let count = Arc::new(Count(0.into()));
+                        rxs.push((tx.subscribe(), sent, count, false));
+                    }
+                    5 if !rxs.is_empty() => {
+                        let at = rand(rxs.len() as u64) as usize;
+                        rxs.swap_remove(at);
+                    }
+                    _ if !rxs.is_empty() => {
+                        let at = rand(rxs.len() as u64) as usize;
+                        let (rx, next, count, waiting) = &mut rxs[at];
+                        let waker = Waker::from(count.clone());
+                        match rx.poll_recv(&mut Context::from_waker(&waker)) {
+                            Poll::Ready(Some(Ok(v))) => {
+                                assert_eq!(v, *next, "seed {seed}: in order, none skipped");
+                                *next += 1;
+                            }
+                            Poll::Ready(Some(Err(Lagged(n)))) => {
+                                assert!(n > 0);
+                                *next += n;
+                            }
+                            Poll::Ready(None) => panic!("seed {seed}: the sender is alive"),
+                            Poll::Pending => {
+                                assert_eq!(*next, sent, "seed {seed}: pending only when read up");
+                                *waiting = true;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                assert!(tx.held().0 <= capacity, "seed {seed}: bounded");
+                let behind = rxs.iter().map(|r| sent - r.1).max().unwrap_or(0);
+                assert!(
+                    tx.held().0 as u64 <= behind,
+                    "seed {seed}: only unread events held"
+                );
+            }
+        }
+    }
+
     #[test]
     fn waker_slots_are_reused() {
         let tx = channel::<u8>(4);

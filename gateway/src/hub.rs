@@ -126,7 +126,13 @@ impl Hub {
     /// Marks `topic` as subscribed (or not) in Redis.
     pub fn confirm(&self, topic: &Topic, confirmed: bool) {
         if let Some(slot) = self.lock().get(topic) {
-            slot.confirmed_tx.send_replace(confirmed);
+            // Waiters are woken only by a change (this runs for every topic on every
+            // reconcile).
+            slot.confirmed_tx.send_if_modified(|c| {
+                let changed = *c != confirmed;
+                *c = confirmed;
+                changed
+            });
         }
     }
 

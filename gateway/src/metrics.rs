@@ -4,7 +4,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 use proto::EventId;
 
@@ -41,6 +42,9 @@ pub struct Metrics {
     pub subscription_up: IntGauge,
     /// `gateway_subscribed_topics`: topics this pod subscribes to.
     pub subscribed_topics: IntGauge,
+    /// `gateway_subscription_batch_seconds{op}`: one `SUBSCRIBE`/`UNSUBSCRIBE` batch, from
+    /// sent to confirmed (its `_count` is the number of batches).
+    pub subscription_batches: HistogramVec,
     /// `gateway_pubsub_dropped_total`: messages dropped because the reader queue was full.
     pub pubsub_dropped: IntCounter,
     /// `gateway_snapshot_pages_total`: `event: snapshot` pages sent.
@@ -107,6 +111,15 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(turned_away.clone()))?;
+        let subscription_batches = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_subscription_batch_seconds",
+                "One SUBSCRIBE or UNSUBSCRIBE batch of topics, from sent to confirmed.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["op"],
+        )?;
+        registry.register(Box::new(subscription_batches.clone()))?;
         let latency = Histogram::with_opts(
             HistogramOpts::new(
                 "gateway_publish_to_deliver_seconds",
@@ -148,6 +161,7 @@ impl Metrics {
                 "1 while the Redis subscription is confirmed.",
             )?,
             subscribed_topics: gauge("gateway_subscribed_topics", "Topics subscribed in Redis.")?,
+            subscription_batches,
             pubsub_dropped: counter(
                 "gateway_pubsub_dropped_total",
                 "Pub/sub messages dropped on a full reader queue.",
@@ -180,6 +194,13 @@ impl Metrics {
             latency,
             registry,
         })
+    }
+
+    /// Counts one subscription batch of `op` (`subscribe`, `unsubscribe`) that took `took`.
+    pub fn subscription_batch(&self, op: &str, took: Duration) {
+        self.subscription_batches
+            .with_label_values(&[op])
+            .observe(took.as_secs_f64());
     }
 
     /// Records the latency of delivering `id` now.

@@ -2,7 +2,8 @@
 //! into the [`Hub`], reconnecting, and proving readiness. Two implementations, chosen by
 //! the configured [`RedisTarget`]:
 //!
-//! - [`single`]: one Redis, classic `SUBSCRIBE` on one reconnecting connection.
+//! - [`single`]: one Redis, classic `SUBSCRIBE` on one reconnecting connection, in
+//!   batches, with a linger before a topic is unsubscribed.
 //! - [`cluster`]: a Redis Cluster, sharded pub/sub (`SSUBSCRIBE`, one command per topic)
 //!   that follows slot moves and master failovers.
 //!
@@ -46,6 +47,15 @@ pub use single::resp3_client;
 
 /// How often the control task PINGs Redis (and retries failed subscriptions).
 pub const PING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most channels in one `SUBSCRIBE` or `UNSUBSCRIBE` (one Redis, where one command may
+/// name any channels; a cluster's `SSUBSCRIBE` names one slot's, so one topic each).
+pub const SUBSCRIBE_BATCH: usize = 1000;
+
+/// How long a topic whose last local client left stays subscribed: a client that comes
+/// back (a reconnect storm, a page reload) finds it subscribed and costs Redis nothing.
+/// Checked on every PING tick, so it is unsubscribed within this plus [`PING_INTERVAL`].
+pub const SUBSCRIPTION_LINGER: Duration = Duration::from_secs(2);
 
 /// Whether this pod can serve: shared with `/readyz`, the stream handlers and
 /// [`crate::partition`].

@@ -129,9 +129,13 @@ impl Drop for Gateway {
 }
 
 /// The `gateway` binary next to this test executable (`target/<profile>/gateway`), built
-/// first if `cargo test` did not build it.
+/// first if `cargo test` did not build it; or `GATEWAY_BIN`, to run a test against another
+/// build (an A/B of two commits).
 pub fn gateway_binary() -> anyhow::Result<PathBuf> {
-    workspace_binary("gateway")
+    match std::env::var_os("GATEWAY_BIN") {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => workspace_binary("gateway"),
+    }
 }
 
 /// A real `gateway` process on a loopback port, for faults an in-process server cannot

@@ -1,12 +1,14 @@
-//! One Redis: classic `SUBSCRIBE` on one reconnecting RESP3 connection
+//! One Redis: classic `SUBSCRIBE` (one command per batch of up to [`SUBSCRIBE_BATCH`] new
+//! topics; a topic no client wants is unsubscribed after [`SUBSCRIPTION_LINGER`], in
+//! batches too) on one reconnecting RESP3 connection
 //! (redis-rs `ConnectionManager`, in a [`SingleLink`] that replaces it when a command
 //! times out: a connection that went silent without closing is never healed by
 //! redis-rs). A reconnect or a replacement loses every subscription at once, so the
 //! control task subscribes everything again and nudges every topic.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use proto::Topic;
 use redis::aio::ConnectionManagerConfig;
@@ -15,7 +17,9 @@ use service::SingleLink;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Readiness, Signals, Wakes, nudge, push_queue, read};
+use super::{
+    Readiness, SUBSCRIBE_BATCH, SUBSCRIPTION_LINGER, Signals, Wakes, nudge, push_queue, read,
+};
 use crate::config::Config;
 use crate::error::RunError;
 use crate::history::History;
@@ -69,6 +73,7 @@ pub(super) fn start(
         readiness: readiness.clone(),
         signals,
         subscribed: HashSet::new(),
+        lingering: HashMap::new(),
         nudge: false,
         metrics,
     };
@@ -89,6 +94,8 @@ struct Control {
     signals: Arc<Signals>,
     /// Topics subscribed on the current connection, as far as we know.
     subscribed: HashSet<Topic>,
+    /// Subscribed topics no client wants, since when. Bounded by `subscribed`.
+    lingering: HashMap<Topic, Instant>,
     /// After a reconnect: tell every topic's clients the newest id, so they refill.
     nudge: bool,
     metrics: Metrics,
@@ -133,35 +140,64 @@ impl Control {
             return;
         }
         let wanted: HashSet<Topic> = self.hub.wanted().into_iter().collect();
-        for topic in &wanted {
-            if !self.subscribed.contains(topic) {
-                let channel = topic.redis_channel();
-                let call = self
-                    .link
-                    .run(|mut conn| async move { conn.subscribe(channel).await });
-                if let Err(e) = call.await {
-                    tracing::warn!(%topic, error = %e, "subscribe failed; retrying");
-                    return;
-                }
-                // Confirmed on a connection that has been replaced since: gone with it.
-                if self.link.generation() != self.generation {
-                    return;
-                }
-                self.subscribed.insert(topic.clone());
-            }
-            self.hub.confirm(topic, true);
-        }
-        let stale: Vec<Topic> = self.subscribed.difference(&wanted).cloned().collect();
-        for topic in stale {
-            let channel = topic.redis_channel();
+        let new: Vec<Topic> = wanted
+            .iter()
+            .filter(|t| !self.subscribed.contains(*t))
+            .cloned()
+            .collect();
+        // One SUBSCRIBE per batch of new topics; redis-rs answers once Redis confirmed
+        // every channel of it.
+        for batch in new.chunks(SUBSCRIBE_BATCH) {
+            let channels: Vec<String> = batch.iter().map(Topic::redis_channel).collect();
+            let started = Instant::now();
             let call = self
                 .link
-                .run(|mut conn| async move { conn.unsubscribe(channel).await });
+                .run(|mut conn| async move { conn.subscribe(channels).await });
+            if let Err(e) = call.await {
+                tracing::warn!(topics = batch.len(), error = %e, "subscribe failed; retrying");
+                return;
+            }
+            self.metrics
+                .subscription_batch("subscribe", started.elapsed());
+            // Confirmed on a connection that has been replaced since: gone with it.
+            if self.link.generation() != self.generation {
+                return;
+            }
+            self.subscribed.extend(batch.iter().cloned());
+        }
+        for topic in &wanted {
+            // Wanted again while it lingered: it keeps its subscription.
+            self.lingering.remove(topic);
+            self.hub.confirm(topic, true);
+        }
+        // A topic no client wants lingers for `SUBSCRIPTION_LINGER` before it is
+        // unsubscribed (a reconnect storm does not churn Redis), then goes in batches.
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        for topic in self.subscribed.difference(&wanted) {
+            let since = *self.lingering.entry(topic.clone()).or_insert(now);
+            if now.duration_since(since) >= SUBSCRIPTION_LINGER {
+                expired.push(topic.clone());
+            }
+        }
+        for batch in expired.chunks(SUBSCRIBE_BATCH) {
+            let channels: Vec<String> = batch.iter().map(Topic::redis_channel).collect();
+            let started = Instant::now();
+            let call = self
+                .link
+                .run(|mut conn| async move { conn.unsubscribe(channels).await });
             match call.await {
                 Ok(()) => {
-                    self.subscribed.remove(&topic);
+                    self.metrics
+                        .subscription_batch("unsubscribe", started.elapsed());
+                    for topic in batch {
+                        self.subscribed.remove(topic);
+                        self.lingering.remove(topic);
+                    }
                 }
-                Err(e) => tracing::debug!(%topic, error = %e, "unsubscribe failed; retrying"),
+                Err(e) => {
+                    tracing::debug!(topics = batch.len(), error = %e, "unsubscribe failed; retrying");
+                }
             }
         }
         if self.nudge {
@@ -192,6 +228,7 @@ impl Control {
         for topic in self.subscribed.drain() {
             self.hub.confirm(&topic, false);
         }
+        self.lingering.clear();
         self.nudge = true;
     }
 }
