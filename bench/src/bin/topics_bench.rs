@@ -6,6 +6,8 @@
 //!
 //!   scripts/bench-topics [--streams 5000,15000] [--topics 1,1000,per-stream]
 //!                        [--per-connection K] [--latency N]
+//!   scripts/bench-topics --churn 2000 [--seconds 60] [--stable 1000] [--stable-topics 100]
+//!                        [--stable-rate 20] [--churn-topics 50000]
 //!
 //! With `--per-connection K` each stream is one `/events` connection of K topics (stream i
 //! holds topics `i*K .. i*K+K-1`, modulo `--topics`), so 10,000 connections hold 100,000
@@ -39,6 +41,21 @@ struct Args {
     /// Publish -> deliver samples to random held topics, after every stream is open.
     #[arg(long, default_value_t = 0)]
     latency: usize,
+    /// Churn instead: stream opens+closes per second over random topics (of
+    /// `--churn-topics`), while `--stable` clients on `--stable-topics` topics receive
+    /// `--stable-rate` events per second per topic, for `--seconds`.
+    #[arg(long)]
+    churn: Option<u32>,
+    #[arg(long, default_value_t = 50_000)]
+    churn_topics: usize,
+    #[arg(long, default_value_t = 1000)]
+    stable: usize,
+    #[arg(long, default_value_t = 100)]
+    stable_topics: usize,
+    #[arg(long, default_value_t = 20)]
+    stable_rate: u32,
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
 }
 
 /// Opens a stream of `topics` (a change stream for one, `/events` for several) and waits
@@ -69,6 +86,9 @@ async fn open(addr: std::net::SocketAddr, topics: &[String]) -> anyhow::Result<T
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let binary = gateway_binary();
+    if let Some(rate) = args.churn {
+        return churn(&args, rate).await;
+    }
     let k = args.per_connection.max(1);
     println!(
         "| streams | topics per stream | topics | gateway RSS before | after | per stream | per topic held | open time | publish -> deliver p50 / p99 / max |"
@@ -176,4 +196,203 @@ async fn latency(
         at(0.99),
         at(1.0)
     ))
+}
+
+/// The churn run: stable clients count their events while other streams come and go.
+async fn churn(args: &Args, rate: u32) -> anyhow::Result<()> {
+    use publisher::{RedisOptions, RedisStore, Store};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use system_tests::Watcher;
+    use tokio_util::sync::CancellationToken;
+
+    let redis = RedisServer::start().await?;
+    let gateway = GatewayProcess::start(
+        &gateway_binary(),
+        &redis.url(),
+        &[("GATEWAY_MAX_CONNECTIONS", "19000")]
+            .into_iter()
+            .chain(malloc_env())
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+    let stable_topic = |i: usize| format!("Stable{}", i % args.stable_topics);
+    let mut watchers = Vec::with_capacity(args.stable);
+    for i in 0..args.stable {
+        let url = format!(
+            "http://{}/api/{}/change-stream",
+            gateway.addr,
+            stable_topic(i)
+        );
+        watchers.push(Watcher::start(vec![url], 0).await?);
+    }
+    let start_rss = rss_kib(gateway.pid).context("gateway RSS")?;
+    let stop = CancellationToken::new();
+
+    // The writer: every stable topic gets `stable_rate` creates per second.
+    let store = RedisStore::connect_lazy(&redis.url(), RedisOptions::default())?;
+    let writer = tokio::spawn({
+        let (stop, topics, rate) = (stop.clone(), args.stable_topics, args.stable_rate);
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                let writes = (0..topics).map(|i| {
+                    let store = store.clone();
+                    async move {
+                        let topic = proto::Topic::new(&format!("Stable{i}"))?;
+                        store.create(&topic, serde_json::Map::new()).await?;
+                        anyhow::Ok(())
+                    }
+                });
+                for write in futures::future::join_all(writes).await {
+                    write?;
+                }
+            }
+            anyhow::Ok(())
+        }
+    });
+
+    // The churners: `rate` opens per second, each closed once it has its start position.
+    let opened = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let churners = tokio::spawn({
+        let (stop, opened, failed) = (stop.clone(), opened.clone(), failed.clone());
+        let (addr, topics) = (gateway.addr, args.churn_topics);
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut state = 0x2545_f491_4f6c_dd1d_u64;
+            let mut tasks = tokio::task::JoinSet::new();
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let name = format!("Churn{}", state as usize % topics);
+                let (opened, failed) = (opened.clone(), failed.clone());
+                tasks.spawn(async move {
+                    let result =
+                        tokio::time::timeout(Duration::from_secs(10), open(addr, &[name])).await;
+                    match result {
+                        Ok(Ok(socket)) => {
+                            // A reset, not a FIN: no TIME_WAIT left on this side.
+                            let _ = socket.set_zero_linger();
+                            opened.fetch_add(1, Ordering::SeqCst);
+                        }
+                        _ => {
+                            failed.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                });
+                while tasks.try_join_next().is_some() {}
+            }
+            while tasks.join_next().await.is_some() {}
+        }
+    });
+
+    let started = Instant::now();
+    let mut peak_rss = start_rss;
+    let mut second = tokio::time::interval(Duration::from_secs(1));
+    second.tick().await;
+    while started.elapsed() < Duration::from_secs(args.seconds) {
+        second.tick().await;
+        peak_rss = peak_rss.max(rss_kib(gateway.pid).unwrap_or(0));
+    }
+    stop.cancel();
+    writer.await??;
+    churners.await?;
+    let churn_took = started.elapsed();
+
+    // Once the linger is over, Redis shows only the stable topics (their clients still
+    // connected), and memory is measured with the same clients as at the start.
+    let mut conn = redis.connection().await?;
+    let channels =
+        system_tests::poll_until("churned topics released", Duration::from_secs(30), || {
+            let mut conn = conn.clone();
+            let want = args.stable_topics;
+            async move {
+                let list: Vec<String> = redis::cmd("PUBSUB")
+                    .arg("CHANNELS")
+                    .arg("cs:*")
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                (list.len() == want).then_some(list.len())
+            }
+        })
+        .await;
+    let channels = match channels {
+        Ok(n) => n,
+        Err(e) => {
+            let list: Vec<String> = redis::cmd("PUBSUB")
+                .arg("CHANNELS")
+                .arg("cs:*")
+                .query_async(&mut conn)
+                .await?;
+            let metrics = reqwest::get(format!("http://{}/metrics", gateway.addr))
+                .await?
+                .text()
+                .await?;
+            let held: Vec<&str> = metrics
+                .lines()
+                .filter(|l| {
+                    l.starts_with("gateway_subscribed_topics")
+                        || l.starts_with("gateway_sse_connections{")
+                })
+                .collect();
+            bail!(
+                "{e}: {} channels in Redis ({:?}...); {held:?}",
+                list.len(),
+                &list[..list.len().min(5)]
+            );
+        }
+    };
+    let end_rss = rss_kib(gateway.pid).context("gateway RSS")?;
+    // Every stable client has every event of its topic, once, in order.
+    let mut by_topic = std::collections::BTreeMap::<String, Vec<Watcher>>::new();
+    for (i, watcher) in watchers.into_iter().enumerate() {
+        by_topic.entry(stable_topic(i)).or_default().push(watcher);
+    }
+    let mut events = 0;
+    for (name, group) in by_topic {
+        let stream_key = proto::Topic::new(&name)?.stream_key();
+        let reply: redis::streams::StreamRangeReply =
+            redis::AsyncCommands::xrange_all(&mut conn, stream_key).await?;
+        let ids: Vec<String> = reply.ids.into_iter().map(|e| e.id).collect();
+        events += ids.len() * group.len();
+        system_tests::traffic::all_complete(group, &ids, Duration::from_secs(30)).await?;
+    }
+
+    println!(
+        "| churn opens/s | seconds | opened | failed | stable clients | stable topics | events delivered to them | channels after | RSS start | peak | end | end vs start |"
+    );
+    println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    println!(
+        "| {rate} | {:.0} | {} | {} | {} | {} | {events} (all, once, in order) | {channels} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:+.1}% |",
+        churn_took.as_secs_f64(),
+        opened.load(Ordering::SeqCst),
+        failed.load(Ordering::SeqCst),
+        args.stable,
+        args.stable_topics,
+        start_rss as f64 / 1024.0,
+        peak_rss as f64 / 1024.0,
+        end_rss as f64 / 1024.0,
+        (end_rss as f64 / start_rss as f64 - 1.0) * 100.0,
+    );
+    gateway.kill().await?;
+    Ok(())
+}
+
+/// glibc malloc settings for the gateway from `BENCH_MALLOC` (`arena2`, `trim`), to see
+/// what of the RSS after churn is the allocator keeping freed memory.
+fn malloc_env() -> Vec<(&'static str, &'static str)> {
+    match std::env::var("BENCH_MALLOC").as_deref() {
+        Ok("arena2") => vec![("MALLOC_ARENA_MAX", "2")],
+        Ok("trim") => vec![
+            ("MALLOC_ARENA_MAX", "2"),
+            ("MALLOC_TRIM_THRESHOLD_", "131072"),
+        ],
+        _ => Vec::new(),
+    }
 }
