@@ -1,26 +1,38 @@
 //! Publisher mutations per second against one local Redis, beside `redis-benchmark`'s
-//! rate for the same Lua script.
+//! rate for the same Lua script; and what idempotency keys and batches cost.
 //!
 //! Starts its own `redis-server` (no persistence) and measures, each on an emptied Redis:
 //! - `library`: `Store::create` through one shared (multiplexed) `RedisStore`;
 //! - `http`: `POST /api/Bench` through a real publisher server, over reqwest;
 //! - `raw`: `Store::publish` of a fixed change (no record write);
-//! - `redis-benchmark`: `EVALSHA` of the publish script (`create_auto` and `publish`),
-//!   plus `SET`, `XADD` and `PUBLISH` baselines.
+//! - `redis-benchmark`: `EVALSHA` of the write script (`create_auto` and `publish`),
+//!   plus `SET`, `XADD` and `PUBLISH` baselines;
+//! - `idempotent`: creates without and with an `Idempotency-Key` (a new one each), library
+//!   and HTTP, then `redis-benchmark` of the script without and with a key
+//!   (`idempotent.rs`);
+//! - `batch`: array creates of `--batch` records beside single creates, in records/s,
+//!   library and HTTP, then `redis-benchmark` of the script with as many items
+//!   (`batch.rs`).
 //!
-//! Every run is checked afterwards: Redis must have counted exactly one `XADD` per
-//! mutation and no error replies, so a failing script cannot pass for a fast one
+//! Every throughput run is checked afterwards: Redis must have counted exactly one `XADD`
+//! per record and no error replies, so a failing script cannot pass for a fast one
 //! (`redis-benchmark` counts error replies as requests).
 //!
 //! ```text
-//! publish_bench [--ops N] [--concurrency C] [--mode all|library|http|raw|redis-benchmark]
+//! publish_bench [--ops N] [--concurrency C] [--batch 10,100]
+//!               [--mode all|library|http|raw|redis-benchmark|idempotent|batch]
 //! ```
 //!
 //! Load is bounded by C worker tasks, each with one operation in flight; nothing queues.
+//! The machine's load average (`/proc/loadavg`) is printed before and after each mode:
+//! on a shared machine other work takes Redis's core.
 
+mod batch;
 mod benchmark;
+mod idempotent;
 mod measure;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -32,7 +44,7 @@ use serde_json::json;
 use system_tests::{Publisher, RedisServer};
 
 use benchmark::redis_benchmarks;
-use measure::{Row, measure, print_table};
+use measure::{Row, measure, print_ratios, print_table};
 
 const DEFAULT_OPS: usize = 100_000;
 const DEFAULT_CONCURRENCY: usize = 64;
@@ -50,6 +62,8 @@ enum Mode {
     Http,
     Raw,
     RedisBenchmark,
+    Idempotent,
+    Batch,
 }
 
 impl Mode {
@@ -71,9 +85,13 @@ pub(crate) struct Args {
     /// Which paths to measure.
     #[arg(long, value_enum, default_value_t = Mode::All)]
     pub(crate) mode: Mode,
+    /// Records per array create in `--mode batch`, beside single creates.
+    #[arg(long, value_delimiter = ',', default_value = "10,100", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=publisher::ops::DEFAULT_BATCH_MAX_ITEMS as u64))]
+    pub(crate) batch: Vec<usize>,
 }
 
-fn body(i: usize) -> Object {
+/// The record body every throughput mode creates, `{"foo":"bar","n":i}`.
+pub(crate) fn body(i: usize) -> Object {
     let mut body = Object::new();
     body.insert("foo".into(), json!("bar"));
     body.insert("n".into(), json!(i));
@@ -94,16 +112,19 @@ async fn library(
     args: &Args,
     topic: &Topic,
 ) -> anyhow::Result<Row> {
-    let store = RedisStore::connect_lazy(&redis.url(), RedisOptions::default())?;
-    let topic = topic.clone();
-    measure(admin, args, "library Store::create", move |i| {
-        let store = store.clone();
-        let topic = topic.clone();
-        async move {
+    let mode = "library Store::create";
+    measure_library(
+        admin,
+        redis,
+        args,
+        topic,
+        1,
+        mode,
+        |store, topic, i| async move {
             store.create(&topic, body(i)).await?;
             Ok(())
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -113,17 +134,45 @@ async fn raw(
     args: &Args,
     topic: &Topic,
 ) -> anyhow::Result<Row> {
+    let change = Arc::new(fixed_change());
+    let mode = "library Store::publish (raw)";
+    measure_library(
+        admin,
+        redis,
+        args,
+        topic,
+        1,
+        mode,
+        move |store, topic, _| {
+            let change = Arc::clone(&change);
+            async move {
+                store.publish(&topic, &change, None).await?;
+                Ok(())
+            }
+        },
+    )
+    .await
+}
+
+/// Measures `op(store, topic, i)` per call `i` through one shared (multiplexed)
+/// `RedisStore`, each call writing `items` records.
+pub(crate) async fn measure_library<F, Fut>(
+    admin: &mut MultiplexedConnection,
+    redis: &RedisServer,
+    args: &Args,
+    topic: &Topic,
+    items: usize,
+    mode: &str,
+    op: F,
+) -> anyhow::Result<Row>
+where
+    F: Fn(RedisStore, Topic, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
     let store = RedisStore::connect_lazy(&redis.url(), RedisOptions::default())?;
     let topic = topic.clone();
-    let change = Arc::new(fixed_change());
-    measure(admin, args, "library Store::publish (raw)", move |_| {
-        let store = store.clone();
-        let topic = topic.clone();
-        let change = Arc::clone(&change);
-        async move {
-            store.publish(&topic, &change, None).await?;
-            Ok(())
-        }
+    measure(admin, args, items, mode, move |i| {
+        op(store.clone(), topic.clone(), i)
     })
     .await
 }
@@ -135,36 +184,100 @@ async fn http(
 ) -> anyhow::Result<Row> {
     let publisher = Publisher::start(&redis.url()).await?;
     let url: Arc<str> = publisher.url(&format!("/api/{TOPIC}")).into();
-    let client = system_tests::http();
-    let row = measure(admin, args, "http POST /api/Bench", move |i| {
-        let client = client.clone();
-        let url = Arc::clone(&url);
-        async move {
-            let res = client
-                .post(&*url)
-                .json(&json!({"foo": "bar", "n": i}))
-                .send()
-                .await?;
-            let status = res.status();
-            // Read the whole body so the connection goes back to the pool.
-            let answer = res.bytes().await?;
-            if !status.is_success() {
-                bail!(
-                    "POST answered {status}: {}",
-                    String::from_utf8_lossy(&answer)
-                );
-            }
-            Ok(())
-        }
+    let row = measure_posts(admin, args, &url, 1, "http POST /api/Bench", |i| {
+        (json!({"foo": "bar", "n": i}), None)
     })
     .await;
     publisher.stop().await?;
     row
 }
 
+/// Measures a `POST` to `url` of `request(i)` (its body and `Idempotency-Key`) per call
+/// `i`, each writing `items` records.
+pub(crate) async fn measure_posts<R>(
+    admin: &mut MultiplexedConnection,
+    args: &Args,
+    url: &Arc<str>,
+    items: usize,
+    mode: &str,
+    request: R,
+) -> anyhow::Result<Row>
+where
+    R: Fn(usize) -> (serde_json::Value, Option<String>) + Send + Sync + 'static,
+{
+    let client = system_tests::http();
+    let url = Arc::clone(url);
+    let request = Arc::new(request);
+    measure(admin, args, items, mode, move |i| {
+        let client = client.clone();
+        let url = Arc::clone(&url);
+        let (body, key) = request(i);
+        async move { post(&client, &url, &body, key.as_deref()).await }
+    })
+    .await
+}
+
+/// `POST`s `body` (with an `Idempotency-Key`, or none) and reads the whole answer, so the
+/// connection goes back to the pool. Fails on anything but a first answer: an error
+/// status, or a replay (every key the benchmark sends is new).
+pub(crate) async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+    key: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut request = client.post(url).json(body);
+    if let Some(key) = key {
+        request = request.header(publisher::api::IDEMPOTENCY_KEY.as_str(), key);
+    }
+    let res = request.send().await?;
+    let status = res.status();
+    let replayed = res
+        .headers()
+        .contains_key(publisher::api::IDEMPOTENT_REPLAYED.as_str());
+    let answer = res.bytes().await?;
+    if !status.is_success() {
+        bail!(
+            "POST answered {status}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    if replayed {
+        bail!("POST answered a replay under the new key {key:?}");
+    }
+    Ok(())
+}
+
+/// The `Idempotency-Key` of operation `i`: as long as a UUID, distinct per `i`.
+pub(crate) fn idempotency_key(i: usize) -> String {
+    format!("00000000-0000-4000-8000-{i:012}")
+}
+
+/// The machine's load average over 1, 5 and 15 minutes.
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// One section of the report: a heading, its table, then each pair's ratio.
+fn print_section(title: &str, rows: &[Row], pairs: &[(String, String)]) {
+    println!();
+    println!("## {title}");
+    println!();
+    print_table(rows);
+    println!();
+    print_ratios(rows, pairs);
+}
+
 /// Each client path as a share of `redis-benchmark`'s rate for the same script op.
-fn print_ratios(rows: &[Row]) {
-    let rate = |mode: &str| rows.iter().find(|r| r.mode == mode).map(|r| r.rate);
+fn single_pairs() -> Vec<(String, String)> {
     let create = "redis-benchmark EVALSHA create_auto";
     let publish = "redis-benchmark EVALSHA publish";
     let pairs = [
@@ -172,13 +285,13 @@ fn print_ratios(rows: &[Row]) {
         ("http POST /api/Bench", create),
         ("library Store::publish (raw)", publish),
     ];
-    for (ours, theirs) in pairs {
-        for theirs in [theirs.to_owned(), format!("{theirs}, pipelined")] {
-            if let (Some(a), Some(b)) = (rate(ours), rate(&theirs)) {
-                println!("{ours}: {:.0}% of {theirs}", 100.0 * a / b);
-            }
-        }
-    }
+    pairs
+        .into_iter()
+        .flat_map(|(ours, theirs)| {
+            [theirs.to_owned(), format!("{theirs}, pipelined")]
+                .map(|theirs| (ours.to_owned(), theirs))
+        })
+        .collect()
 }
 
 #[tokio::main]
@@ -207,6 +320,8 @@ async fn main() -> anyhow::Result<()> {
         cpu_model(),
     );
 
+    println!("load average at start: {}", load_average());
+
     let mut rows = Vec::new();
     if args.mode.runs(Mode::Library) {
         rows.push(library(&mut admin, &redis, &args, &topic).await?);
@@ -220,10 +335,24 @@ async fn main() -> anyhow::Result<()> {
     if args.mode.runs(Mode::RedisBenchmark) {
         rows.extend(redis_benchmarks(&mut admin, &redis, &args, &topic).await?);
     }
-    println!();
-    print_table(&rows);
-    println!();
-    print_ratios(&rows);
+    if !rows.is_empty() {
+        print_section("Single writes", &rows, &single_pairs());
+        println!("load average: {}", load_average());
+    }
+    if args.mode.runs(Mode::Idempotent) {
+        let (rows, pairs) = idempotent::run(&mut admin, &redis, &args, &topic).await?;
+        print_section("Idempotency keys: creates with and without", &rows, &pairs);
+        println!("load average: {}", load_average());
+    }
+    if args.mode.runs(Mode::Batch) {
+        let (rows, pairs) = batch::run(&mut admin, &redis, &args, &topic).await?;
+        print_section(
+            "Batches: array creates beside single creates (ops = records)",
+            &rows,
+            &pairs,
+        );
+        println!("load average: {}", load_average());
+    }
     Ok(())
 }
 
@@ -245,5 +374,12 @@ mod tests {
         assert!(args("--ops 0").is_err());
         assert!(args("--mode fast").is_err());
         assert!(args("--ops").is_err());
+        assert_eq!(d.batch, [10, 100]);
+        assert_eq!(args("--batch 2,1000").unwrap().batch, [2, 1000]);
+        assert!(args("--batch 1").is_err());
+        assert!(args("--batch 1001").is_err());
+        assert!(args("--mode idempotent").is_ok());
+        assert_eq!(idempotency_key(7).len(), 36);
+        assert_ne!(idempotency_key(7), idempotency_key(70));
     }
 }

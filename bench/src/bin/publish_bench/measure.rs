@@ -33,6 +33,13 @@ pub(crate) struct Row {
     pub(crate) redis_cpu: f64,
 }
 
+impl Row {
+    /// Redis's CPU time per operation (per record for a batch).
+    pub(crate) fn redis_us_per_op(&self) -> f64 {
+        self.redis_cpu * 1e6 / self.ops as f64
+    }
+}
+
 /// What [`drive`] measured.
 #[derive(Debug)]
 struct Measured {
@@ -42,8 +49,10 @@ struct Measured {
 }
 
 impl Measured {
-    fn row(&self, mode: &str, concurrency: usize, redis_cpu: f64) -> Row {
-        let ops = self.latencies.len();
+    /// The row of a run whose every call wrote `items` records: it counts records, and
+    /// its latencies are per call.
+    fn row(&self, mode: &str, concurrency: usize, items: usize, redis_cpu: f64) -> Row {
+        let ops = self.latencies.len() * items;
         let seconds = self.elapsed.as_secs_f64();
         Row {
             mode: mode.to_owned(),
@@ -102,10 +111,13 @@ where
     Ok(Measured { elapsed, latencies })
 }
 
-/// Runs a warm-up, empties Redis and zeroes its counters, then measures and checks.
+/// Runs a warm-up, empties Redis and zeroes its counters, then measures `op(0..calls)`
+/// and checks it. Each call writes `items` records (1, or an array's length), so
+/// `--ops` records are `--ops / items` calls (rounded up); the row counts records.
 pub(crate) async fn measure<F, Fut>(
     admin: &mut MultiplexedConnection,
     args: &Args,
+    items: usize,
     mode: &str,
     op: F,
 ) -> anyhow::Result<Row>
@@ -113,19 +125,22 @@ where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
+    let calls = args.ops.div_ceil(items);
+    // At least one call per worker, so every HTTP connection of the pool is open.
+    let warmup = WARMUP_OPS.div_ceil(items).max(args.concurrency).min(calls);
     let op = Arc::new(op);
     let warm = Arc::clone(&op);
-    drive(WARMUP_OPS.min(args.ops), args.concurrency, move |i| warm(i))
+    drive(warmup, args.concurrency, move |i| warm(i))
         .await
         .with_context(|| format!("{mode}: warm-up"))?;
     reset(admin).await?;
     let cpu = redis_cpu(admin).await?;
-    let measured = drive(args.ops, args.concurrency, move |i| op(i))
+    let measured = drive(calls, args.concurrency, move |i| op(i))
         .await
         .with_context(|| format!("{mode}: measured run"))?;
     let cpu = redis_cpu(admin).await? - cpu;
-    check(admin, mode, args.ops).await?;
-    Ok(measured.row(mode, args.concurrency, cpu))
+    check(admin, mode, calls * items).await?;
+    Ok(measured.row(mode, args.concurrency, items, cpu))
 }
 
 /// Empties Redis and zeroes its command statistics (the loaded script stays cached).
@@ -141,20 +156,45 @@ pub(crate) async fn reset(admin: &mut MultiplexedConnection) -> anyhow::Result<(
         .context("CONFIG RESETSTAT")
 }
 
-/// Seconds of CPU `redis-server` has used so far (`INFO cpu`, user + system).
-pub(crate) async fn redis_cpu(admin: &mut MultiplexedConnection) -> anyhow::Result<f64> {
-    let info: String = redis::cmd("INFO")
-        .arg("cpu")
+/// One section of `INFO`.
+pub(crate) async fn info(
+    admin: &mut MultiplexedConnection,
+    section: &str,
+) -> anyhow::Result<String> {
+    redis::cmd("INFO")
+        .arg(section)
         .query_async(admin)
         .await
-        .context("INFO cpu")?;
-    let field = |name: &str| -> anyhow::Result<f64> {
-        info.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|n| n.trim().parse::<f64>().ok())
-            .with_context(|| format!("INFO cpu has no {name}"))
-    };
-    Ok(field("used_cpu_user")? + field("used_cpu_sys")?)
+        .with_context(|| format!("INFO {section}"))
+}
+
+/// A number `name:N` from an `INFO` section's text.
+pub(crate) fn info_field<T: std::str::FromStr>(info: &str, name: &str) -> anyhow::Result<T> {
+    info.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("INFO has no number {name}"))
+}
+
+/// Seconds of CPU `redis-server` has used so far (`INFO cpu`, user + system).
+pub(crate) async fn redis_cpu(admin: &mut MultiplexedConnection) -> anyhow::Result<f64> {
+    let info = info(admin, "cpu").await?;
+    Ok(info_field::<f64>(&info, "used_cpu_user")? + info_field::<f64>(&info, "used_cpu_sys")?)
+}
+
+/// Stream appends and error replies since the last [`reset`].
+pub(crate) async fn appends_and_errors(
+    admin: &mut MultiplexedConnection,
+) -> anyhow::Result<(usize, usize)> {
+    let commands = info(admin, "commandstats").await?;
+    let xadds = commands
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_xadd:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    let errors = info_field(&info(admin, "stats").await?, "total_error_replies")?;
+    Ok((xadds, errors))
 }
 
 /// Fails unless Redis ran exactly `ops` stream appends and answered no errors since the
@@ -164,27 +204,7 @@ pub(crate) async fn check(
     mode: &str,
     ops: usize,
 ) -> anyhow::Result<()> {
-    let commands: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(admin)
-        .await
-        .context("INFO commandstats")?;
-    let stats: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(admin)
-        .await
-        .context("INFO stats")?;
-    let xadds = commands
-        .lines()
-        .find_map(|line| line.strip_prefix("cmdstat_xadd:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse::<usize>().ok())
-        .unwrap_or(0);
-    let errors = stats
-        .lines()
-        .find_map(|line| line.strip_prefix("total_error_replies:"))
-        .and_then(|n| n.trim().parse::<usize>().ok())
-        .context("INFO stats has no total_error_replies")?;
+    let (xadds, errors) = appends_and_errors(admin).await?;
     if xadds != ops || errors != 0 {
         bail!("{mode}: Redis ran {xadds} XADDs for {ops} operations, {errors} error replies");
     }
@@ -213,9 +233,27 @@ pub(crate) fn print_table(rows: &[Row]) {
             row.rate,
             ms(row.p50_ms),
             ms(row.p99_ms),
-            row.redis_cpu * 1e6 / row.ops as f64,
+            row.redis_us_per_op(),
             100.0 * row.redis_cpu / row.seconds,
         );
+    }
+}
+
+/// Each pair's first row as a share of the second's rate (both must have run), with
+/// Redis's CPU per operation for both.
+pub(crate) fn print_ratios(rows: &[Row], pairs: &[(String, String)]) {
+    let find = |mode: &str| rows.iter().find(|r| r.mode == mode);
+    for (a, b) in pairs {
+        if let (Some(a), Some(b)) = (find(a), find(b)) {
+            println!(
+                "{}: {:.0}% of {} (redis µs/op {:.1} vs {:.1})",
+                a.mode,
+                100.0 * a.rate / b.rate,
+                b.mode,
+                a.redis_us_per_op(),
+                b.redis_us_per_op(),
+            );
+        }
     }
 }
 
@@ -229,8 +267,9 @@ mod tests {
             elapsed: Duration::from_secs(1),
             latencies: (1..=100).map(Duration::from_millis).collect(),
         };
-        let row = m.row("x", 1, 0.0);
+        let row = m.row("x", 1, 1, 0.0);
         assert_eq!(row.ops, 100);
+        assert_eq!(m.row("x", 1, 10, 0.0).ops, 1000);
         assert_eq!(row.p50_ms, Some(51.0));
         assert_eq!(row.p99_ms, Some(99.0));
     }
