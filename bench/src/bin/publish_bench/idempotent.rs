@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use anyhow::bail;
-use proto::Topic;
-use publisher::{Idempotency, IdempotencyKey};
+use proto::{Object, Topic};
+use publisher::{Idempotency, IdempotencyKey, RedisStore};
 use redis::aio::MultiplexedConnection;
 use serde_json::json;
 use system_tests::{Publisher, RedisServer};
@@ -81,28 +81,31 @@ async fn library(
     keyed: bool,
 ) -> anyhow::Result<Row> {
     let mode = name(LIBRARY, if keyed { KEYED } else { PLAIN });
-    measure_library(
-        admin,
-        redis,
-        args,
-        topic,
-        1,
-        &mode,
-        move |store, topic, i| async move {
-            let idem = match keyed {
-                true => Some(Idempotency {
-                    subject: String::new(),
-                    key: IdempotencyKey::new(&idempotency_key(i))?,
-                    ttl: publisher::ops::default_ttl(),
-                }),
-                false => None,
-            };
-            let answer = publisher::ops::create(&store, &topic, body(i), idem.as_ref()).await?;
-            if answer.replayed {
-                bail!("create {i} answered a replay under a new key");
-            }
-            Ok(())
-        },
-    )
-    .await
+    let op = move |store, topic, i| async move {
+        create(&store, &topic, body(i), keyed.then_some(i)).await
+    };
+    measure_library(admin, redis, args, topic, 1, &mode, op).await
+}
+
+/// Creates `body` through `publisher::ops::create`, under the `Idempotency-Key` of
+/// operation `key` or none, and fails on a replay (every key sent is new).
+pub(crate) async fn create(
+    store: &RedisStore,
+    topic: &Topic,
+    body: Object,
+    key: Option<usize>,
+) -> anyhow::Result<()> {
+    let idem = match key {
+        Some(i) => Some(Idempotency {
+            subject: String::new(),
+            key: IdempotencyKey::new(&idempotency_key(i))?,
+            ttl: publisher::ops::default_ttl(),
+        }),
+        None => None,
+    };
+    let answer = publisher::ops::create(store, topic, body, idem.as_ref()).await?;
+    if answer.replayed {
+        bail!("a create answered a replay under the new key {key:?}");
+    }
+    Ok(())
 }

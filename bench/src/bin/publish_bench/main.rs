@@ -12,15 +12,16 @@
 //!   (`idempotent.rs`);
 //! - `batch`: array creates of `--batch` records beside single creates, in records/s,
 //!   library and HTTP, then `redis-benchmark` of the script with as many items
-//!   (`batch.rs`).
+//!   (`batch.rs`);
+//! - `memory`: Redis memory per remembered key (`memory.rs`).
 //!
 //! Every throughput run is checked afterwards: Redis must have counted exactly one `XADD`
 //! per record and no error replies, so a failing script cannot pass for a fast one
 //! (`redis-benchmark` counts error replies as requests).
 //!
 //! ```text
-//! publish_bench [--ops N] [--concurrency C] [--batch 10,100]
-//!               [--mode all|library|http|raw|redis-benchmark|idempotent|batch]
+//! publish_bench [--ops N] [--concurrency C] [--batch 10,100] [--keys N]
+//!               [--mode all|library|http|raw|redis-benchmark|idempotent|batch|memory]
 //! ```
 //!
 //! Load is bounded by C worker tasks, each with one operation in flight; nothing queues.
@@ -31,6 +32,7 @@ mod batch;
 mod benchmark;
 mod idempotent;
 mod measure;
+mod memory;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -64,6 +66,7 @@ enum Mode {
     RedisBenchmark,
     Idempotent,
     Batch,
+    Memory,
 }
 
 impl Mode {
@@ -88,6 +91,9 @@ pub(crate) struct Args {
     /// Records per array create in `--mode batch`, beside single creates.
     #[arg(long, value_delimiter = ',', default_value = "10,100", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=publisher::ops::DEFAULT_BATCH_MAX_ITEMS as u64))]
     pub(crate) batch: Vec<usize>,
+    /// Creates with distinct keys (and as many without) in `--mode memory`.
+    #[arg(long, default_value_t = memory::DEFAULT_KEYS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub(crate) keys: usize,
 }
 
 /// The record body every throughput mode creates, `{"foo":"bar","n":i}`.
@@ -353,6 +359,10 @@ async fn main() -> anyhow::Result<()> {
         );
         println!("load average: {}", load_average());
     }
+    if args.mode.runs(Mode::Memory) {
+        memory::run(&mut admin, &redis, &args, &topic).await?;
+        println!("load average: {}", load_average());
+    }
     Ok(())
 }
 
@@ -379,6 +389,7 @@ mod tests {
         assert!(args("--batch 1").is_err());
         assert!(args("--batch 1001").is_err());
         assert!(args("--mode idempotent").is_ok());
+        assert_eq!(args("--mode memory --keys 5").unwrap().keys, 5);
         assert_eq!(idempotency_key(7).len(), 36);
         assert_ne!(idempotency_key(7), idempotency_key(70));
     }

@@ -42,8 +42,8 @@ impl Row {
 
 /// What [`drive`] measured.
 #[derive(Debug)]
-struct Measured {
-    elapsed: Duration,
+pub(crate) struct Measured {
+    pub(crate) elapsed: Duration,
     /// Per-operation latencies, sorted.
     latencies: Vec<Duration>,
 }
@@ -76,7 +76,7 @@ impl Measured {
 /// Runs `op(0..ops)` on `concurrency` workers, each with one operation in flight, and
 /// times every operation. The first error stops the run (dropping the `JoinSet` aborts
 /// the other workers): a benchmark with failed operations measures nothing.
-async fn drive<F, Fut>(ops: usize, concurrency: usize, op: F) -> anyhow::Result<Measured>
+pub(crate) async fn drive<F, Fut>(ops: usize, concurrency: usize, op: F) -> anyhow::Result<Measured>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
