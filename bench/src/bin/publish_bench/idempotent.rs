@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use anyhow::bail;
 use proto::{Object, Topic};
-use publisher::{Idempotency, IdempotencyKey, RedisStore};
+use publisher::RedisStore;
 use redis::aio::MultiplexedConnection;
 use serde_json::json;
 use system_tests::{Publisher, RedisServer};
 
 use crate::benchmark::{create_auto, load_script, run_all};
 use crate::measure::Row;
-use crate::{Args, TOPIC, body, idempotency_key, measure_library, measure_posts};
+use crate::{Args, TOPIC, body, idempotency, idempotency_key, measure_library, measure_posts};
 
 const LIBRARY: &str = "library ops::create";
 const HTTP: &str = "http POST /api/Bench";
@@ -95,14 +95,7 @@ pub(crate) async fn create(
     body: Object,
     key: Option<usize>,
 ) -> anyhow::Result<()> {
-    let idem = match key {
-        Some(i) => Some(Idempotency {
-            subject: String::new(),
-            key: IdempotencyKey::new(&idempotency_key(i))?,
-            ttl: publisher::ops::default_ttl(),
-        }),
-        None => None,
-    };
+    let idem = key.map(idempotency).transpose()?;
     let answer = publisher::ops::create(store, topic, body, idem.as_ref()).await?;
     if answer.replayed {
         bail!("a create answered a replay under the new key {key:?}");

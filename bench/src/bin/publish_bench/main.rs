@@ -13,15 +13,18 @@
 //! - `batch`: array creates of `--batch` records beside single creates, in records/s,
 //!   library and HTTP, then `redis-benchmark` of the script with as many items
 //!   (`batch.rs`);
-//! - `memory`: Redis memory per remembered key (`memory.rs`).
+//! - `memory`: Redis memory per remembered key (`memory.rs`);
+//! - `limits`: the longest script run of batches at the limits, from `SLOWLOG`
+//!   (`limits.rs`).
 //!
 //! Every throughput run is checked afterwards: Redis must have counted exactly one `XADD`
 //! per record and no error replies, so a failing script cannot pass for a fast one
 //! (`redis-benchmark` counts error replies as requests).
 //!
 //! ```text
-//! publish_bench [--ops N] [--concurrency C] [--batch 10,100] [--keys N]
-//!               [--mode all|library|http|raw|redis-benchmark|idempotent|batch|memory]
+//! publish_bench [--ops N] [--concurrency C] [--batch 10,100] [--keys N] [--runs N]
+//!               [--collection N]
+//!               [--mode all|library|http|raw|redis-benchmark|idempotent|batch|memory|limits]
 //! ```
 //!
 //! Load is bounded by C worker tasks, each with one operation in flight; nothing queues.
@@ -31,6 +34,7 @@
 mod batch;
 mod benchmark;
 mod idempotent;
+mod limits;
 mod measure;
 mod memory;
 
@@ -67,6 +71,7 @@ enum Mode {
     Idempotent,
     Batch,
     Memory,
+    Limits,
 }
 
 impl Mode {
@@ -94,6 +99,13 @@ pub(crate) struct Args {
     /// Creates with distinct keys (and as many without) in `--mode memory`.
     #[arg(long, default_value_t = memory::DEFAULT_KEYS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub(crate) keys: usize,
+    /// Measured calls per batch in `--mode limits`.
+    #[arg(long, default_value_t = limits::DEFAULT_RUNS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub(crate) runs: usize,
+    /// Records of the larger collection a 1000-record `updateAll` picks from in
+    /// `--mode limits`.
+    #[arg(long, default_value_t = limits::DEFAULT_COLLECTION, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub(crate) collection: usize,
 }
 
 /// The record body every throughput mode creates, `{"foo":"bar","n":i}`.
@@ -259,6 +271,16 @@ pub(crate) fn idempotency_key(i: usize) -> String {
     format!("00000000-0000-4000-8000-{i:012}")
 }
 
+/// The library's idempotency key of operation `i` ([`idempotency_key`]), kept as long as
+/// the publisher keeps keys by default.
+pub(crate) fn idempotency(i: usize) -> anyhow::Result<publisher::Idempotency> {
+    Ok(publisher::Idempotency {
+        subject: String::new(),
+        key: publisher::IdempotencyKey::new(&idempotency_key(i))?,
+        ttl: publisher::ops::default_ttl(),
+    })
+}
+
 /// The machine's load average over 1, 5 and 15 minutes.
 pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -363,6 +385,10 @@ async fn main() -> anyhow::Result<()> {
         memory::run(&mut admin, &redis, &args, &topic).await?;
         println!("load average: {}", load_average());
     }
+    if args.mode.runs(Mode::Limits) {
+        limits::run(&mut admin, &redis, &args, &topic).await?;
+        println!("load average: {}", load_average());
+    }
     Ok(())
 }
 
@@ -390,6 +416,8 @@ mod tests {
         assert!(args("--batch 1001").is_err());
         assert!(args("--mode idempotent").is_ok());
         assert_eq!(args("--mode memory --keys 5").unwrap().keys, 5);
+        let l = args("--mode limits --runs 3 --collection 5000").unwrap();
+        assert_eq!((l.mode, l.runs, l.collection), (Mode::Limits, 3, 5000));
         assert_eq!(idempotency_key(7).len(), 36);
         assert_ne!(idempotency_key(7), idempotency_key(70));
     }

@@ -182,6 +182,21 @@ pub(crate) async fn redis_cpu(admin: &mut MultiplexedConnection) -> anyhow::Resu
     Ok(info_field::<f64>(&info, "used_cpu_user")? + info_field::<f64>(&info, "used_cpu_sys")?)
 }
 
+/// `CONFIG SET name value`.
+pub(crate) async fn config_set(
+    admin: &mut MultiplexedConnection,
+    name: &str,
+    value: &str,
+) -> anyhow::Result<()> {
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(name)
+        .arg(value)
+        .query_async::<()>(admin)
+        .await
+        .with_context(|| format!("CONFIG SET {name} {value}"))
+}
+
 /// Stream appends and error replies since the last [`reset`].
 pub(crate) async fn appends_and_errors(
     admin: &mut MultiplexedConnection,

@@ -15,11 +15,13 @@ use serde_json::json;
 use system_tests::RedisServer;
 
 use crate::idempotent::create;
-use crate::measure::{drive, info, info_field};
+use crate::measure::{config_set, drive, info, info_field};
 use crate::{Args, idempotency_key};
 
 /// Default for `--keys`.
 pub(crate) const DEFAULT_KEYS: usize = 100_000;
+/// The longest value a hash may hold and still be stored compactly (Redis's default 64).
+const LISTPACK_VALUE: &str = "hash-max-listpack-value";
 /// `hash-max-listpack-value` for the last run: room for a typical create's answer.
 const ROOMY_LISTPACK_VALUE: usize = 1024;
 
@@ -125,16 +127,6 @@ async fn describe_key(admin: &mut MultiplexedConnection, key: &str) -> anyhow::R
     ))
 }
 
-async fn set_listpack_value(admin: &mut MultiplexedConnection, bytes: usize) -> anyhow::Result<()> {
-    redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("hash-max-listpack-value")
-        .arg(bytes)
-        .query_async::<()>(admin)
-        .await
-        .context("CONFIG SET hash-max-listpack-value")
-}
-
 pub(crate) async fn run(
     admin: &mut MultiplexedConnection,
     redis: &RedisServer,
@@ -146,7 +138,7 @@ pub(crate) async fn run(
     publisher::ops::create(&store, topic, record(0), None).await?;
     let default_value: Vec<String> = redis::cmd("CONFIG")
         .arg("GET")
-        .arg("hash-max-listpack-value")
+        .arg(LISTPACK_VALUE)
         .query_async(admin)
         .await?;
     let default_value: usize = default_value
@@ -175,7 +167,7 @@ pub(crate) async fn run(
     )
     .await?;
     let keyed_sample = describe_key(admin, &sample).await?;
-    set_listpack_value(admin, ROOMY_LISTPACK_VALUE).await?;
+    config_set(admin, LISTPACK_VALUE, &ROOMY_LISTPACK_VALUE.to_string()).await?;
     let roomy = grow(
         admin,
         &store,
@@ -186,7 +178,7 @@ pub(crate) async fn run(
     )
     .await;
     let roomy_sample = describe_key(admin, &sample).await;
-    set_listpack_value(admin, default_value).await?;
+    config_set(admin, LISTPACK_VALUE, &default_value.to_string()).await?;
     let (roomy, roomy_sample) = (roomy?, roomy_sample?);
 
     let record_bytes = store
