@@ -5,9 +5,12 @@
 //!
 //! One source of truth: a server registers each route with `utoipa_axum::routes!` on an
 //! [`OpenApiRouter`], which adds the handler to the router and its `#[utoipa::path]` to the
-//! document in the same step, so a route cannot be served undocumented (clippy's
-//! `disallowed-methods` refuses axum's own `Router::route` outside this module). A route
-//! whose handler is a value, not a function, goes through [`documented`].
+//! document in the same step, so a route cannot be served undocumented: clippy's
+//! `disallowed-methods` refuses axum's own `Router::route` (and the pass-through
+//! `OpenApiRouter::route`), and `tests/tests/openapi.rs` calls every documented operation
+//! and finds every other method on its path a 405. A route whose handler is a value, not a
+//! function, goes through [`documented`]; LoopBack's second route to an operation through
+//! [`alias`].
 //!
 //! Not here: the routes themselves (the publisher's REST API, the gateway's streams) and
 //! what only one server answers (idempotency keys are the publisher's).
