@@ -63,8 +63,8 @@ mod openapi;
 
 use openapi::{
     CollectionPath as CollectionParams, Count, CreateAnswer, CreateBody, Exists, FilterQuery,
-    ItemPath as ItemParams, NewRecord, PublishAnswer, PublishBody, Published, Record, RecordPatch,
-    RequiredWhere, WhereQuery,
+    FoundRecord, ItemPath as ItemParams, NewRecord, PublishAnswer, PublishBody, Published, Record,
+    RecordPatch, RequiredWhere, WhereQuery,
 };
 
 /// The request header that carries an idempotency key.
@@ -437,7 +437,7 @@ async fn create<S: Store>(
     operation_id = "find",
     params(CollectionParams, FilterQuery),
     responses(
-        (status = 200, description = "The records, in the filter's order.", body = [Record], headers(("last-event-id" = String, description = "The stream position whose state the answer is exactly: a change stream opened with it sends exactly the later changes."))),
+        (status = 200, description = "The records, in the filter's order.", body = [FoundRecord], headers(("last-event-id" = String, description = "The stream position whose state the answer is exactly: a change stream opened with it sends exactly the later changes."))),
         (status = 409, description = "The collection's changes come from a backend's `POST /publish`: its records are not kept here (`RECORDS_NOT_KEPT`).", body = ErrorBody),
     ),
 )]
@@ -474,7 +474,7 @@ async fn list<S: Store>(
     operation_id = "findOne",
     params(CollectionParams, FilterQuery),
     responses(
-        (status = 200, description = "The first record the filter selects.", body = Record, headers(("last-event-id" = String, description = "The stream position whose state the answer is exactly: a change stream opened with it sends exactly the later changes."))),
+        (status = 200, description = "The first record the filter selects.", body = FoundRecord, headers(("last-event-id" = String, description = "The stream position whose state the answer is exactly: a change stream opened with it sends exactly the later changes."))),
         (status = 404, description = "No record matches (`MODEL_NOT_FOUND`).", body = ErrorBody),
         (status = 409, description = "The collection's changes come from a backend's `POST /publish`: its records are not kept here (`RECORDS_NOT_KEPT`).", body = ErrorBody),
     ),
@@ -559,7 +559,7 @@ async fn visible<S: Store>(
     operation_id = "findById",
     params(ItemParams, FilterQuery),
     responses(
-        (status = 200, description = "The record (its `fields`).", body = Record),
+        (status = 200, description = "The record (its `fields`).", body = FoundRecord),
         (status = 404, description = "No such record, or not one the token may see (`MODEL_NOT_FOUND`).", body = ErrorBody),
     ),
 )]

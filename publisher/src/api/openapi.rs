@@ -118,6 +118,16 @@ schema! {
 }
 
 schema! {
+    /// A record as a read answers it: whole, or only its filter's `fields`.
+    FoundRecord [RecordId]
+    open_object(
+        "A record: the client's JSON object with its `id`, or only the properties the \
+         filter's `fields` keep (which may leave out `id`).",
+    )
+    .property("id", named::<RecordId>())
+}
+
+schema! {
     /// A record as a client sends it.
     NewRecord [RecordId]
     open_object(
