@@ -328,7 +328,7 @@ where
 /// This document: the server's routes, their bodies, parameters, headers and refusals.
 #[utoipa::path(
     get,
-    path = "/openapi.json",
+    path = DOCUMENT_PATH,
     tag = "meta",
     operation_id = "openapi",
     responses((status = 200, description = "This document (OpenAPI 3.1).", content_type = "application/json", body = Object)),
@@ -339,9 +339,10 @@ where
 )]
 fn document() {}
 
-/// `router` with `GET /openapi.json` describing it, `info` and what every route shares:
-/// the refusals of the request limits (414, 431, checked before routing), the `Error`
-/// schema and responses, the token schemes. The document is built and serialized once.
+/// `router` with `GET /openapi.json` describing it, `info`, those of `tags` its operations
+/// use, and what every route shares: the refusals of the request limits (414, 431, checked
+/// before routing), the `Error` schema and responses, the token schemes. The document is
+/// built and serialized once.
 ///
 /// # Panics
 /// If the document does not serialize, which a document of plain strings and maps cannot
@@ -411,8 +412,13 @@ fn finish(api: &mut OpenApi, info: Info, tags: &[(&str, &str)]) {
             "The JWT as `?access_token=` (never logged).",
         ))),
     );
+    // The tags the operations use, in `tags`' order (a fleet gateway has no REST routes).
+    let used: std::collections::BTreeSet<String> = operations_mut(&mut api.paths)
+        .flat_map(|(_, operation)| operation.tags.clone().unwrap_or_default())
+        .collect();
     api.tags = Some(
         tags.iter()
+            .filter(|(name, _)| used.contains(*name))
             .map(|(name, description)| {
                 let mut tag = Tag::new(*name);
                 tag.description = Some((*description).to_owned());
@@ -420,9 +426,4 @@ fn finish(api: &mut OpenApi, info: Info, tags: &[(&str, &str)]) {
             })
             .collect(),
     );
-}
-
-/// A free-form JSON object: what a schema for "any object" is.
-pub fn any_object() -> Object {
-    Object::with_type(Type::Object)
 }
