@@ -45,7 +45,7 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-/// What went wrong. Nothing was written.
+/// What went wrong.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorDetail {
@@ -58,7 +58,7 @@ pub struct ErrorDetail {
     /// What went wrong, for a program.
     #[schema(example = "INVALID_JSON")]
     pub code: &'static str,
-    /// What went wrong, for a person; a 5xx says no more than that nothing was written.
+    /// What went wrong, for a person; a 5xx never carries its internal cause.
     #[schema(example = "request body is not valid JSON: expected value at line 1 column 1")]
     pub message: String,
 }
@@ -204,9 +204,10 @@ impl Refusal {
             }
             Self::Internal => "Redis answered something unexpected (`INTERNAL`).",
             Self::Unavailable => {
-                "Redis is out of reach or too slow (`REDIS_UNAVAILABLE`), or a read kept moving \
-                 (`UNSETTLED`); retry. After a timeout the write may have run (in full) or not \
-                 at all, never in part: retry with the same `Idempotency-Key`."
+                "Redis is out of reach or too slow and nothing was written \
+                 (`REDIS_UNAVAILABLE`), a read kept moving (`UNSETTLED`), or a write got no \
+                 answer and ran in full or not at all (`OUTCOME_UNKNOWN`): retry, a write with \
+                 the same `Idempotency-Key`."
             }
         }
     }

@@ -345,8 +345,10 @@ pub(super) fn document_info() -> utoipa::openapi::Info {
 
 const DOCUMENT_DESCRIPTION: &str = "The publisher's REST API: the routes of a LoopBack 3 \
     `PersistedModel`, each write stored with its change event in one atomic step on Redis. \
-    Every refusal is LoopBack's JSON error (`Error`) and writes nothing; an unknown path is a \
-    404 (`NOT_FOUND`), a known path with another method a 405 (`METHOD_NOT_ALLOWED`).";
+    Every refusal is LoopBack's JSON error (`Error`) and writes nothing, but a 503 \
+    `OUTCOME_UNKNOWN` (a write whose answer was lost: retry it with its `Idempotency-Key`); an \
+    unknown path is a 404 (`NOT_FOUND`), a known path with another method a 405 \
+    (`METHOD_NOT_ALLOWED`).";
 
 /// The document's tags: what each group of operations is.
 pub(super) const TAGS: &[(&str, &str)] = &[
