@@ -5,10 +5,11 @@
 //! Not here: the change stream (`http`, `sse`) and the REST API the demo calls
 //! (`publisher::api`, served by this process only in embedded mode).
 
-use axum::Router;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use service::openapi::OpenApiRouter;
+use utoipa::IntoParams;
+use utoipa_axum::routes;
 
 /// The ETag of a `&'static str`, as a `&'static str`, at compile time.
 macro_rules! etag {
@@ -51,17 +52,55 @@ static DEMO: Asset = Asset {
     etag: etag!(DEMO_HTML),
 };
 
-/// The asset routes, to merge into the gateway's router (any state).
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        .route("/client/live-set.js", get(live_set))
-        .route("/demo", get(demo))
+/// The asset routes, documented, to merge into the gateway's router (any state).
+pub fn routes<S: Clone + Send + Sync + 'static>() -> OpenApiRouter<S> {
+    OpenApiRouter::new()
+        .routes(routes!(live_set))
+        .routes(routes!(demo))
 }
 
+/// A revalidation: the tag of the copy the client holds.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Header)]
+#[expect(dead_code, reason = "describes what `serve` reads from the headers")]
+struct Revalidate {
+    /// The `ETag` of a copy got before: a 304 if it is still this one.
+    #[param(rename = "If-None-Match", value_type = String, required = false)]
+    if_none_match: Option<String>,
+}
+
+/// `live-set.js`: an ES module that keeps a live collection from a change stream.
+///
+/// Fresh for five minutes, then revalidated with its `ETag`.
+#[utoipa::path(
+    get,
+    path = "/client/live-set.js",
+    tag = "browser",
+    operation_id = "liveSetJs",
+    params(Revalidate),
+    responses(
+        (status = 200, description = "The module.", content_type = "text/javascript; charset=utf-8", body = String, headers(("ETag" = String))),
+        (status = 304, description = "The client's copy is this one."),
+    ),
+)]
 async fn live_set(headers: HeaderMap) -> Response {
     serve(&LIVE_SET, &headers)
 }
 
+/// The demo: a live table with a form, on `live-set.js` and the REST API.
+///
+/// Revalidated on every load with its `ETag`.
+#[utoipa::path(
+    get,
+    path = "/demo",
+    tag = "browser",
+    operation_id = "demo",
+    params(Revalidate),
+    responses(
+        (status = 200, description = "The page.", content_type = "text/html; charset=utf-8", body = String, headers(("ETag" = String))),
+        (status = 304, description = "The client's copy is this one."),
+    ),
+)]
 async fn demo(headers: HeaderMap) -> Response {
     serve(&DEMO, &headers)
 }
@@ -136,6 +175,8 @@ mod tests {
             request = request.header(header::IF_NONE_MATCH, tag);
         }
         routes::<()>()
+            .split_for_parts()
+            .0
             .oneshot(request.body(Body::empty()).unwrap())
             .await
             .unwrap()
@@ -191,6 +232,8 @@ mod tests {
     #[tokio::test]
     async fn head_and_other_methods() {
         let head = routes::<()>()
+            .split_for_parts()
+            .0
             .oneshot(
                 Request::builder()
                     .method(Method::HEAD)
@@ -202,6 +245,8 @@ mod tests {
             .unwrap();
         assert_eq!(head.status(), StatusCode::OK);
         let post = routes::<()>()
+            .split_for_parts()
+            .0
             .oneshot(
                 Request::builder()
                     .method(Method::POST)

@@ -7,6 +7,10 @@
 //! registers their handlers and gives the connection layer the same paths for its fast
 //! path ([`crate::conn`]).
 //!
+//! `GET /openapi.json` describes every route the pod serves (the REST API too, embedded):
+//! each handler carries its `#[utoipa::path]` and is registered with `routes!`, which
+//! serves and documents it in one step ([`service::openapi`]).
+//!
 //! Auth ([`service::auth`]): a presented token is verified by the [`Caller`] extractor
 //! (401 if bad); each topic is then checked with [`Auth::authorize_subscribe`] (401 without
 //! a token, 403 without a grant; public topics need none), and the stream ends when
@@ -23,15 +27,19 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::FromRef;
 use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::routing::{MethodRouter, get};
 use publisher::MemoryStore;
 use publisher::api::ApiState;
 use publisher::metrics::PublisherMetrics;
 use service::auth::Auth;
-use service::http::{metrics_route, no_route, wrong_method};
+use service::http::{no_route, wrong_method};
+use service::openapi::{
+    OpenApiRouter, Refusal, UtoipaMethodRouter, operations_mut, refuses, takes_token,
+};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use utoipa::openapi::path::HttpMethod;
+use utoipa_axum::routes;
 
 use crate::config::{Config, CorsOrigins};
 use crate::conn::{App, StreamPaths};
@@ -67,26 +75,76 @@ impl FromRef<AppState> for Auth {
     }
 }
 
-/// A route that answers with an event stream: its path (axum's syntax) and its handlers.
+/// A route that answers with an event stream: its handlers, documented (`routes!` of
+/// handlers of one path, which it takes from their `#[utoipa::path]`).
 #[derive(Clone, Copy, Debug)]
 pub struct StreamRoute {
-    pub path: &'static str,
-    pub handlers: fn() -> MethodRouter<AppState>,
+    pub handlers: fn() -> UtoipaMethodRouter<AppState>,
 }
 
 /// Every route that answers with an event stream. [`app`] registers them on the router
-/// and hands the same paths to the connection layer, whose fast path serves their `GET`s
-/// without hyper ([`crate::conn`]).
+/// and in the document, and hands the same paths to the connection layer, whose fast path
+/// serves their `GET`s without hyper ([`crate::conn`]).
 pub const STREAM_ROUTES: &[StreamRoute] = &[
     StreamRoute {
-        path: "/api/{collection}/change-stream",
-        handlers: || get(stream::change_stream_get).post(stream::change_stream_post),
+        handlers: || routes!(stream::change_stream_get, stream::change_stream_post),
     },
     StreamRoute {
-        path: "/events",
-        handlers: || get(stream::events),
+        handlers: || routes!(stream::events),
     },
 ];
+
+/// The document's tags: what each group of operations is.
+const TAGS: &[(&str, &str)] = &[
+    (
+        "streams",
+        "Server-Sent Events: LoopBack's change stream, and several topics on one stream.",
+    ),
+    (
+        "records",
+        "Embedded mode: LoopBack 3 `PersistedModel` routes over the in-memory store.",
+    ),
+    ("publish", "Embedded mode: changes published as given."),
+    ("browser", "The browser client and the demo page."),
+    ("health", "Liveness, readiness and metrics."),
+    ("meta", "This document."),
+];
+
+/// What every stream route may refuse before its stream starts (a token, a bad
+/// request, a format it cannot answer in, a topic fed by raw publishes; a `POST`'s body
+/// over `body_limit`), added to each of its operations.
+fn describe_stream(route: &mut UtoipaMethodRouter<AppState>) {
+    for (method, operation) in operations_mut(&mut route.1) {
+        takes_token(operation);
+        refuses(
+            operation,
+            &[
+                Refusal::BadRequest,
+                Refusal::NotAcceptable,
+                Refusal::Conflict,
+            ],
+        );
+        if method == HttpMethod::Post {
+            refuses(operation, &[Refusal::PayloadTooLarge]);
+        }
+    }
+}
+
+/// The document's `info`.
+fn document_info(embedded: bool) -> utoipa::openapi::Info {
+    let mut info = utoipa::openapi::Info::new("gateway", env!("CARGO_PKG_VERSION"));
+    let mode = if embedded {
+        "Embedded mode: the streams, and the publisher's REST API over the in-memory store."
+    } else {
+        "Fleet mode: the streams of the records the publisher writes to Redis."
+    };
+    info.description = Some(format!(
+        "The change-stream gateway. {mode} Every refusal is LoopBack's JSON error (`Error`); \
+         an unknown path is a 404 (`NOT_FOUND`), a known path with another method a 405 \
+         (`METHOD_NOT_ALLOWED`)."
+    ));
+    info
+}
 
 /// What the main port serves besides the gateway's own routes.
 #[derive(Clone, Debug)]
@@ -121,24 +179,29 @@ pub fn app_with(
     let limits = state.config.request_limits;
     let cors_origins = state.config.cors_origins.clone();
     let registry = state.metrics.registry.clone();
-    let mut routes = Router::new();
+    let mut routes = OpenApiRouter::new();
+    let mut stream_paths = Vec::new();
     for route in stream_routes {
-        routes = routes.route(route.path, (route.handlers)());
+        let mut route = (route.handlers)();
+        describe_stream(&mut route);
+        stream_paths.extend(route.1.paths.keys().cloned());
+        routes = routes.routes(route);
     }
     routes = routes
         .merge(crate::assets::routes())
         .merge(health::routes());
     if serve.metrics {
-        routes = routes.route("/metrics", metrics_route(registry.clone()));
+        routes = routes.routes(service::http::metrics(registry.clone()));
     }
     let mut router = routes.with_state(state);
+    let embedded = serve.rest.is_some();
     if let Some(store) = serve.rest {
         let metrics = PublisherMetrics::register(&registry)?;
         router = router.merge(
             publisher::api::routes().with_state(ApiState::new(store, body_limit, metrics, auth)),
         );
     }
-    let router = router
+    let router = service::openapi::serve(router, document_info(embedded), TAGS)
         .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
         .layer(service::telemetry::http_trace())
@@ -147,7 +210,7 @@ pub fn app_with(
             service::limits::check_request,
         ))
         .layer(cors(&cors_origins));
-    let stream_paths = StreamPaths::new(stream_routes.iter().map(|r| r.path))?;
+    let stream_paths = StreamPaths::new(stream_paths.iter().map(String::as_str))?;
     Ok(App {
         router,
         stream_paths,
@@ -166,8 +229,10 @@ pub enum AppError {
 /// What the admin port serves: health and `/metrics`.
 pub fn admin_router(state: AppState) -> Router {
     let registry = state.metrics.registry.clone();
-    health::routes()
-        .route("/metrics", metrics_route(registry))
+    let (router, _) = health::routes()
+        .routes(service::http::metrics(registry))
+        .split_for_parts();
+    router
         .with_state(state)
         .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
@@ -232,10 +297,14 @@ mod tests {
             metrics: Metrics::new().unwrap(),
             config: Arc::new(config),
         };
+        /// A stream route only this test has.
+        #[utoipa::path(get, path = "/test/{name}/stream")]
+        async fn test_stream() -> axum::response::Response {
+            crate::sse::come_back(Duration::from_millis(1), None)
+        }
         let mut routes = STREAM_ROUTES.to_vec();
         routes.push(StreamRoute {
-            path: "/test/{name}/stream",
-            handlers: || get(|| async { crate::sse::come_back(Duration::from_millis(1), None) }),
+            handlers: || routes!(test_stream),
         });
         let serve = Serve {
             rest: None,

@@ -40,8 +40,8 @@ pub use filter::{
     DEFAULT_MAX_PATTERN_BYTES, Filter, FilterLimits,
 };
 pub use query::{Query, QueryError};
-pub use record_id::{MAX_SAFE_INTEGER, RecordId};
-pub use topic::{MAX_TOPIC_LEN, Topic};
+pub use record_id::{MAX_SAFE_INTEGER, MAX_STRING_ID_LEN, RecordId};
+pub use topic::{MAX_TOPIC_LEN, TOPIC_PATTERN, Topic};
 
 /// A JSON object, in insertion order (serde_json is built with `preserve_order`), so a
 /// record's keys come out in the order the client sent them.

@@ -9,6 +9,10 @@ use crate::DecodeError;
 /// that a topic never dominates a Redis key or a log line.
 pub const MAX_TOPIC_LEN: usize = 128;
 
+/// The characters [`Topic::new`] accepts, as an ECMA-262 regular expression (what OpenAPI
+/// schemas use); a test holds the two together.
+pub const TOPIC_PATTERN: &str = "^[A-Za-z0-9_-][A-Za-z0-9_.-]*$";
+
 /// A validated collection name. Cheap to clone (shared string).
 ///
 /// Allowed: ASCII letters, digits, `_`, `-` and `.`, not starting with `.`. That excludes
@@ -79,6 +83,33 @@ mod tests {
             assert_eq!(Topic::new(name).unwrap().as_str(), name);
         }
         assert!(Topic::new(&"a".repeat(MAX_TOPIC_LEN)).is_ok());
+    }
+
+    #[test]
+    fn the_pattern_says_what_new_accepts() {
+        let pattern = regex::Regex::new(TOPIC_PATTERN).unwrap();
+        for name in [
+            "MyModels",
+            "a",
+            "Order_Items-v2",
+            "x.y",
+            "9lives",
+            "-a",
+            "_",
+            "",
+            ".hidden",
+            "a{b}",
+            "a:b",
+            "a/b",
+            "a b",
+            "Orders*",
+            "é",
+            "a\nb",
+            "a.",
+            "a..b",
+        ] {
+            assert_eq!(pattern.is_match(name), Topic::new(name).is_ok(), "{name:?}");
+        }
     }
 
     #[test]

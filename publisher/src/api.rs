@@ -24,6 +24,10 @@
 //! `Idempotent-Replayed: true`) and writes nothing; another request under the key is a 422.
 //! Every error is LoopBack's JSON shape (see [`ApiError`]) and writes nothing.
 //!
+//! `GET /openapi.json` describes all of it: each handler carries its `#[utoipa::path]` and
+//! is registered with `routes!`, which serves it and documents it in one step; what the
+//! operations share is added in [`openapi`].
+//!
 //! With auth on ([`Auth`]), every data route needs a token (a bad one is a 401 before the
 //! body is read): writes and `/publish` a `publish` grant on the topic, reads a
 //! `subscribe` or `publish` grant. A token's row scope (`topics.where`) narrows every read,
@@ -34,7 +38,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRef, Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{Json, Router};
 use proto::{Change, Filter, FilterLimits, Object, Query, RecordId, Topic};
 use serde::Deserialize;
@@ -44,15 +48,24 @@ use std::time::{Duration, Instant};
 
 use prometheus::Registry;
 use service::auth::{Auth, Authenticated, Claims};
-use service::http::{
-    BodyLimit, JsonBody, JsonObject, healthz, metrics_route, no_route, wrong_method,
-};
+use service::http::{BodyLimit, Health, JsonBody, JsonObject, no_route, wrong_method};
 use service::limits::RateLimiter;
+use service::openapi::{ErrorBody, OpenApiRouter, alias};
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use crate::error::{ApiError, StoreError};
 use crate::metrics::PublisherMetrics;
 use crate::ops::{self, Answer, BatchLimits, Where};
 use crate::store::{Idempotency, IdempotencyKey, Store, Written};
+
+mod openapi;
+
+use openapi::{
+    CollectionPath as CollectionParams, Count, CreateAnswer, CreateBody, Exists, FilterQuery,
+    FoundRecord, ItemPath as ItemParams, NewRecord, PublishAnswer, PublishBody, Published, Record,
+    RecordPatch, RequiredWhere, WhereQuery,
+};
 
 /// The request header that carries an idempotency key.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -176,13 +189,14 @@ impl<S: Clone> FromRef<ApiState<S>> for Auth {
 }
 
 /// The REST API routes, health, `/metrics` from `registry` unless it is served on the
-/// admin port (`None`), and JSON 404/405 fallbacks.
+/// admin port (`None`), `GET /openapi.json` describing them, and JSON 404/405 fallbacks.
 pub fn router<S: Store>(state: ApiState<S>, registry: Option<Registry>) -> Router {
     let mut app = routes().merge(health_routes());
     if let Some(registry) = registry {
-        app = app.route("/metrics", metrics_route(registry));
+        app = app.routes(service::http::metrics(registry));
     }
-    app.method_not_allowed_fallback(wrong_method)
+    service::openapi::serve(app, openapi::document_info(), openapi::TAGS)
+        .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
         .with_state(state)
         .layer(service::telemetry::http_trace())
@@ -190,53 +204,45 @@ pub fn router<S: Store>(state: ApiState<S>, registry: Option<Registry>) -> Route
 
 /// What the admin port serves: health and `/metrics`.
 pub fn admin_router<S: Store>(state: ApiState<S>, registry: Registry) -> Router {
-    health_routes()
-        .route("/metrics", metrics_route(registry))
-        .method_not_allowed_fallback(wrong_method)
+    let (app, _) = health_routes()
+        .routes(service::http::metrics(registry))
+        .split_for_parts();
+    app.method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
         .with_state(state)
         .layer(service::telemetry::http_trace())
 }
 
-fn health_routes<S: Store>() -> Router<ApiState<S>> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz::<S>))
+fn health_routes<S: Store>() -> OpenApiRouter<ApiState<S>> {
+    OpenApiRouter::new()
+        .routes(routes!(service::http::healthz))
+        .routes(routes!(readyz))
 }
 
-/// The data routes alone (no health, no fallbacks), for a server that mounts them beside
-/// its own (the embedded gateway).
-pub fn routes<S: Store>() -> Router<ApiState<S>> {
-    Router::new()
-        .route(
-            "/api/{collection}",
-            post(create::<S>)
-                .get(list::<S>)
-                .patch(upsert::<S>)
-                .put(replace_or_create::<S>),
-        )
-        .route(
+/// The data routes alone (no health, no fallbacks), documented, for a server that mounts
+/// them beside its own (the embedded gateway). One `routes!` per path.
+pub fn routes<S: Store>() -> OpenApiRouter<ApiState<S>> {
+    let mut router = OpenApiRouter::new()
+        .routes(routes!(list, create, upsert, replace_or_create))
+        .routes(alias::<__path_replace_or_create, _>(
             "/api/{collection}/replaceOrCreate",
+            "replaceOrCreateByPost",
             post(replace_or_create::<S>),
-        )
-        .route(
-            "/api/{collection}/upsertWithWhere",
-            post(upsert_with_where::<S>),
-        )
-        .route("/api/{collection}/update", post(update_all::<S>))
-        .route("/api/{collection}/count", get(count::<S>))
-        .route("/api/{collection}/findOne", get(find_one::<S>))
-        .route(
-            "/api/{collection}/{id}",
-            get(find::<S>)
-                .head(head::<S>)
-                .put(replace::<S>)
-                .patch(patch::<S>)
-                .delete(delete::<S>),
-        )
-        .route("/api/{collection}/{id}/exists", get(exists::<S>))
-        .route("/api/{collection}/{id}/replace", post(replace::<S>))
-        .route("/publish", post(publish::<S>))
+        ))
+        .routes(routes!(upsert_with_where))
+        .routes(routes!(update_all))
+        .routes(routes!(count))
+        .routes(routes!(find_one))
+        .routes(routes!(find, head, replace, patch, delete))
+        .routes(routes!(exists))
+        .routes(alias::<__path_replace, _>(
+            "/api/{collection}/{id}/replace",
+            "replaceByIdByPost",
+            post(replace::<S>),
+        ))
+        .routes(routes!(publish));
+    openapi::describe_shared(&mut router.get_openapi_mut().paths);
+    router
 }
 
 fn topic(path: &str) -> Result<Topic, ApiError> {
@@ -279,7 +285,7 @@ fn record_json(written: Written) -> String {
 }
 
 fn count_json(count: usize) -> String {
-    json!({ "count": count }).to_string()
+    json!(Count { count }).to_string()
 }
 
 /// The query string's decoded pairs.
@@ -349,6 +355,22 @@ fn at_position(mut response: Response, position: proto::EventId) -> Response {
     response
 }
 
+/// LoopBack's `create`: one record, or an array of records written all or none.
+///
+/// A record without an `id` gets the collection's next one. The change stream gets one
+/// `create` per record, adjacent, in array order.
+#[utoipa::path(
+    post,
+    path = "/api/{collection}",
+    tag = "records",
+    operation_id = "create",
+    params(CollectionParams),
+    request_body = CreateBody,
+    responses(
+        (status = 200, description = "The created record, or the created records in order.", body = CreateAnswer),
+        (status = 409, description = "A record with that id exists (`DUPLICATE_ID`), or the counter has reached the largest safe integer (`ID_COUNTER_EXHAUSTED`).", body = ErrorBody),
+    ),
+)]
 async fn create<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Authenticated,
@@ -403,9 +425,22 @@ async fn create<S: Store>(
     }
 }
 
-/// LoopBack's `find`: the records `filter` selects (`?filter=<JSON>` or the bracket form,
-/// [`Query`]), with `Last-Event-ID`: the stream position they are exactly the state of, so
-/// a change stream opened with it yields exactly the later changes.
+/// LoopBack's `find`: the records `filter` selects.
+///
+/// Default order: integer ids ascending, then string ids. The answer's `Last-Event-ID` is
+/// the stream position the records are exactly the state of, so a change stream opened
+/// with it yields exactly the later changes.
+#[utoipa::path(
+    get,
+    path = "/api/{collection}",
+    tag = "records",
+    operation_id = "find",
+    params(CollectionParams, FilterQuery),
+    responses(
+        (status = 200, description = "The records, in the filter's order.", body = [FoundRecord], headers(("last-event-id" = String, description = "The stream position whose state the answer is exactly: a change stream opened with it sends exactly the later changes."))),
+        (status = 409, description = "The collection's changes come from a backend's `POST /publish`: its records are not kept here (`RECORDS_NOT_KEPT`).", body = ErrorBody),
+    ),
+)]
 async fn list<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Authenticated,
@@ -431,7 +466,19 @@ async fn list<S: Store>(
     Ok(at_position(raw_json(body), snapshot.position))
 }
 
-/// LoopBack's `findOne`: the first record `filter` selects, or 404.
+/// LoopBack's `findOne`: the first record `filter` selects.
+#[utoipa::path(
+    get,
+    path = "/api/{collection}/findOne",
+    tag = "records",
+    operation_id = "findOne",
+    params(CollectionParams, FilterQuery),
+    responses(
+        (status = 200, description = "The first record the filter selects.", body = FoundRecord, headers(("last-event-id" = String, description = "The stream position whose state the answer is exactly: a change stream opened with it sends exactly the later changes."))),
+        (status = 404, description = "No record matches (`MODEL_NOT_FOUND`).", body = ErrorBody),
+        (status = 409, description = "The collection's changes come from a backend's `POST /publish`: its records are not kept here (`RECORDS_NOT_KEPT`).", body = ErrorBody),
+    ),
+)]
 async fn find_one<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Authenticated,
@@ -451,7 +498,18 @@ async fn find_one<S: Store>(
     }
 }
 
-/// LoopBack's `count`: `{"count":N}` of the records `where` selects.
+/// LoopBack's `count`: how many records `where` selects.
+#[utoipa::path(
+    get,
+    path = "/api/{collection}/count",
+    tag = "records",
+    operation_id = "count",
+    params(CollectionParams, WhereQuery),
+    responses(
+        (status = 200, description = "`{\"count\":N}`", body = Count, headers(("last-event-id" = String, description = "The stream position whose state the answer is exactly: a change stream opened with it sends exactly the later changes."))),
+        (status = 409, description = "The collection's changes come from a backend's `POST /publish`: its records are not kept here (`RECORDS_NOT_KEPT`).", body = ErrorBody),
+    ),
+)]
 async fn count<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Authenticated,
@@ -494,6 +552,17 @@ async fn visible<S: Store>(
 }
 
 /// LoopBack's `findById`, with `filter[fields]`.
+#[utoipa::path(
+    get,
+    path = "/api/{collection}/{id}",
+    tag = "records",
+    operation_id = "findById",
+    params(ItemParams, FilterQuery),
+    responses(
+        (status = 200, description = "The record (its `fields`).", body = FoundRecord),
+        (status = 404, description = "No such record, or not one the token may see (`MODEL_NOT_FOUND`).", body = ErrorBody),
+    ),
+)]
 async fn find<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Authenticated,
@@ -511,21 +580,40 @@ async fn find<S: Store>(
     }
 }
 
-/// LoopBack's `exists`: `{"exists":true|false}`.
+/// LoopBack's `exists`: whether the record is there.
+#[utoipa::path(
+    get,
+    path = "/api/{collection}/{id}/exists",
+    tag = "records",
+    operation_id = "exists",
+    params(ItemParams),
+    responses((status = 200, description = "`{\"exists\":true}` or `{\"exists\":false}`", body = Exists)),
+)]
 async fn exists<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Authenticated,
     path: ItemPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Exists>, ApiError> {
     let (topic, id) = item(path)?;
     state.auth.authorize_read(caller.claims(), &topic)?;
-    let found = visible(&state, caller.claims(), &topic, &id)
+    let exists = visible(&state, caller.claims(), &topic, &id)
         .await?
         .is_some();
-    Ok(Json(json!({ "exists": found })))
+    Ok(Json(Exists { exists }))
 }
 
-/// `HEAD /api/{c}/{id}`: LoopBack's `exists` as a status, 200 or 404, no body.
+/// LoopBack's `exists` as a status: 200 or 404, no body.
+#[utoipa::path(
+    head,
+    path = "/api/{collection}/{id}",
+    tag = "records",
+    operation_id = "existsByHead",
+    params(ItemParams),
+    responses(
+        (status = 200, description = "The record is there."),
+        (status = 404, description = "It is not, or not for this token."),
+    ),
+)]
 async fn head<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Authenticated,
@@ -539,6 +627,21 @@ async fn head<S: Store>(
     })
 }
 
+/// LoopBack's `replaceById`: the record replaced by the body (with the URL's id).
+///
+/// The change stream gets an `update` with the whole record.
+#[utoipa::path(
+    put,
+    path = "/api/{collection}/{id}",
+    tag = "records",
+    operation_id = "replaceById",
+    params(ItemParams),
+    request_body = NewRecord,
+    responses(
+        (status = 200, description = "The replaced record.", body = Record),
+        (status = 404, description = "No such record, or not one the token may see (`MODEL_NOT_FOUND`).", body = ErrorBody),
+    ),
+)]
 async fn replace<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Authenticated,
@@ -558,6 +661,22 @@ async fn replace<S: Store>(
     Ok(answered(answer, record_json))
 }
 
+/// LoopBack's `patchAttributes`: the body's properties set on the record.
+///
+/// The change stream gets an `update` with the whole record after the change.
+#[utoipa::path(
+    patch,
+    path = "/api/{collection}/{id}",
+    tag = "records",
+    operation_id = "patchAttributes",
+    params(ItemParams),
+    request_body = RecordPatch,
+    responses(
+        (status = 200, description = "The merged record.", body = Record),
+        (status = 404, description = "No such record, or not one the token may see (`MODEL_NOT_FOUND`).", body = ErrorBody),
+        (status = 409, description = "The record kept changing while it was patched (`CONTENDED`); retry.", body = ErrorBody),
+    ),
+)]
 async fn patch<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Authenticated,
@@ -577,7 +696,19 @@ async fn patch<S: Store>(
     Ok(answered(answer, record_json))
 }
 
-/// LoopBack's `upsert` (`PATCH /api/{c}`).
+/// LoopBack's `upsert`: the body merged into the record with its `id`, or created.
+#[utoipa::path(
+    patch,
+    path = "/api/{collection}",
+    tag = "records",
+    operation_id = "upsert",
+    params(CollectionParams),
+    request_body = NewRecord,
+    responses(
+        (status = 200, description = "The merged or the created record.", body = Record),
+        (status = 409, description = "`CONTENDED` (retry) or `ID_COUNTER_EXHAUSTED`.", body = ErrorBody),
+    ),
+)]
 async fn upsert<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Authenticated,
@@ -597,7 +728,19 @@ async fn upsert<S: Store>(
     Ok(answered(answer, record_json))
 }
 
-/// LoopBack's `replaceOrCreate` (`PUT /api/{c}`, `POST /api/{c}/replaceOrCreate`).
+/// LoopBack's `replaceOrCreate`: the record with the body's `id` replaced, or created.
+#[utoipa::path(
+    put,
+    path = "/api/{collection}",
+    tag = "records",
+    operation_id = "replaceOrCreate",
+    params(CollectionParams),
+    request_body = NewRecord,
+    responses(
+        (status = 200, description = "The replaced or the created record.", body = Record),
+        (status = 409, description = "The counter has reached the largest safe integer (`ID_COUNTER_EXHAUSTED`).", body = ErrorBody),
+    ),
+)]
 async fn replace_or_create<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Authenticated,
@@ -617,7 +760,21 @@ async fn replace_or_create<S: Store>(
     Ok(answered(answer, record_json))
 }
 
-/// LoopBack's `upsertWithWhere` (`POST /api/{c}/upsertWithWhere?where=`).
+/// LoopBack's `upsertWithWhere`: the one record `where` selects merged, or the body created.
+///
+/// Several matches are a 400; the merged record keeps its id.
+#[utoipa::path(
+    post,
+    path = "/api/{collection}/upsertWithWhere",
+    tag = "records",
+    operation_id = "upsertWithWhere",
+    params(CollectionParams, RequiredWhere),
+    request_body = RecordPatch,
+    responses(
+        (status = 200, description = "The merged or the created record.", body = Record),
+        (status = 409, description = "`CONTENDED` (retry) or `ID_COUNTER_EXHAUSTED`.", body = ErrorBody),
+    ),
+)]
 async fn upsert_with_where<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Authenticated,
@@ -639,7 +796,22 @@ async fn upsert_with_where<S: Store>(
     Ok(answered(answer, record_json))
 }
 
-/// LoopBack's `updateAll` (`POST /api/{c}/update?where=`): `{"count":N}`.
+/// LoopBack's `updateAll`: the patch set on every record `where` selects, in one step.
+///
+/// The change stream gets one `update` (the whole record) per matched record, in find
+/// order, adjacent; none when none matched. An `id` in the patch is ignored.
+#[utoipa::path(
+    post,
+    path = "/api/{collection}/update",
+    tag = "records",
+    operation_id = "updateAll",
+    params(CollectionParams, RequiredWhere),
+    request_body = RecordPatch,
+    responses(
+        (status = 200, description = "`{\"count\":N}`: how many records were updated.", body = Count),
+        (status = 409, description = "A record kept changing while it was updated (`CONTENDED`); retry.", body = ErrorBody),
+    ),
+)]
 async fn update_all<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Authenticated,
@@ -669,6 +841,18 @@ async fn update_all<S: Store>(
     Ok(answered(answer, |written| count_json(written.len())))
 }
 
+/// LoopBack's `deleteById`.
+///
+/// The change stream gets a `remove`; a missing record is `{"count":0}` and publishes
+/// nothing.
+#[utoipa::path(
+    delete,
+    path = "/api/{collection}/{id}",
+    tag = "records",
+    operation_id = "deleteById",
+    params(ItemParams),
+    responses((status = 200, description = "`{\"count\":1}`, or `{\"count\":0}` when there was no such record.", body = Count)),
+)]
 async fn delete<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Authenticated,
@@ -689,24 +873,39 @@ async fn delete<S: Store>(
     }))
 }
 
-/// One `POST /publish` object.
-#[derive(Debug, Deserialize)]
+/// One change to publish.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PublishRequest {
+    /// The topic (collection) whose stream gets the change.
+    #[schema(value_type = service::openapi::TopicName)]
     topic: String,
+    #[schema(value_type = openapi::Change)]
     change: Value,
+    /// The record's previous state, for an `update` or a `remove`: what filtered views
+    /// need to move it out. With it the topic is one whose records the backend keeps.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     last: Option<Object>,
 }
 
 /// A change of a `POST /publish` array, with its place in the array and its `last`.
 type Numbered = (usize, Change, Option<Object>);
 
-/// `POST /publish` of one object (`{"id":...}`) or an array of them (one `{"id":...}` per
-/// item, in order). Each topic's items are written all or none, in order, in one step;
-/// with several topics, each topic is its own step (in the order of its first item). An
-/// idempotency key covers the whole request: a retry after a failure between two topics'
-/// steps writes only the topics not yet written.
+/// A change, or an array of changes, published as given (no record is written).
+///
+/// Each topic's items are written all or none, in order, in one step; with several topics,
+/// each topic is its own step (in the order of its first item). An idempotency key covers
+/// the whole request: a retry after a failure between two topics' steps writes only the
+/// topics not yet written.
+#[utoipa::path(
+    post,
+    path = "/publish",
+    tag = "publish",
+    operation_id = "publish",
+    request_body = PublishBody,
+    responses((status = 200, description = "`{\"id\":\"<stream id>\"}`, or one per item in order.", body = PublishAnswer)),
+)]
 async fn publish<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Authenticated,
@@ -788,7 +987,7 @@ async fn publish<S: Store>(
         replayed: replayed && total > 0,
     };
     Ok(answered(answer, |ids| {
-        let mut ids: Vec<Value> = ids.into_iter().map(|id| json!({ "id": id })).collect();
+        let mut ids: Vec<Value> = ids.into_iter().map(|id| json!(Published { id })).collect();
         if one {
             ids.pop().unwrap_or_default().to_string()
         } else {
@@ -797,14 +996,24 @@ async fn publish<S: Store>(
     }))
 }
 
+/// Readiness: whether Redis answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "`{\"status\":\"ready\"}`", body = Health),
+        (status = 503, description = "`{\"status\":\"unavailable\",\"reason\":\"redis unreachable\"}`", body = Health),
+    ),
+)]
 async fn readyz<S: Store>(State(state): State<ApiState<S>>) -> Response {
     match state.store.ready().await {
-        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Ok(()) => Json(Health::new("ready")).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "not ready");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "unavailable", "reason": "redis unreachable" })),
+                Json(Health::new("unavailable").because("redis unreachable")),
             )
                 .into_response()
         }

@@ -3,13 +3,12 @@
 //! [`HttpError`], through which a crate's own errors (the publisher's store errors) answer
 //! with their status and code.
 
+use crate::auth::AuthError;
+use crate::openapi::{ErrorBody, ErrorDetail};
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use proto::DecodeError;
-use serde_json::json;
-
-use crate::auth::AuthError;
 
 /// An error of another crate that knows its HTTP answer. Wrapped as [`ApiError::Domain`]
 /// (with a `From` impl beside the error type), it answers like every other refusal.
@@ -180,12 +179,14 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        let body = json!({"error": {
-            "statusCode": status.as_u16(),
-            "name": error_name(status),
-            "code": code,
-            "message": message,
-        }});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                status_code: status.as_u16(),
+                name: error_name(status),
+                code,
+                message,
+            },
+        };
         let retry_after = match &self {
             // Whole seconds, rounded up (Retry-After has no fractions).
             Self::TooManyRequests { retry_after } => {

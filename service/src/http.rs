@@ -10,10 +10,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus::{Encoder, Registry, TextEncoder};
 use proto::Object;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::auth::Auth;
 use crate::error::{ApiError, FramingError};
+use crate::openapi::{UtoipaMethodRouter, documented, operations_mut, takes_token};
 
 /// Default largest request body, in bytes: body-parser's `100kb`, which LoopBack uses.
 pub const DEFAULT_BODY_LIMIT: usize = 100 * 1024;
@@ -21,6 +23,35 @@ pub const DEFAULT_BODY_LIMIT: usize = 100 * 1024;
 /// Largest accepted request body, in bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct BodyLimit(pub usize);
+
+/// `GET /metrics` on a router and in its document ([`metrics_route`]).
+pub fn metrics<St>(registry: Registry) -> UtoipaMethodRouter<St>
+where
+    St: Clone + Send + Sync + 'static,
+    Auth: FromRef<St>,
+{
+    let (schemas, mut paths, route) = documented::<__path_metrics_doc, St>(metrics_route(registry));
+    for (_, operation) in operations_mut(&mut paths) {
+        takes_token(operation);
+    }
+    (schemas, paths, route)
+}
+
+/// The Prometheus text exposition of the server's metrics.
+///
+/// With auth on and `metrics_public = false` it needs a valid token (any grants).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    operation_id = "metrics",
+    responses((status = 200, description = "Every series, in Prometheus's text format 0.0.4.", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)),
+)]
+#[expect(
+    dead_code,
+    reason = "only its description is used: the handler is a closure"
+)]
+fn metrics_doc() {}
 
 /// `GET /metrics`: Prometheus text of `registry`. With auth on and `metrics_public =
 /// false` it needs a valid token (any grants); otherwise tokens are not looked at.
@@ -167,9 +198,40 @@ pub async fn read_body(
     })
 }
 
-/// Liveness: the process answers.
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+/// A health answer: `{"status":"ok"}`, `{"status":"ready"}`, or a status and why
+/// (`{"status":"unavailable","reason":"redis unreachable"}`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ready")]
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+}
+
+impl Health {
+    pub fn new(status: &'static str) -> Self {
+        Self {
+            status,
+            reason: None,
+        }
+    }
+
+    #[must_use]
+    pub fn because(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+}
+
+/// Liveness: the process answers (no dependency is asked).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "`{\"status\":\"ok\"}`", body = Health)),
+)]
+pub async fn healthz() -> Json<Health> {
+    Json(Health::new("ok"))
 }
 
 /// The text exposition of every series in `registry`.

@@ -149,6 +149,10 @@ mod tests {
     use tower::ServiceExt;
 
     #[tokio::test]
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a router of one test route, never served or documented"
+    )]
     async fn framing_hyper_lets_through_is_a_json_400_that_closes() {
         let app = axum::Router::new()
             .route("/x", axum::routing::post(|| async { "ok" }))

@@ -14,6 +14,7 @@ use proto::{Cursor, EventId, Filter, Topic};
 use serde::Deserialize;
 use serde_json::Value;
 use service::auth::Caller;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use crate::client::{ClientStream, Pages, Shape, Subscription};
@@ -23,16 +24,91 @@ use crate::error::HistoryError;
 use crate::sse;
 
 /// Query parameters of the change stream. Unknown ones are ignored, as LoopBack does.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
+    /// `event-stream` (LoopBack's); anything else is a 406. Without it the `Accept` header
+    /// decides: `text/event-stream`, `*/*`, `text/*` or none get the stream.
     #[serde(rename = "_format")]
+    #[param(example = "event-stream")]
     format: Option<String>,
+    /// LoopBack's filter as JSON, applied to every change: `where` (with move-in and
+    /// move-out: an update leaving the filter arrives as a `remove`) and `fields`. On
+    /// `POST`, the body's `options` wins.
+    #[param(example = json!(r#"{"where":{"status":"open"}}"#))]
     options: Option<String>,
+    /// Where to resume, for a client that cannot send `Last-Event-ID` (the header wins).
     last_event_id: Option<String>,
-    /// `true`: the topic's records first, in `event: snapshot` pages.
+    /// `true`: the topic's current records first, in `event: snapshot` pages, then its
+    /// changes from exactly that position. A resume sends none.
+    #[param(value_type = Option<bool>)]
     snapshot: Option<String>,
 }
 
+/// What `/events` reads from its query (by hand: `options.<topic>` names vary).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[expect(
+    dead_code,
+    reason = "describes what `events` reads from its query pairs"
+)]
+struct EventsQuery {
+    /// The topics, repeated (`topic=A&topic=B`) or comma-separated; at most `max_topics`.
+    #[param(style = Form, explode)]
+    topic: Vec<String>,
+    /// As on the change stream.
+    #[param(rename = "_format")]
+    format: Option<String>,
+    /// A filter for every topic, as on the change stream; `options.<topic>` (a parameter
+    /// named after a topic of the stream) filters that topic instead.
+    options: Option<String>,
+    /// Where to resume: the stream's last `id:` (a cursor over all its topics), for a
+    /// client that cannot send `Last-Event-ID` (the header wins).
+    last_event_id: Option<String>,
+    /// `true`: each topic's records first, as on the change stream.
+    #[param(value_type = Option<bool>)]
+    snapshot: Option<String>,
+}
+
+/// The collection of a change stream.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[expect(dead_code, reason = "describes what the handlers read from the path")]
+struct Collection {
+    /// LoopBack's model plural: the topic whose changes the stream carries.
+    #[param(value_type = service::openapi::TopicName)]
+    collection: String,
+}
+
+/// The `Last-Event-ID` request header: where a reconnecting EventSource resumes.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Header)]
+#[expect(
+    dead_code,
+    reason = "describes what the handlers read from the headers"
+)]
+struct Resume {
+    /// The last `id:` the client got; the stream sends exactly what came after it, on any
+    /// pod (or `event: reset` when that history is gone). Malformed: 400.
+    #[param(rename = "Last-Event-ID", value_type = String, required = false)]
+    last_event_id: Option<String>,
+}
+
+/// LoopBack's change stream of a collection, as Server-Sent Events.
+///
+/// First `:ok`, `retry:` and the starting position, then one `event: data` frame per
+/// change (`data:` is LoopBack's change object, `id:` its stream id), and a `:` comment
+/// heartbeat after `heartbeat` of silence. A stream that cannot be served right now (Redis
+/// out of reach, draining, full) is a 200 with a `retry:` and the end, so EventSource
+/// comes back; only real errors are HTTP errors.
+#[utoipa::path(
+    get,
+    path = "/api/{collection}/change-stream",
+    tag = "streams",
+    operation_id = "createChangeStream",
+    params(Collection, StreamQuery, Resume),
+    responses((status = 200, description = "The stream.", content_type = "text/event-stream", body = String)),
+)]
 pub(super) async fn change_stream_get(
     State(state): State<AppState>,
     caller: Caller,
@@ -45,6 +121,16 @@ pub(super) async fn change_stream_get(
     change_stream(state, &caller, path, query, options, &headers).await
 }
 
+/// LoopBack's change stream by `POST`, with `{"options": <filter>}` in an optional JSON body.
+#[utoipa::path(
+    post,
+    path = "/api/{collection}/change-stream",
+    tag = "streams",
+    operation_id = "createChangeStreamByPost",
+    params(Collection, StreamQuery, Resume),
+    request_body(content = inline(ChangeStreamBody), description = "Optional: an empty body is no filter."),
+    responses((status = 200, description = "The stream.", content_type = "text/event-stream", body = String)),
+)]
 pub(super) async fn change_stream_post(
     State(state): State<AppState>,
     caller: Caller,
@@ -72,6 +158,18 @@ pub(super) async fn change_stream_post(
         }
     }
     change_stream(state, &caller, path, query, options, &headers).await
+}
+
+/// The body of a `POST` change stream.
+#[derive(Debug, ToSchema)]
+#[expect(
+    dead_code,
+    reason = "describes what `change_stream_post` reads from the body"
+)]
+struct ChangeStreamBody {
+    /// LoopBack's filter, as the `options` query parameter takes it (but as JSON, not text).
+    #[schema(value_type = Option<Object>)]
+    options: Option<Value>,
 }
 
 /// `snapshot=true` (or `1`): the stream starts with the topics' records. Anything but
@@ -127,9 +225,18 @@ async fn change_stream(
     .await
 }
 
-/// `GET /events?topic=A&topic=B`: one stream for several topics (repeated `topic`, or
-/// comma-separated). `options` filters every topic; `options.<topic>` one topic (and
-/// wins over `options`). The id is a [`Cursor`] over all the topics.
+/// One stream of several topics' changes, as Server-Sent Events.
+///
+/// Frames as on the change stream; each `data:` is LoopBack's change object with its
+/// `topic`, and each `id:` is a cursor over all the topics.
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "streams",
+    operation_id = "events",
+    params(EventsQuery, Resume),
+    responses((status = 200, description = "The stream.", content_type = "text/event-stream", body = String)),
+)]
 pub(super) async fn events(
     State(state): State<AppState>,
     caller: Caller,
