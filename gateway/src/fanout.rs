@@ -37,6 +37,8 @@ pub fn channel<T: Clone>(capacity: usize) -> Sender<T> {
                 receivers: 0,
                 wakers: Vec::new(),
                 free: Vec::new(),
+                waiting: Vec::new(),
+                listed: Vec::new(),
                 closed: false,
             }),
         }),
@@ -71,6 +73,11 @@ struct Ring<T> {
     /// unused slots. As long as the most receivers this topic had at once.
     wakers: Vec<Option<Waker>>,
     free: Vec<usize>,
+    /// The slots that hold a waker, so a send touches only the receivers that wait (not
+    /// the ones whose clients are busy or stalled). Each slot at most once (`listed`): a
+    /// slot freed while listed stays listed for its next receiver.
+    waiting: Vec<usize>,
+    listed: Vec<bool>,
     closed: bool,
 }
 
@@ -107,7 +114,14 @@ impl<T> Ring<T> {
     }
 
     fn wake_all(&mut self) -> Vec<Waker> {
-        self.wakers.iter_mut().filter_map(Option::take).collect()
+        let mut wake = Vec::with_capacity(self.waiting.len());
+        for slot in self.waiting.drain(..) {
+            self.listed[slot] = false;
+            if let Some(waker) = self.wakers.get_mut(slot).and_then(Option::take) {
+                wake.push(waker);
+            }
+        }
+        wake
     }
 }
 
@@ -127,6 +141,7 @@ impl<T: Clone> Sender<T> {
             Some(slot) => slot,
             None => {
                 ring.wakers.push(None);
+                ring.listed.push(false);
                 ring.wakers.len() - 1
             }
         };
@@ -217,10 +232,17 @@ impl<T: Clone> Receiver<T> {
         if ring.closed {
             return Poll::Ready(None);
         }
-        let waker = &mut ring.wakers[self.slot];
-        match waker {
+        let slot = self.slot;
+        match &mut ring.wakers[slot] {
             Some(w) if w.will_wake(cx.waker()) => {}
-            _ => *waker = Some(cx.waker().clone()),
+            Some(w) => *w = cx.waker().clone(),
+            empty => {
+                *empty = Some(cx.waker().clone());
+                if !ring.listed[slot] {
+                    ring.listed[slot] = true;
+                    ring.waiting.push(slot);
+                }
+            }
         }
         Poll::Pending
     }
@@ -242,6 +264,8 @@ impl<T> Drop for Receiver<T> {
             // Nobody left to wait for: the slots and events go.
             ring.wakers = Vec::new();
             ring.free = Vec::new();
+            ring.waiting = Vec::new();
+            ring.listed = Vec::new();
             let tail = ring.tail();
             ring.entries = VecDeque::new();
             ring.head = tail;
@@ -440,5 +464,45 @@ mod tests {
             (0, 1),
             "at most as many slots as receivers at once"
         );
+    }
+}
+
+#[cfg(test)]
+mod stress {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_keep_up_beside_stalled_receivers() {
+        let tx = Arc::new(channel::<u64>(1024));
+        let _stalled: Vec<_> = (0..1000).map(|_| tx.subscribe()).collect();
+        let mut readers = Vec::new();
+        for _ in 0..20 {
+            let mut rx = tx.subscribe();
+            readers.push(tokio::spawn(async move {
+                let mut last = None;
+                loop {
+                    match tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await {
+                        Ok(Some(Ok(v))) => {
+                            last = Some(v);
+                            if v == 9_999 {
+                                return Ok(());
+                            }
+                        }
+                        Ok(Some(Err(Lagged(_)))) => {}
+                        Ok(None) => return Err(format!("closed after {last:?}")),
+                        Err(_) => return Err(format!("stuck after {last:?}")),
+                    }
+                }
+            }));
+        }
+        for i in 0..10_000 {
+            tx.send(i);
+            if i % 100 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        for reader in readers {
+            reader.await.unwrap().unwrap();
+        }
     }
 }
