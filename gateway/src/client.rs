@@ -32,13 +32,15 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use proto::{Cursor, EventId, Filter, Topic};
 use serde_json::Value;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::error::HistoryError;
 use crate::event::{LiveEvent, ParsedChange};
-use crate::fanout;
 use crate::history::{Entry, History};
 
 mod snapshot;
@@ -114,7 +116,7 @@ struct Lane {
     topic: Topic,
     /// Keeps the topic wanted while the client is here; dropping it leaves the topic.
     _guard: TopicGuard,
-    events: fanout::Receiver<Arc<LiveEvent>>,
+    events: BroadcastStream<Arc<LiveEvent>>,
     /// The id of the last event of this topic passed (or the starting position).
     last: EventId,
     /// Reading the stream rather than following live.
@@ -265,7 +267,7 @@ impl ClientStream {
             let mut lane = Lane {
                 topic: sub.topic,
                 _guard: guard,
-                events: events_rx,
+                events: BroadcastStream::new(events_rx),
                 last: newest,
                 catching_up: false,
                 filter,
@@ -397,7 +399,7 @@ impl ClientStream {
             let n = self.lanes.len();
             let received = (0..n).find_map(|k| {
                 let index = (self.next_lane + k) % n;
-                match self.lanes[index].events.poll_recv(cx) {
+                match self.lanes[index].events.poll_next_unpin(cx) {
                     Poll::Ready(item) => Some((index, item)),
                     Poll::Pending => None,
                 }
@@ -406,7 +408,7 @@ impl ClientStream {
                 self.next_lane = (index + 1) % n;
                 match item {
                     Some(Ok(event)) => self.live(index, &event),
-                    Some(Err(fanout::Lagged(_))) => {
+                    Some(Err(BroadcastStreamRecvError::Lagged(_))) => {
                         self.metrics.catchups.inc();
                         self.lanes[index].catching_up = true;
                     }

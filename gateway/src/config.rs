@@ -59,10 +59,9 @@ service::settings! {
         /// readers) wait their turn rather than pile thousands of page reads into one
         /// connection and time out.
         pub replay_reads: NonZeroUsize = 32_usize,
-        /// Most live events held per topic
+        /// Live events buffered per topic
         ///
-        /// For its slowest local client; only events some client has not read are held
-        /// (an idle topic holds none). A client further behind is caught up from the
+        /// For its slowest local client. A client further behind is caught up from the
         /// stream instead (nothing is dropped).
         pub hub_capacity: NonZeroUsize = 1024_usize,
         /// Pub/sub messages queued from Redis

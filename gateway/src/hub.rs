@@ -1,30 +1,27 @@
 //! [`Hub`]: topic -> local fan-out. Each event is decoded and framed once, then shared
-//! (`Arc`) by every local client of its topic through a bounded fan-out ring
-//! ([`crate::fanout`]) that holds only what some client has not read yet.
+//! (`Arc`) by every local client of its topic through a bounded broadcast.
 //!
 //! The hub also owns the set of topics this pod needs from Redis: the first client of a
 //! topic adds it, the last one leaving removes it, and the subscription task
 //! ([`crate::subscription`]) reconciles Redis with that set, confirming each topic once
-//! Redis has acknowledged the SUBSCRIBE. Delivery never waits on a client: `send` to a
-//! full ring drops the oldest event of a lagging receiver, which that client then reads
-//! back from the stream ([`crate::client`]).
+//! Redis has acknowledged the SUBSCRIBE. Delivery never waits on a client: `send` on a
+//! broadcast overwrites the oldest event of a lagging receiver, which that client then
+//! reads back from the stream ([`crate::client`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use proto::Topic;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 
 use crate::event::LiveEvent;
-use crate::fanout;
 
 #[derive(Debug)]
 struct Slot {
-    /// Fan-out to this topic's local clients, at most `capacity` unread events. Full: the
-    /// oldest is dropped, and a client that had not read it gets `Lagged` and catches up
-    /// from the stream.
-    events_tx: fanout::Sender<Arc<LiveEvent>>,
+    /// Fan-out to this topic's local clients. Full: the oldest event is overwritten for a
+    /// lagging client, which gets `Lagged` and catches up from the stream.
+    events_tx: broadcast::Sender<Arc<LiveEvent>>,
     members: usize,
     /// True once Redis has confirmed the subscription (always, on the embedded store).
     confirmed_tx: watch::Sender<bool>,
@@ -72,7 +69,7 @@ impl Hub {
         let mut added = false;
         let slot = slots.entry(topic.clone()).or_insert_with(|| {
             added = true;
-            let events_tx = fanout::channel(self.capacity);
+            let (events_tx, _) = broadcast::channel(self.capacity);
             let (confirmed_tx, _) = watch::channel(self.confirm == Confirm::OnJoin);
             Slot {
                 events_tx,
@@ -113,8 +110,8 @@ impl Hub {
     pub fn deliver(&self, topic: &Topic, event: LiveEvent) {
         let slots = self.lock();
         if let Some(slot) = slots.get(topic) {
-            // No receiver left is fine (the last client is leaving): it is dropped.
-            slot.events_tx.send(Arc::new(event));
+            // No receiver left is fine: the last client is leaving.
+            let _ = slot.events_tx.send(Arc::new(event));
         }
     }
 
@@ -151,7 +148,7 @@ impl Hub {
 #[derive(Debug)]
 pub struct Membership {
     pub guard: TopicGuard,
-    pub events_rx: fanout::Receiver<Arc<LiveEvent>>,
+    pub events_rx: broadcast::Receiver<Arc<LiveEvent>>,
     confirmed_rx: watch::Receiver<bool>,
 }
 
@@ -209,8 +206,8 @@ mod tests {
             &t,
             LiveEvent::new(EventId::new(1, 0), EventId::ZERO, "{}", None),
         );
-        let ea = a.events_rx.recv().await.unwrap().unwrap();
-        let eb = b.events_rx.recv().await.unwrap().unwrap();
+        let ea = a.events_rx.recv().await.unwrap();
+        let eb = b.events_rx.recv().await.unwrap();
         assert!(Arc::ptr_eq(&ea, &eb));
         assert_eq!(&ea.frame[..], b"id: 1-0\nevent: data\ndata: {}\n\n");
     }
@@ -226,14 +223,11 @@ mod tests {
                 &t,
                 LiveEvent::new(EventId::new(i, 0), EventId::new(i - 1, 0), "{}", None),
             );
-            assert_eq!(
-                fast.events_rx.recv().await.unwrap().unwrap().id,
-                EventId::new(i, 0)
-            );
+            assert_eq!(fast.events_rx.recv().await.unwrap().id, EventId::new(i, 0));
         }
         assert!(matches!(
             slow.events_rx.recv().await,
-            Some(Err(fanout::Lagged(1)))
+            Err(broadcast::error::RecvError::Lagged(1))
         ));
     }
 }

@@ -10,8 +10,7 @@
 //! ```
 //!
 //! - [`app`]: the two modes (embedded, fleet) and what differs between them.
-//! - [`hub`]: per-topic fan-out (a [`fanout`] ring each); [`event`]: each event decoded and
-//!   framed once, shared.
+//! - [`hub`]: per-topic fan-out; [`event`]: each event decoded and framed once, shared.
 //! - [`subscription`]: the pod's Redis subscription (one Redis, or sharded pub/sub on a
 //!   Redis Cluster), reconnection, readiness; [`partition`]: what the pod does when Redis
 //!   is out of reach (alone, or the whole fleet).
@@ -35,7 +34,6 @@ pub mod conn;
 pub mod embedded;
 pub mod error;
 pub mod event;
-pub mod fanout;
 pub mod history;
 pub mod http;
 pub mod hub;
