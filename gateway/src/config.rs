@@ -61,8 +61,9 @@ service::settings! {
         pub replay_reads: NonZeroUsize = 32_usize,
         /// Live events buffered per topic
         ///
-        /// For its slowest local client. A client further behind is caught up from the
-        /// stream instead (nothing is dropped).
+        /// For its slowest local client (16 until the topic has more than 4 local
+        /// clients). A client further behind is caught up from the stream instead (nothing
+        /// is dropped).
         pub hub_capacity: NonZeroUsize = 1024_usize,
         /// Pub/sub messages queued from Redis
         ///

@@ -17,11 +17,23 @@ use tokio::sync::{Notify, broadcast, watch};
 
 use crate::event::LiveEvent;
 
+/// The ring of a topic with few local clients: tokio's broadcast allocates its whole ring
+/// up front (~32 bytes a slot), so a topic per user or per record starts small.
+const SMALL_CAPACITY: usize = 16;
+/// Past this many local clients a topic's ring grows to `hub_capacity` (the clients that
+/// joined before keep theirs: each gets every event from one of them).
+const SMALL_MEMBERS: usize = 4;
+
 #[derive(Debug)]
 struct Slot {
-    /// Fan-out to this topic's local clients. Full: the oldest event is overwritten for a
-    /// lagging client, which gets `Lagged` and catches up from the stream.
+    /// Fan-out to this topic's local clients joining now. Full: the oldest event is
+    /// overwritten for a lagging client, which gets `Lagged` and catches up from the
+    /// stream.
     events_tx: broadcast::Sender<Arc<LiveEvent>>,
+    /// Smaller rings clients still hold from before the topic grew; every event goes to
+    /// each, and one is dropped when its last receiver is gone. At most one per growth:
+    /// one, as a topic grows once.
+    outgrown: Vec<broadcast::Sender<Arc<LiveEvent>>>,
     members: usize,
     /// True once Redis has confirmed the subscription (always, on the embedded store).
     confirmed_tx: watch::Sender<bool>,
@@ -67,17 +79,24 @@ impl Hub {
     pub fn join(self: &Arc<Self>, topic: &Topic) -> Membership {
         let mut slots = self.lock();
         let mut added = false;
+        let small = self.capacity.min(SMALL_CAPACITY);
         let slot = slots.entry(topic.clone()).or_insert_with(|| {
             added = true;
-            let (events_tx, _) = broadcast::channel(self.capacity);
+            let (events_tx, _) = broadcast::channel(small);
             let (confirmed_tx, _) = watch::channel(self.confirm == Confirm::OnJoin);
             Slot {
                 events_tx,
+                outgrown: Vec::new(),
                 members: 0,
                 confirmed_tx,
             }
         });
         slot.members += 1;
+        if slot.members > SMALL_MEMBERS && small < self.capacity && slot.outgrown.is_empty() {
+            let (grown, _) = broadcast::channel(self.capacity);
+            let outgrown = std::mem::replace(&mut slot.events_tx, grown);
+            slot.outgrown.push(outgrown);
+        }
         let membership = Membership {
             guard: TopicGuard {
                 hub: Arc::clone(self),
@@ -108,10 +127,15 @@ impl Hub {
 
     /// Hands an event to the topic's local clients, if it has any. Never waits.
     pub fn deliver(&self, topic: &Topic, event: LiveEvent) {
-        let slots = self.lock();
-        if let Some(slot) = slots.get(topic) {
+        let mut slots = self.lock();
+        if let Some(slot) = slots.get_mut(topic) {
+            let event = Arc::new(event);
             // No receiver left is fine: the last client is leaving.
-            let _ = slot.events_tx.send(Arc::new(event));
+            let _ = slot.events_tx.send(Arc::clone(&event));
+            if !slot.outgrown.is_empty() {
+                slot.outgrown
+                    .retain(|tx| tx.send(Arc::clone(&event)).is_ok());
+            }
         }
     }
 
@@ -210,6 +234,46 @@ mod tests {
         let eb = b.events_rx.recv().await.unwrap();
         assert!(Arc::ptr_eq(&ea, &eb));
         assert_eq!(&ea.frame[..], b"id: 1-0\nevent: data\ndata: {}\n\n");
+    }
+
+    #[tokio::test]
+    async fn a_topic_grows_its_ring_past_a_few_members_and_everyone_gets_every_event() {
+        let hub = Hub::new(1024, Confirm::OnJoin);
+        let t = Topic::new("A").unwrap();
+        let mut early: Vec<_> = (0..SMALL_MEMBERS).map(|_| hub.join(&t)).collect();
+        assert_eq!(hub.lock()[&t].outgrown.len(), 0);
+        let mut late: Vec<_> = (0..3).map(|_| hub.join(&t)).collect();
+        assert_eq!(hub.lock()[&t].outgrown.len(), 1, "grown once");
+        // More events than the small ring holds: the late members (grown ring) keep them
+        // all, the early ones (small ring) are told they lagged.
+        for i in 1..=100 {
+            hub.deliver(
+                &t,
+                LiveEvent::new(EventId::new(i, 0), EventId::new(i - 1, 0), "{}", None),
+            );
+        }
+        for m in &mut late {
+            for i in 1..=100 {
+                assert_eq!(m.events_rx.recv().await.unwrap().id, EventId::new(i, 0));
+            }
+        }
+        for m in &mut early {
+            assert!(matches!(
+                m.events_rx.recv().await,
+                Err(broadcast::error::RecvError::Lagged(84))
+            ));
+        }
+        // Once every early member left, the small ring goes at the next event.
+        early.clear();
+        hub.deliver(
+            &t,
+            LiveEvent::new(EventId::new(101, 0), EventId::new(100, 0), "{}", None),
+        );
+        assert!(hub.lock()[&t].outgrown.is_empty());
+        assert_eq!(
+            late[0].events_rx.recv().await.unwrap().id,
+            EventId::new(101, 0)
+        );
     }
 
     #[tokio::test]
