@@ -227,12 +227,7 @@ pub async fn create<S: Store>(
     body: Object,
     idem: Option<&Idempotency>,
 ) -> Result<Answer<Written>, StoreError> {
-    let remember = remember(idem, "create", topic, &[&json(&body)]);
-    let (item, id) = create_item(body)?;
-    match run(store, topic, &Batch::one(item), remember.as_ref()).await? {
-        Ok(answer) => one_written(answer),
-        Err(refusal) => Err(refused(topic, refusal, &[id])),
-    }
+    create_under(store, topic, body, idem, "create").await
 }
 
 /// LoopBack's `create` with an array: every record or none, in one step, their events
