@@ -55,6 +55,31 @@ async fn start_publisher_on(url: &str) -> anyhow::Result<LoggedProcess> {
     .await
 }
 
+/// One create of `{"n": n}` at `url` under `key`: its status, whether it was a replay,
+/// and its body; `None` without a whole answer within [`ATTEMPT`].
+async fn attempt(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    n: usize,
+) -> Option<(reqwest::StatusCode, bool, Value)> {
+    let sent = client
+        .post(url)
+        .header("Idempotency-Key", key)
+        .json(&json!({"n": n}))
+        .send();
+    let res = tokio::time::timeout(ATTEMPT, sent).await.ok()?.ok()?;
+    let (status, replayed) = (
+        res.status(),
+        res.headers().contains_key("idempotent-replayed"),
+    );
+    let body = tokio::time::timeout(ATTEMPT, res.json::<Value>())
+        .await
+        .ok()?
+        .ok()?;
+    Some((status, replayed, body))
+}
+
 /// Creates `{"n": 1}` .. `{"n": CREATES}` in order, each under key `order-<n>`, sending
 /// each again until it is answered 200. Returns the id each was answered with.
 async fn retrying_writer(
@@ -69,25 +94,7 @@ async fn retrying_writer(
         loop {
             seen.attempts.fetch_add(1, Ordering::SeqCst);
             let url = format!("{}/api/{TOPIC}", base.borrow().clone());
-            let sent = client
-                .post(url)
-                .header("Idempotency-Key", &key)
-                .json(&json!({"n": n}))
-                .send();
-            let answer = match tokio::time::timeout(ATTEMPT, sent).await {
-                Ok(Ok(res)) => {
-                    let (status, replayed) = (
-                        res.status(),
-                        res.headers().contains_key("idempotent-replayed"),
-                    );
-                    match tokio::time::timeout(ATTEMPT, res.json::<Value>()).await {
-                        Ok(Ok(body)) => Some((status, replayed, body)),
-                        _ => None,
-                    }
-                }
-                _ => None,
-            };
-            match answer {
+            match attempt(&client, &url, &key, n).await {
                 Some((status, replayed, body)) if status == 200 => {
                     if replayed {
                         seen.replays.fetch_add(1, Ordering::SeqCst);
@@ -140,24 +147,13 @@ async fn writer_that_never_retries(
         pace.tick().await;
         n += 1;
         let url = format!("{}/api/{ONCE}", base.borrow().clone());
-        let sent = client
-            .post(url)
-            .header("Idempotency-Key", format!("attempt-{n}"))
-            .json(&json!({"n": n}))
-            .send();
-        let outcome = match tokio::time::timeout(ATTEMPT, sent).await {
-            Ok(Ok(res)) => {
-                let status = res.status().as_u16();
-                match tokio::time::timeout(ATTEMPT, res.json::<Value>()).await {
-                    Ok(Ok(body)) if status == 200 => {
-                        Told::Created(body["id"].as_i64().unwrap_or(-1))
-                    }
-                    Ok(Ok(body)) if body["error"]["code"] == "OUTCOME_UNKNOWN" => Told::Unknown,
-                    Ok(Ok(_)) => Told::Failed(status),
-                    _ => Told::Unknown,
-                }
+        let outcome = match attempt(&client, &url, &format!("attempt-{n}"), n).await {
+            Some((status, _, body)) if status == 200 => {
+                Told::Created(body["id"].as_i64().unwrap_or(-1))
             }
-            _ => Told::Unknown,
+            Some((_, _, body)) if body["error"]["code"] == "OUTCOME_UNKNOWN" => Told::Unknown,
+            Some((status, _, _)) => Told::Failed(status.as_u16()),
+            None => Told::Unknown,
         };
         told.insert(n, outcome);
     }
