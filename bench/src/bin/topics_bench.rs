@@ -167,10 +167,7 @@ async fn latency(
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
     let mut took = Vec::with_capacity(samples);
     for _ in 0..samples {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let name = format!("Bench{}", state as usize % held);
+        let name = format!("Bench{}", xorshift(&mut state) as usize % held);
         let topic = proto::Topic::new(&name)?;
         let mut socket = open(gateway.addr, std::slice::from_ref(&name)).await?;
         let started = Instant::now();
@@ -266,10 +263,7 @@ async fn churn(args: &Args, rate: u32) -> anyhow::Result<()> {
             let mut tasks = tokio::task::JoinSet::new();
             while !stop.is_cancelled() {
                 tick.tick().await;
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                let name = format!("Churn{}", state as usize % topics);
+                let name = format!("Churn{}", xorshift(&mut state) as usize % topics);
                 let (opened, failed) = (opened.clone(), failed.clone());
                 tasks.spawn(async move {
                     let result =
@@ -312,12 +306,7 @@ async fn churn(args: &Args, rate: u32) -> anyhow::Result<()> {
             let mut conn = conn.clone();
             let want = args.stable_topics;
             async move {
-                let list: Vec<String> = redis::cmd("PUBSUB")
-                    .arg("CHANNELS")
-                    .arg("cs:*")
-                    .query_async(&mut conn)
-                    .await
-                    .ok()?;
+                let list = subscribed_channels(&mut conn).await.ok()?;
                 (list.len() == want).then_some(list.len())
             }
         })
@@ -325,11 +314,7 @@ async fn churn(args: &Args, rate: u32) -> anyhow::Result<()> {
     let channels = match channels {
         Ok(n) => n,
         Err(e) => {
-            let list: Vec<String> = redis::cmd("PUBSUB")
-                .arg("CHANNELS")
-                .arg("cs:*")
-                .query_async(&mut conn)
-                .await?;
+            let list = subscribed_channels(&mut conn).await?;
             let metrics = reqwest::get(format!("http://{}/metrics", gateway.addr))
                 .await?
                 .text()
@@ -395,4 +380,23 @@ fn malloc_env() -> Vec<(&'static str, &'static str)> {
         ],
         _ => Vec::new(),
     }
+}
+
+/// The next of a xorshift64 sequence: random topics without a dependency.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// The gateways' channels subscribed in Redis now.
+async fn subscribed_channels(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> redis::RedisResult<Vec<String>> {
+    redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg("cs:*")
+        .query_async(conn)
+        .await
 }
