@@ -165,9 +165,9 @@ impl Control {
             }
             self.subscribed.extend(batch.iter().cloned());
         }
+        // Wanted again while it lingered: it keeps its subscription.
+        self.lingering.retain(|topic, _| !wanted.contains(topic));
         for topic in &wanted {
-            // Wanted again while it lingered: it keeps its subscription.
-            self.lingering.remove(topic);
             self.hub.confirm(topic, true);
         }
         // A topic no client wants lingers for `SUBSCRIPTION_LINGER` before it is
