@@ -27,6 +27,28 @@ const LOG_SAMPLES: usize = 5;
 /// `/proc/<pid>/stat` times are in USER_HZ ticks, 100 per second on Linux.
 const TICKS_PER_SECOND: f64 = 100.0;
 
+/// In a stream path, where a client's topic suffix goes (`/api/Load{k}/change-stream`):
+/// nothing with one topic (`Load`), the topic's index with several (`Load0`, `Load1`, ..).
+pub const TOPIC_SLOT: &str = "{k}";
+
+/// `base` for topic `k` of `topics`: `base` itself when there is one topic, else
+/// `base` followed by `k`. Clients take topic `client % topics`; event `seq` (from 1) goes
+/// to topic `(seq - 1) % topics`.
+pub fn topic_name(base: &str, k: usize, topics: usize) -> String {
+    if topics <= 1 {
+        base.to_owned()
+    } else {
+        format!("{base}{k}")
+    }
+}
+
+/// Of `events` published round-robin over `topics` topics (event `seq` to topic
+/// `(seq - 1) % topics`), how many topic `k` got.
+pub fn events_of_topic(events: u64, k: usize, topics: usize) -> u64 {
+    let topics = topics.max(1) as u64;
+    events / topics + u64::from((k as u64) < events % topics)
+}
+
 pub fn unix_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -609,6 +631,31 @@ impl Connection {
             leftover,
         })
     }
+
+    /// Reads on until the body so far holds `marker` (the gateway's start position,
+    /// `id: `, sent once Redis confirmed the topic's subscription; Centrifugo's connect
+    /// reply), keeping every byte for the reader.
+    ///
+    /// # Errors
+    /// The stream ends or fails first, or the marker is not within the first `MAX_HEAD`
+    /// bytes.
+    pub async fn read_until(&mut self, marker: &[u8]) -> anyhow::Result<()> {
+        let mut buf = [0_u8; 1024];
+        while find(&self.leftover, marker).is_none() {
+            if self.leftover.len() > MAX_HEAD {
+                bail!(
+                    "no {:?} in the first {MAX_HEAD} bytes",
+                    String::from_utf8_lossy(marker)
+                );
+            }
+            let n = self.stream.read(&mut buf).await?;
+            if n == 0 {
+                bail!("stream ended before {:?}", String::from_utf8_lossy(marker));
+            }
+            self.leftover.extend_from_slice(&buf[..n]);
+        }
+        Ok(())
+    }
 }
 
 /// Nearest-rank percentile of sorted nanoseconds, in milliseconds.
@@ -747,6 +794,17 @@ mod tests {
         assert_eq!(field_u64(centrifugo, b"t"), Some(5));
         assert_eq!(field_u64(centrifugo, b"seq"), Some(7));
         assert_eq!(field_u64(br#"{"connect":{"client":"x"}}"#, b"seq"), None);
+    }
+
+    #[test]
+    fn spreads_events_round_robin_over_topics() {
+        assert_eq!(topic_name("Load", 0, 1), "Load");
+        assert_eq!(topic_name("Load", 7, 10), "Load7");
+        assert_eq!(events_of_topic(200, 0, 1), 200);
+        let owed: Vec<u64> = (0..3).map(|k| events_of_topic(10, k, 3)).collect();
+        assert_eq!(owed, [4, 3, 3]);
+        assert_eq!(events_of_topic(200, 4_999, 5_000), 0);
+        assert_eq!(events_of_topic(200, 199, 5_000), 1);
     }
 
     #[test]

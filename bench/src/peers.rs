@@ -18,9 +18,10 @@ use serde_json::json;
 use system_tests::within;
 use tokio::process::{Child, Command};
 
-use crate::load::{child_pids, free_port};
+use crate::load::{TOPIC_SLOT, child_pids, free_port};
 
-/// The one channel every client follows.
+/// The channel every client follows, or with several topics the prefix of each channel's
+/// name (`load0`, `load1`, ..; see [`crate::load::topic_name`]).
 pub const CHANNEL: &str = "load";
 /// Longest wait for a peer to answer its readiness URL.
 const READY_DEADLINE: Duration = Duration::from_secs(20);
@@ -212,13 +213,14 @@ impl Peer {
         text
     }
 
-    /// The path an EventSource client GETs to follow [`CHANNEL`].
+    /// The path an EventSource client GETs to follow a channel: [`CHANNEL`] followed by
+    /// [`TOPIC_SLOT`], which the client replaces with its topic's suffix.
     pub fn stream_path(&self) -> String {
         match self.kind {
-            PeerKind::Nchan => "/sub".to_owned(),
+            PeerKind::Nchan => format!("/sub/{CHANNEL}{TOPIC_SLOT}"),
             // cf_connect={"subs":{"load":{}}}: a server-side subscription at connect.
             PeerKind::Centrifugo => format!(
-                "/connection/uni_sse?cf_connect=%7B%22subs%22%3A%7B%22{CHANNEL}%22%3A%7B%7D%7D%7D"
+                "/connection/uni_sse?cf_connect=%7B%22subs%22%3A%7B%22{CHANNEL}{TOPIC_SLOT}%22%3A%7B%7D%7D%7D"
             ),
         }
     }
@@ -231,24 +233,24 @@ impl Peer {
         pids
     }
 
-    /// Publishes `{"t":t,"seq":seq}` to [`CHANNEL`] over the peer's HTTP API and waits for
+    /// Publishes `{"t":t,"seq":seq}` to `channel` over the peer's HTTP API and waits for
     /// it to accept the message.
     ///
     /// # Errors
     /// The request fails, times out, or the peer refuses the message.
-    pub async fn publish(&self, t: u64, seq: u64) -> anyhow::Result<()> {
+    pub async fn publish(&self, channel: &str, t: u64, seq: u64) -> anyhow::Result<()> {
         let body = json!({ "t": t, "seq": seq });
         let request = match self.kind {
             PeerKind::Nchan => self
                 .http
-                .post(format!("http://{}/pub", self.addr))
+                .post(format!("http://{}/pub/{channel}", self.addr))
                 .header("content-type", "application/json")
                 .body(body.to_string()),
             PeerKind::Centrifugo => self
                 .http
                 .post(format!("http://{}/api/publish", self.addr))
                 .header("x-api-key", API_KEY)
-                .json(&json!({ "channel": CHANNEL, "data": body })),
+                .json(&json!({ "channel": channel, "data": body })),
         };
         let response = request.send().await.context("publish")?;
         let status = response.status();
@@ -335,19 +337,19 @@ http {{
             nchan_channel_id probe;
             nchan_redis_pass bench_redis;
         }}
-        location = /pub {{
+        location ~ ^/pub/(\w+)$ {{
             nchan_publisher;
-            nchan_channel_id {CHANNEL};
+            nchan_channel_id $1;
             nchan_redis_pass bench_redis;
             nchan_message_buffer_length {NCHAN_BUFFER};
             nchan_message_timeout 10m;
         }}
-        location = /sub {{
+        location ~ ^/sub/(\w+)$ {{
             nchan_subscriber eventsource;
             # New subscribers start at the next message, not at the oldest buffered one
             # (the default), like the gateway's and Centrifugo's clients without a resume id.
             nchan_subscriber_first_message newest;
-            nchan_channel_id {CHANNEL};
+            nchan_channel_id $1;
             nchan_redis_pass bench_redis;
         }}
     }}

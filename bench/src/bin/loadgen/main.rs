@@ -6,6 +6,7 @@
 //!         [--seconds 10] [--rounds 1] [--gateways 2] [--workers 4] [--out results.json]
 //!         [--plot results.svg] [--nginx PATH] [--nchan-module PATH] [--centrifugo PATH]
 //!         [--filter '{"status":"open"}'] [--writes creates|toggles]
+//!         [--topics 1,1000,per-client]
 //! ```
 //!
 //! For each target and client count it starts a fresh `redis-server` and the server:
@@ -28,6 +29,15 @@
 //! ran, JSON (`--out`) and an SVG plot of the first target's
 //! latency and throughput against connections (`--plot`).
 //!
+//! Topics: `--topics N` spreads the clients over N topics (client i follows topic i % N:
+//! collections `Load0`.. for the gateway, channels `load0`.. for the peers) and publishes
+//! event `seq` to topic `(seq - 1) % N`, so each client is owed its topic's share;
+//! `per-client` gives each client its own topic. Several values are several steps. The
+//! idle RSS per connection is then what a topic costs (docs/BENCHMARKS.md, "Topics at
+//! scale"). A gateway client counts as connected once it has read its start position
+//! (sent when Redis confirmed its topic), a Centrifugo client once it has its connect
+//! reply; Nchan says nothing of the kind.
+//!
 //! Filters (gateway only): `--filter '{"status":"open"}'` opens every client's stream with
 //! `options={"where":...}`, and `--writes toggles` makes the events updates (`PUT`) of
 //! [`server::TOGGLED`] records in turn, each flipping its `status` between `done` and
@@ -48,8 +58,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bench::load::{
-    Connection, Histogram, READ_BUFFER, SseEvent, cpu_model, cpu_seconds, data_u64, field_u64,
-    machine_cpu, unix_nanos,
+    Connection, Histogram, READ_BUFFER, SseEvent, TOPIC_SLOT, cpu_model, cpu_seconds, data_u64,
+    events_of_topic, field_u64, machine_cpu, unix_nanos,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
@@ -65,9 +75,10 @@ use server::Server;
 mod report;
 mod server;
 
-/// The collection every gateway client follows.
+/// The collection every gateway client follows; with several topics, their names' prefix.
 const TOPIC: &str = "Load";
-const STREAM_PATH: &str = "/api/Load/change-stream?_format=event-stream";
+/// With `bench::load::TOPIC_SLOT` (`{k}`) where the client's topic suffix goes.
+const STREAM_PATH: &str = "/api/Load{k}/change-stream?_format=event-stream";
 /// Connections a worker opens at once.
 const CONNECT_CONCURRENCY: usize = 128;
 /// Longest wait for a step's clients to connect, and for the last events to arrive.
@@ -130,6 +141,39 @@ struct Args {
     /// What the publisher writes (gateway target only for `toggles`).
     #[arg(long, value_enum, default_value = "creates")]
     writes: Writes,
+    /// Topics the clients spread over, one step each: a number, or `per-client`.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    topics: Vec<Topics>,
+}
+
+/// How many topics a step's clients spread over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Topics {
+    Count(usize),
+    PerClient,
+}
+
+impl std::str::FromStr for Topics {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "per-client" => Ok(Self::PerClient),
+            n => match n.parse() {
+                Ok(0) | Err(_) => Err(format!("{n:?}: a topic count (1 or more) or per-client")),
+                Ok(n) => Ok(Self::Count(n)),
+            },
+        }
+    }
+}
+
+impl Topics {
+    fn count(self, clients: usize) -> usize {
+        match self {
+            Self::Count(n) => n,
+            Self::PerClient => clients.max(1),
+        }
+    }
 }
 
 /// What a gateway step publishes.
@@ -180,7 +224,46 @@ enum WorkerCommand {
         /// without a latency (it carries no data).
         #[arg(long)]
         removes: bool,
+        /// Topics of the step: this worker's client i follows topic `(first + i) %
+        /// topics`, its suffix in place of `{k}` in `path`.
+        #[arg(long, default_value_t = 1)]
+        topics: usize,
+        #[arg(long, default_value_t = 0)]
+        first: usize,
+        /// A client counts as connected once its stream holds this text.
+        #[arg(long)]
+        ready: Option<String>,
     },
+}
+
+/// One worker's clients: where they connect and what they wait for.
+#[derive(Debug)]
+struct Plan<'a> {
+    servers: &'a [SocketAddr],
+    path: &'a str,
+    check: Check,
+    clients: usize,
+    source: IpAddr,
+    removes: bool,
+    topics: usize,
+    first: usize,
+    ready: Option<&'a str>,
+}
+
+impl Plan<'_> {
+    /// The topic of this worker's client `i`.
+    fn topic(&self, i: usize) -> usize {
+        (self.first + i) % self.topics.max(1)
+    }
+
+    fn path(&self, i: usize) -> String {
+        let suffix = if self.topics > 1 {
+            self.topic(i).to_string()
+        } else {
+            String::new()
+        };
+        self.path.replace(TOPIC_SLOT, &suffix)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -192,14 +275,27 @@ fn main() -> anyhow::Result<()> {
         clients,
         source,
         removes,
-    }) = args.worker
+        topics,
+        first,
+        ready,
+    }) = &args.worker
     {
+        let plan = Plan {
+            servers,
+            path,
+            check: *check,
+            clients: *clients,
+            source: IpAddr::V4(*source),
+            removes: *removes,
+            topics: *topics,
+            first: *first,
+            ready: ready.as_deref(),
+        };
         // One thread per worker: the parent runs several, each on its own address.
-        let source = IpAddr::V4(source);
         return tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(worker(&servers, &path, check, clients, source, removes));
+            .block_on(worker(&plan));
     }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -232,14 +328,15 @@ struct Tally {
     first_error: Option<String>,
 }
 
-async fn worker(
-    servers: &[SocketAddr],
-    path: &str,
-    check: Check,
-    clients: usize,
-    source: IpAddr,
-    removes: bool,
-) -> anyhow::Result<()> {
+async fn worker(plan: &Plan<'_>) -> anyhow::Result<()> {
+    let Plan {
+        servers,
+        check,
+        clients,
+        source,
+        removes,
+        ..
+    } = *plan;
     let tally = Arc::new(Mutex::new(Tally {
         per_client: vec![0; clients],
         ..Tally::default()
@@ -248,9 +345,15 @@ async fn worker(
     let connected: Vec<Connection> = tokio::time::timeout(
         DEADLINE,
         futures::stream::iter(0..clients)
-            .map(|i| {
+            .map(|i| async move {
                 let server = i % servers.len();
-                Connection::open(i, server, servers[server], path, Some(source))
+                let path = plan.path(i);
+                let mut conn =
+                    Connection::open(i, server, servers[server], &path, Some(source)).await?;
+                if let Some(marker) = plan.ready {
+                    conn.read_until(marker.as_bytes()).await?;
+                }
+                anyhow::Ok(conn)
             })
             .buffer_unordered(CONNECT_CONCURRENCY)
             .collect::<Vec<_>>(),
@@ -292,6 +395,10 @@ async fn worker(
             }
         }
     };
+    // What each client is owed: its topic's share of the events.
+    let owed: Vec<u64> = (0..clients)
+        .map(|i| events_of_topic(expected, plan.topic(i), plan.topics))
+        .collect();
     // Wait for every client to have every event, or for deliveries to stop for
     // `QUIET_END`, or the deadline.
     let until = Instant::now() + DEADLINE;
@@ -300,7 +407,12 @@ async fn worker(
     while Instant::now() < until && moved.elapsed() < QUIET_END {
         poll.tick().await;
         let t = lock(&tally);
-        let done = t.per_client.iter().filter(|&&n| n >= expected).count();
+        let done = t
+            .per_client
+            .iter()
+            .zip(&owed)
+            .filter(|(n, o)| n >= o)
+            .count();
         if done + usize::try_from(t.errors)? >= clients {
             break;
         }
@@ -310,7 +422,12 @@ async fn worker(
     }
     let report = {
         let t = lock(&tally);
-        let complete = t.per_client.iter().filter(|&&n| n == expected).count();
+        let complete = t
+            .per_client
+            .iter()
+            .zip(&owed)
+            .filter(|(n, o)| n == o)
+            .count();
         json!({
             "done": {
                 "clients": held,
@@ -453,6 +570,9 @@ async fn parent(args: Args) -> anyhow::Result<()> {
     if variant && args.target.iter().any(|&t| t != Target::Gateway) {
         anyhow::bail!("--filter and --writes toggles are for the gateway target only");
     }
+    if variant && args.topics != [Topics::Count(1)] {
+        anyhow::bail!("--filter and --writes toggles take one topic");
+    }
     eprintln!(
         "loadgen: {:?}; {} worker(s), {:?} events/s for {} s per step; {} cores ({})",
         args.target,
@@ -470,21 +590,23 @@ async fn parent(args: Args) -> anyhow::Result<()> {
     // in the machine's other load hits all of them alike rather than one target's block.
     for round in 1..=args.rounds {
         for &clients in &args.clients {
-            for &rate in &args.rate {
-                for &target in &args.target {
-                    // A target that fails (does not start, refuses a publish) is reported
-                    // and skipped; the others still run.
-                    match step(&args, target, clients, rate).await {
-                        Ok(mut step) => {
-                            step.round = round;
-                            report::print_step(&step);
-                            steps.push(step);
-                        }
-                        Err(e) => {
-                            eprintln!(
-                                "loadgen: {target:?} {clients} clients {rate}/s failed: {e:#}"
-                            );
-                            failures.push(json!({ "round": round, "target": target, "clients": clients, "rate": rate, "error": format!("{e:#}") }));
+            for topics in args.topics.iter().map(|t| t.count(clients)) {
+                for &rate in &args.rate {
+                    for &target in &args.target {
+                        // A target that fails (does not start, refuses a publish) is
+                        // reported and skipped; the others still run.
+                        match step(&args, target, clients, topics, rate).await {
+                            Ok(mut step) => {
+                                step.round = round;
+                                report::print_step(&step);
+                                steps.push(step);
+                            }
+                            Err(e) => {
+                                eprintln!(
+                                    "loadgen: {target:?} {clients} clients on {topics} topic(s) {rate}/s failed: {e:#}"
+                                );
+                                failures.push(json!({ "round": round, "target": target, "clients": clients, "topics": topics, "rate": rate, "error": format!("{e:#}") }));
+                            }
                         }
                     }
                 }
@@ -496,7 +618,7 @@ async fn parent(args: Args) -> anyhow::Result<()> {
     let comparison = report::compare(&summaries);
     let mut report = json!({
         "machine": { "cores": std::thread::available_parallelism().map_or(0, usize::from), "cpu": cpu_model() },
-        "targets": args.target, "rates": args.rate, "seconds": args.seconds,
+        "targets": args.target, "topics": args.topics.iter().map(|t| match t { Topics::Count(n) => json!(n), Topics::PerClient => json!("per-client") }).collect::<Vec<_>>(), "rates": args.rate, "seconds": args.seconds,
         "gateways": args.gateways, "workers": args.workers,
         "rounds": args.rounds, "steps": steps, "medians": summaries, "comparison": comparison, "failures": failures,
     });
@@ -514,13 +636,19 @@ async fn parent(args: Args) -> anyhow::Result<()> {
 }
 
 /// Starts the target on a fresh Redis, runs one step, stops both.
-async fn step(args: &Args, target: Target, clients: usize, rate: u32) -> anyhow::Result<Step> {
+async fn step(
+    args: &Args,
+    target: Target,
+    clients: usize,
+    topics: usize,
+    rate: u32,
+) -> anyhow::Result<Step> {
     let server = Arc::new(
-        Server::start(args, target, clients)
+        Server::start(args, target, clients, topics)
             .await
             .context("start")?,
     );
-    let step = run_step(args, target, clients, rate, &server).await;
+    let step = run_step(args, target, clients, topics, rate, &server).await;
     // After a failed step an aborted publisher may still hold the server for a moment;
     // dropping the last reference stops it then (processes are killed on drop).
     let stopped = match Arc::into_inner(server) {
@@ -536,6 +664,7 @@ async fn run_step(
     args: &Args,
     target: Target,
     clients: usize,
+    topics: usize,
     rate: u32,
     server: &Arc<Server>,
 ) -> anyhow::Result<Step> {
@@ -547,6 +676,7 @@ async fn run_step(
         Check::Seq => "seq",
     };
     let mut workers = Vec::new();
+    let mut first = 0;
     for w in 0..args.workers {
         let share = clients / args.workers + usize::from(w < clients % args.workers);
         let source = Ipv4Addr::new(127, 0, 0, u8::try_from(10 + w)?);
@@ -557,7 +687,17 @@ async fn run_step(
             .arg("--clients")
             .arg(share.to_string())
             .arg("--source")
-            .arg(source.to_string());
+            .arg(source.to_string())
+            .args([
+                "--topics",
+                &topics.to_string(),
+                "--first",
+                &first.to_string(),
+            ]);
+        first += share;
+        if let Some(marker) = server.ready_marker() {
+            command.args(["--ready", marker]);
+        }
         if server.filtered() {
             command.arg("--removes");
         }
@@ -577,7 +717,7 @@ async fn run_step(
     }
     let connected = server.memory();
     eprintln!(
-        "{target:?}, {clients} clients, {rate}/s: {held} connected; RSS {} -> {} KiB",
+        "{target:?}, {clients} clients on {topics} topic(s), {rate}/s: {held} connected; RSS {} -> {} KiB",
         idle.rss, connected.rss
     );
 
@@ -706,8 +846,10 @@ async fn run_step(
         round: 0,
         target,
         clients,
+        topics,
         rate,
-        offered_per_second: clients as u64 * u64::from(rate),
+        // Each event goes to one topic's clients.
+        offered_per_second: clients as u64 * u64::from(rate) / topics as u64,
         held,
         complete: totals.complete,
         published: events,

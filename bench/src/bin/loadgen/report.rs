@@ -13,8 +13,10 @@ pub struct Step {
     pub round: u32,
     pub target: Target,
     pub clients: usize,
+    /// Topics the clients spread over (event `seq` to topic `(seq - 1) % topics`).
+    pub topics: usize,
     pub rate: u32,
-    /// Deliveries per second offered: clients x rate.
+    /// Deliveries per second offered: clients x rate / topics.
     pub offered_per_second: u64,
     pub held: u64,
     pub complete: u64,
@@ -87,11 +89,11 @@ pub fn print_header() {
     let mut out = std::io::stdout();
     let _ = writeln!(
         out,
-        "| target | clients | rate/s | published/s | complete/held | deliveries | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | KiB/conn RSS | KiB/conn PSS | server CPU s | redis CPU s | CPU µs/delivery | other CPU s | errors |"
+        "| target | clients | topics | rate/s | published/s | complete/held | deliveries | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | KiB/conn RSS | KiB/conn PSS | server CPU s | redis CPU s | CPU µs/delivery | other CPU s | errors |"
     );
     let _ = writeln!(
         out,
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
     );
 }
 
@@ -99,9 +101,10 @@ pub fn print_step(s: &Step) {
     let mut out = std::io::stdout();
     let _ = writeln!(
         out,
-        "| {} | {} | {} | {:.1} | {}/{} | {} | {:.0} | {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {:.1} | {} |",
+        "| {} | {} | {} | {} | {:.1} | {}/{} | {} | {:.0} | {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {:.1} | {} |",
         name(s.target),
         s.clients,
+        s.topics,
         s.rate,
         s.published_per_second,
         s.complete,
@@ -142,11 +145,12 @@ fn x(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}x"))
 }
 
-/// One (target, clients, rate) over all rounds: the median of each figure.
+/// One (target, clients, topics, rate) over all rounds: the median of each figure.
 #[derive(Debug, serde::Serialize)]
 pub struct Summary {
     pub target: Target,
     pub clients: usize,
+    pub topics: usize,
     pub rate: u32,
     pub rounds: usize,
     /// Rounds in which every client got every event exactly once, in order. The medians
@@ -178,17 +182,18 @@ fn is_complete(s: &Step) -> bool {
 }
 
 pub fn summarize(steps: &[Step]) -> Vec<Summary> {
-    let mut keys: Vec<(usize, u32, Target)> = Vec::new();
+    let key = |s: &Step| (s.clients, s.topics, s.rate, s.target);
+    let mut keys: Vec<(usize, usize, u32, Target)> = Vec::new();
     for s in steps {
-        if !keys.contains(&(s.clients, s.rate, s.target)) {
-            keys.push((s.clients, s.rate, s.target));
+        if !keys.contains(&key(s)) {
+            keys.push(key(s));
         }
     }
     keys.into_iter()
-        .map(|(clients, rate, target)| {
+        .map(|(clients, topics, rate, target)| {
             let all: Vec<&Step> = steps
                 .iter()
-                .filter(|s| (s.clients, s.rate, s.target) == (clients, rate, target))
+                .filter(|s| key(s) == (clients, topics, rate, target))
                 .collect();
             let complete: Vec<&Step> = all.iter().copied().filter(|s| is_complete(s)).collect();
             // Medians of the rounds that delivered everything, if any did: a round that
@@ -200,6 +205,7 @@ pub fn summarize(steps: &[Step]) -> Vec<Summary> {
             Summary {
                 target,
                 clients,
+                topics,
                 rate,
                 rounds: all.len(),
                 complete_rounds: complete.len(),
@@ -228,14 +234,15 @@ pub fn print_summaries(summaries: &[Summary]) {
     let mut out = std::io::stdout();
     let _ = writeln!(
         out,
-        "\nmedians over the rounds\n\n| target | clients | rate/s | rounds (complete) | deliveries/s | p50 ms | p99 ms | p99.9 ms | KiB/conn RSS | KiB/conn PSS | CPU µs/delivery | other CPU s |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+        "\nmedians over the rounds\n\n| target | clients | topics | rate/s | rounds (complete) | deliveries/s | p50 ms | p99 ms | p99.9 ms | KiB/conn RSS | KiB/conn PSS | CPU µs/delivery | other CPU s |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
     );
     for s in summaries {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} |",
             name(s.target),
             s.clients,
+            s.topics,
             s.rate,
             s.rounds,
             s.complete_rounds,
@@ -275,19 +282,19 @@ pub fn compare(summaries: &[Summary]) -> Value {
     );
     let _ = writeln!(
         out,
-        "| peer | clients | rate/s | deliveries/s | p50 | p99 | KiB/conn RSS | KiB/conn PSS | CPU/delivery |"
+        "| peer | clients | topics | rate/s | deliveries/s | p50 | p99 | KiB/conn RSS | KiB/conn PSS | CPU/delivery |"
     );
-    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     let mut same_step = Vec::new();
     for peer in &peers {
         let Some(us) = ours
             .iter()
-            .find(|s| s.clients == peer.clients && s.rate == peer.rate)
+            .find(|s| s.clients == peer.clients && s.topics == peer.topics && s.rate == peer.rate)
         else {
             continue;
         };
         let row = json!({
-            "peer": peer.target, "clients": peer.clients, "rate": peer.rate,
+            "peer": peer.target, "clients": peer.clients, "topics": peer.topics, "rate": peer.rate,
             "deliveries_per_second": ratio(us.deliveries_per_second, peer.deliveries_per_second),
             "p50": ratio(us.p50_ms, peer.p50_ms),
             "p99": ratio(us.p99_ms, peer.p99_ms),
@@ -298,9 +305,10 @@ pub fn compare(summaries: &[Summary]) -> Value {
         let f = |key: &str| x(row[key].as_f64());
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             name(peer.target),
             peer.clients,
+            peer.topics,
             peer.rate,
             f("deliveries_per_second"),
             f("p50"),
@@ -313,10 +321,10 @@ pub fn compare(summaries: &[Summary]) -> Value {
     }
 
     // Saturation: the best median deliveries/s over the rates, per target and clients.
-    let best = |target: Target, clients: usize| {
+    let best = |target: Target, clients: usize, topics: usize| {
         summaries
             .iter()
-            .filter(|s| s.target == target && s.clients == clients)
+            .filter(|s| s.target == target && s.clients == clients && s.topics == topics)
             .filter_map(|s| s.deliveries_per_second)
             .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
     };
@@ -325,27 +333,30 @@ pub fn compare(summaries: &[Summary]) -> Value {
     if rates.len() > 1 {
         let _ = writeln!(
             out,
-            "\nhighest deliveries/s over the rates (saturation)\n\n| peer | clients | ours/s | peer/s | ours / peer |\n|---|--:|--:|--:|--:|"
+            "\nhighest deliveries/s over the rates (saturation)\n\n| peer | clients | topics | ours/s | peer/s | ours / peer |\n|---|--:|--:|--:|--:|--:|"
         );
-        let mut pairs: Vec<(Target, usize)> = Vec::new();
+        let mut pairs: Vec<(Target, usize, usize)> = Vec::new();
         for s in &peers {
-            if !pairs.contains(&(s.target, s.clients)) {
-                pairs.push((s.target, s.clients));
+            if !pairs.contains(&(s.target, s.clients, s.topics)) {
+                pairs.push((s.target, s.clients, s.topics));
             }
         }
-        for (peer, clients) in pairs {
-            let (a, b) = (best(Target::Gateway, clients), best(peer, clients));
+        for (peer, clients, topics) in pairs {
+            let (a, b) = (
+                best(Target::Gateway, clients, topics),
+                best(peer, clients, topics),
+            );
             let r = ratio(a, b);
             let _ = writeln!(
                 out,
-                "| {} | {clients} | {:.0} | {:.0} | {} |",
+                "| {} | {clients} | {topics} | {:.0} | {:.0} | {} |",
                 name(peer),
                 a.unwrap_or(0.0),
                 b.unwrap_or(0.0),
                 x(r)
             );
             saturated.push(
-                json!({ "peer": peer, "clients": clients, "ours": a, "peer_best": b, "ratio": r }),
+                json!({ "peer": peer, "clients": clients, "topics": topics, "ours": a, "peer_best": b, "ratio": r }),
             );
         }
     }

@@ -8,9 +8,10 @@ use std::sync::Mutex;
 
 use anyhow::Context;
 use bench::load::{
-    GatewayProcess, cpu_seconds, cpu_split, gateway_binary, pss_kib, rss_kib, unix_nanos,
+    GatewayProcess, cpu_seconds, cpu_split, gateway_binary, pss_kib, rss_kib, topic_name,
+    unix_nanos,
 };
-use bench::peers::Peer;
+use bench::peers::{CHANNEL, Peer, PeerKind};
 use proto::{Filter, FilterLimits, Object, RecordId, Topic};
 use publisher::{RedisOptions, RedisStore, Store};
 use serde_json::{Value, json};
@@ -26,7 +27,9 @@ pub enum Server {
     Gateway {
         processes: Vec<GatewayProcess>,
         store: RedisStore,
-        topic: Topic,
+        /// Clients spread over these (`--topics`); event `seq` goes to
+        /// `topics[(seq - 1) % len]`.
+        topics: Vec<Topic>,
         redis: RedisServer,
         writes: Writes,
         /// `--filter`: the stream's `options` query parameter and the filter, as the
@@ -37,6 +40,8 @@ pub enum Server {
     },
     Peer {
         peer: Peer,
+        /// Channels, as `topics` above.
+        channels: Vec<String>,
         redis: RedisServer,
     },
 }
@@ -49,8 +54,14 @@ pub struct Memory {
 }
 
 impl Server {
-    /// Starts a fresh `redis-server` and the target on it, ready for `clients` streams.
-    pub async fn start(args: &Args, target: Target, clients: usize) -> anyhow::Result<Self> {
+    /// Starts a fresh `redis-server` and the target on it, ready for `clients` streams
+    /// spread over `topics` topics.
+    pub async fn start(
+        args: &Args,
+        target: Target,
+        clients: usize,
+        topics: usize,
+    ) -> anyhow::Result<Self> {
         let redis = RedisServer::start().await?;
         let redis_port = redis.port();
         let work_dir: &Path = &args.work_dir;
@@ -64,13 +75,15 @@ impl Server {
                     processes.push(GatewayProcess::start(&binary, &redis.url(), &settings).await?);
                 }
                 let store = RedisStore::connect_lazy(&redis.url(), RedisOptions::default())?;
-                let topic = Topic::new(TOPIC)?;
+                let names = (0..topics).map(|k| Topic::new(&topic_name(TOPIC, k, topics)));
+                let topics = names.collect::<Result<Vec<_>, _>>()?;
+                let topic = &topics[0];
                 // Warm up: load the script, open the connection. Clients connect after it
                 // and never see it.
                 let mut states = Vec::new();
                 match args.writes {
                     Writes::Creates => {
-                        let warm_up = store.create(&topic, body(unix_nanos(), 0));
+                        let warm_up = store.create(topic, body(unix_nanos(), 0));
                         system_tests::within("warm-up publish", warm_up).await??;
                     }
                     // The toggled records, all `done`: the first update of each moves it
@@ -79,7 +92,7 @@ impl Server {
                         for id in 1..=TOGGLED {
                             let mut record = toggled(unix_nanos(), 0, false);
                             record.insert("id".into(), json!(id));
-                            let create = store.create(&topic, record);
+                            let create = store.create(topic, record);
                             states.push(
                                 system_tests::within("warm-up create", create)
                                     .await??
@@ -92,24 +105,24 @@ impl Server {
                 Self::Gateway {
                     processes,
                     store,
-                    topic,
+                    topics,
                     redis,
                     writes: args.writes,
                     filter,
                     states: Mutex::new(states),
                 }
             }
-            Target::Nchan => {
-                let peer = Peer::nchan(&args.nginx, &args.nchan_module, redis_port, work_dir);
+            Target::Nchan | Target::Centrifugo => {
+                let peer = if target == Target::Nchan {
+                    Peer::nchan(&args.nginx, &args.nchan_module, redis_port, work_dir).await?
+                } else {
+                    Peer::centrifugo(&args.centrifugo, redis_port, work_dir).await?
+                };
                 Self::Peer {
-                    peer: peer.await?,
-                    redis,
-                }
-            }
-            Target::Centrifugo => {
-                let peer = Peer::centrifugo(&args.centrifugo, redis_port, work_dir);
-                Self::Peer {
-                    peer: peer.await?,
+                    peer,
+                    channels: (0..topics)
+                        .map(|k| topic_name(CHANNEL, k, topics))
+                        .collect(),
                     redis,
                 }
             }
@@ -144,6 +157,16 @@ impl Server {
                 ..
             }
         )
+    }
+
+    /// What a client waits to have read before it counts as connected: the gateway's
+    /// start position (sent once Redis confirmed its topic) or Centrifugo's connect reply
+    /// (sent once its subscription is made). Nchan sends nothing that says so.
+    pub fn ready_marker(&self) -> Option<&'static str> {
+        match self {
+            Self::Gateway { .. } => Some("id: "),
+            Self::Peer { peer, .. } => (peer.kind == PeerKind::Centrifugo).then_some("\"connect\""),
+        }
     }
 
     pub fn check(&self) -> Check {
@@ -208,11 +231,12 @@ impl Server {
         match self {
             Self::Gateway {
                 store,
-                topic,
+                topics,
                 writes: Writes::Creates,
                 filter,
                 ..
             } => {
+                let topic = &topics[usize::try_from(seq - 1)? % topics.len()];
                 let create = store.create(topic, body(unix_nanos(), seq));
                 let written = system_tests::within("publish", create).await??;
                 Ok(delivery(
@@ -223,12 +247,14 @@ impl Server {
             }
             Self::Gateway {
                 store,
-                topic,
+                topics,
                 writes: Writes::Toggles,
                 filter,
                 states,
                 ..
             } => {
+                // One topic (`parent` refuses several with toggles).
+                let topic = &topics[0];
                 // Record 1, 2, .. 16, 1, ..: its first update opens it, the next closes it.
                 let index = usize::try_from((seq - 1) % TOGGLED)?;
                 let open = ((seq - 1) / TOGGLED).is_multiple_of(2);
@@ -252,8 +278,9 @@ impl Server {
                 }
                 Ok(delivery)
             }
-            Self::Peer { peer, .. } => {
-                peer.publish(unix_nanos(), seq).await?;
+            Self::Peer { peer, channels, .. } => {
+                let channel = &channels[usize::try_from(seq - 1)? % channels.len()];
+                peer.publish(channel, unix_nanos(), seq).await?;
                 Ok(Some(Delivery::Change))
             }
         }
@@ -278,7 +305,7 @@ impl Server {
                 }
                 drop(redis);
             }
-            Self::Peer { peer, redis } => {
+            Self::Peer { peer, redis, .. } => {
                 peer.stop().await?;
                 drop(redis);
             }
