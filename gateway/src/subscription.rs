@@ -4,8 +4,9 @@
 //!
 //! - [`single`]: one Redis, classic `SUBSCRIBE` on one reconnecting connection, in
 //!   batches, with a linger before a topic is unsubscribed.
-//! - [`cluster`]: a Redis Cluster, sharded pub/sub (`SSUBSCRIBE`, one command per topic)
-//!   that follows slot moves and master failovers.
+//! - [`cluster`]: a Redis Cluster, sharded pub/sub (`SSUBSCRIBE`, one command per batch
+//!   of one hash slot's topics) that follows slot moves and master failovers, with the
+//!   same linger.
 //!
 //! Both run two tasks:
 //! - the **reader** ([`read`], shared) decodes each message once and hands it to the hub.
@@ -24,7 +25,7 @@
 pub mod cluster;
 pub mod single;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,7 +50,8 @@ pub use single::resp3_client;
 pub const PING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Most channels in one `SUBSCRIBE` or `UNSUBSCRIBE` (one Redis, where one command may
-/// name any channels; a cluster's `SSUBSCRIBE` names one slot's, so one topic each).
+/// name any channels), or `SSUBSCRIBE`/`SUNSUBSCRIBE` (a cluster, where one command names
+/// one hash slot's channels: see [`slot_batches`]).
 pub const SUBSCRIBE_BATCH: usize = 1000;
 
 /// How long a topic whose last local client left stays subscribed: a client that comes
@@ -253,6 +255,21 @@ fn decode_message(info: &PushInfo) -> Option<(Topic, Envelope)> {
     }
 }
 
+/// `topics` in batches for a Redis Cluster: each batch of one hash slot (one `SSUBSCRIBE`
+/// may not name channels of two), at most [`SUBSCRIBE_BATCH`] long. 100,000 random topics
+/// make ~15,000 batches over 16,384 slots, not 100,000 commands.
+fn slot_batches(topics: Vec<Topic>) -> Vec<Vec<Topic>> {
+    let mut by_slot: HashMap<u16, Vec<Topic>> = HashMap::new();
+    for topic in topics {
+        by_slot.entry(topic.cluster_slot()).or_default().push(topic);
+    }
+    let mut batches = Vec::new();
+    for group in by_slot.into_values() {
+        batches.extend(group.chunks(SUBSCRIBE_BATCH).map(<[Topic]>::to_vec));
+    }
+    batches
+}
+
 /// Hands `topic`'s clients the newest stream entry as a live event. One that has not seen
 /// its `prev` refills from the stream: what was published while the pod was deaf reaches
 /// them even if nothing more is published.
@@ -261,4 +278,35 @@ async fn nudge(hub: &Hub, history: &History, topic: &Topic) -> Result<(), Histor
         hub.deliver(topic, LiveEvent::from_entry(entry.id, &entry.fields));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_batches_keep_one_slot_each_and_lose_no_topic() {
+        let topics: Vec<Topic> = (0..5_000)
+            .map(|i| Topic::new(&format!("T{i}")).unwrap())
+            .collect();
+        let batches = slot_batches(topics.clone());
+        assert!(batches.len() < topics.len(), "{} batches", batches.len());
+        for batch in &batches {
+            assert!(!batch.is_empty() && batch.len() <= SUBSCRIBE_BATCH);
+            assert!(
+                batch
+                    .iter()
+                    .all(|t| t.cluster_slot() == batch[0].cluster_slot())
+            );
+        }
+        let mut all: Vec<Topic> = batches.into_iter().flatten().collect();
+        all.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        let mut expected = topics;
+        expected.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        assert_eq!(all, expected);
+        // One slot's topics beyond a batch: split.
+        let same: Vec<Topic> = (0..2_500).map(|_| Topic::new("Same").unwrap()).collect();
+        let sizes: Vec<usize> = slot_batches(same).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [1000, 1000, 500]);
+    }
 }

@@ -58,6 +58,33 @@ impl Topic {
     pub fn redis_channel(&self) -> String {
         self.key("events")
     }
+
+    /// The Redis Cluster hash slot of every key and the channel of this topic: CRC16
+    /// (XMODEM) of the hash tag, the topic's name (a topic has no `{` or `}`), modulo
+    /// 16384, as `CLUSTER KEYSLOT` computes it. Shard channels of one slot may share one
+    /// `SSUBSCRIBE`.
+    pub fn cluster_slot(&self) -> u16 {
+        crc16_xmodem(self.as_str().as_bytes()) % CLUSTER_SLOTS
+    }
+}
+
+/// Hash slots of a Redis Cluster.
+const CLUSTER_SLOTS: u16 = 16_384;
+
+/// CRC16 with polynomial 0x1021, initial value 0, no reflection: Redis Cluster's key hash.
+fn crc16_xmodem(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in bytes {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
 }
 
 #[cfg(test)]
@@ -81,5 +108,17 @@ mod tests {
         assert_eq!(Topic::from_redis_channel(&t.redis_channel()), Some(t));
         assert_eq!(Topic::from_redis_channel("cs:{a b}:events"), None);
         assert_eq!(Topic::from_redis_channel("other"), None);
+    }
+
+    #[test]
+    fn cluster_slot_is_redis_keyslot() {
+        // The check value of CRC16/XMODEM, and slots `CLUSTER KEYSLOT` gives (Redis
+        // 7.0.15; `cs:{MyModels}:events` hashes `MyModels`).
+        assert_eq!(crc16_xmodem(b"123456789"), 0x31C3);
+        let slot = |name: &str| Topic::new(name).unwrap().cluster_slot();
+        assert_eq!(slot("foo"), 12_182);
+        assert_eq!(slot("bar"), 5_061);
+        assert_eq!(slot("MyModels"), 13_412);
+        assert_eq!(slot("Load7"), 14_974);
     }
 }

@@ -2,16 +2,18 @@
 //! thousands of topics are subscribed in batches, confirmed before their streams start,
 //! carried through a Redis restart (every client refilled, nothing lost), and released
 //! after their clients leave (no channel left in Redis); a topic whose client comes back
-//! within the linger keeps its subscription.
+//! within the linger keeps its subscription. In a Redis Cluster, one `SSUBSCRIBE` names
+//! one hash slot's new topics, and nothing is left on any shard after.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt;
 use proto::Topic;
-use publisher::{RedisOptions as StoreOptions, RedisStore, Store};
+use publisher::{RedisOptions as StoreOptions, RedisStore, RedisTarget, Store};
 use serde_json::{Value, json};
 use system_tests::{
-    GatewayProcess, RedisOptions, RedisServer, SseClient, http, poll_until, within,
+    GatewayProcess, RedisCluster, RedisOptions, RedisServer, SseClient, http, poll_until, within,
 };
 
 const TOPICS: usize = 2000;
@@ -68,13 +70,13 @@ async fn next_n(client: &mut SseClient) -> anyhow::Result<i64> {
     Ok(change["data"]["n"].as_i64().unwrap_or(-1))
 }
 
-async fn publish_to_each(store: &RedisStore, n: i64) -> anyhow::Result<()> {
-    let writes = futures::stream::iter(0..TOPICS)
-        .map(|i| {
+async fn publish_to_each(store: &RedisStore, topics: &[Topic], n: i64) -> anyhow::Result<()> {
+    let writes = futures::stream::iter(topics)
+        .map(|topic| {
             let store = store.clone();
             async move {
                 let record = json!({ "n": n }).as_object().cloned().unwrap_or_default();
-                store.create(&topic(i), record).await
+                store.create(topic, record).await
             }
         })
         .buffer_unordered(64)
@@ -86,6 +88,16 @@ async fn publish_to_each(store: &RedisStore, n: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A client of each topic, 200 opening at a time, each up to its start position.
+async fn open_all(pod: &GatewayProcess, topics: &[Topic]) -> anyhow::Result<Vec<SseClient>> {
+    let clients = futures::stream::iter(topics)
+        .map(|t| open(pod, t))
+        .buffer_unordered(200)
+        .collect::<Vec<_>>()
+        .await;
+    clients.into_iter().collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_topics_subscribe_in_batches_survive_a_redis_restart_and_leave_nothing()
 -> anyhow::Result<()> {
@@ -93,15 +105,8 @@ async fn two_thousand_topics_subscribe_in_batches_survive_a_redis_restart_and_le
     let pod = GatewayProcess::start(&redis.url(), &[]).await?;
     let store = RedisStore::connect_lazy(&redis.url(), StoreOptions::default())?;
 
-    let clients = futures::stream::iter(0..TOPICS)
-        .map(|i| {
-            let pod = &pod;
-            async move { open(pod, &topic(i)).await }
-        })
-        .buffer_unordered(200)
-        .collect::<Vec<_>>()
-        .await;
-    let mut clients: Vec<SseClient> = clients.into_iter().collect::<anyhow::Result<_>>()?;
+    let topics: Vec<Topic> = (0..TOPICS).map(topic).collect();
+    let mut clients = open_all(&pod, &topics).await?;
     assert_eq!(channels(&redis).await?, TOPICS, "every topic subscribed");
     let subscribes = batches(&pod, "subscribe").await?;
     assert!(
@@ -110,7 +115,7 @@ async fn two_thousand_topics_subscribe_in_batches_survive_a_redis_restart_and_le
     );
 
     // Clients are ordered by topic only by chance; each reads its own topic's events.
-    publish_to_each(&store, 1).await?;
+    publish_to_each(&store, &topics, 1).await?;
     for client in &mut clients {
         assert_eq!(next_n(client).await?, 1);
     }
@@ -123,7 +128,7 @@ async fn two_thousand_topics_subscribe_in_batches_survive_a_redis_restart_and_le
         store.create(&probe, Default::default()).await.ok()
     })
     .await?;
-    publish_to_each(&store, 2).await?;
+    publish_to_each(&store, &topics, 2).await?;
     for (i, client) in clients.iter_mut().enumerate() {
         assert_eq!(
             next_n(client).await?,
@@ -192,4 +197,83 @@ async fn a_client_back_within_the_linger_keeps_the_subscription() -> anyhow::Res
         || async { (channels(&redis).await.ok()? == 0).then_some(()) },
     )
     .await
+}
+
+/// `per_slot` topics on each of `slots` hash slots (the first slots `User<i>` names hit).
+fn topics_sharing_slots(slots: usize, per_slot: usize) -> Vec<Topic> {
+    let mut by_slot: BTreeMap<u16, Vec<Topic>> = BTreeMap::new();
+    let mut full = 0;
+    for i in 0.. {
+        let t = topic(i);
+        let slot = t.cluster_slot();
+        if by_slot.len() < slots || by_slot.contains_key(&slot) {
+            let names = by_slot.entry(slot).or_default();
+            if names.len() < per_slot {
+                names.push(t);
+                full += usize::from(names.len() == per_slot);
+                if full == slots {
+                    break;
+                }
+            }
+        }
+    }
+    by_slot.into_values().flatten().collect()
+}
+
+/// The shard channels of this gateway on every master.
+async fn shard_channels(cluster: &RedisCluster) -> anyhow::Result<usize> {
+    let mut total = 0;
+    for port in cluster.masters().await?.into_values() {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+        let mut conn = within("connect", client.get_multiplexed_async_connection()).await??;
+        let list: Vec<String> = within(
+            "PUBSUB SHARDCHANNELS",
+            redis::cmd("PUBSUB")
+                .arg("SHARDCHANNELS")
+                .arg("cs:*")
+                .query_async(&mut conn),
+        )
+        .await??;
+        total += list.len();
+    }
+    Ok(total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_one_ssubscribe_takes_a_slots_topics_and_nothing_is_left_on_any_shard()
+-> anyhow::Result<()> {
+    let cluster = RedisCluster::start().await?;
+    let pod = GatewayProcess::start_cluster(&cluster, &[]).await?;
+    let store = RedisStore::connect(
+        &RedisTarget::Cluster(cluster.seed_urls()),
+        StoreOptions::default(),
+    )?;
+    // 2,000 topics on 20 slots (100 each): one SSUBSCRIBE per slot a reconcile meets.
+    let topics = topics_sharing_slots(20, TOPICS / 20);
+    let mut clients = open_all(&pod, &topics).await?;
+    assert_eq!(
+        shard_channels(&cluster).await?,
+        TOPICS,
+        "every topic subscribed"
+    );
+    let subscribes = batches(&pod, "subscribe").await?;
+    assert!(
+        (20.0..(TOPICS as f64) / 4.0).contains(&subscribes),
+        "{TOPICS} topics in slot batches, not one SSUBSCRIBE each: {subscribes}"
+    );
+    publish_to_each(&store, &topics, 1).await?;
+    for (i, client) in clients.iter_mut().enumerate() {
+        assert_eq!(next_n(client).await?, 1, "client {i}");
+    }
+    drop(clients);
+    poll_until("every shard channel released", CONVERGE, || async {
+        (shard_channels(&cluster).await.ok()? == 0).then_some(())
+    })
+    .await?;
+    poll_until("the pod holds no topic", CONVERGE, || async {
+        (pod.metric("gateway_subscribed_topics").await.ok()? == 0.0).then_some(())
+    })
+    .await?;
+    assert!(batches(&pod, "unsubscribe").await? < (TOPICS as f64) / 4.0);
+    Ok(())
 }

@@ -1,7 +1,9 @@
 //! A Redis Cluster: sharded pub/sub. Each topic's channel lives on the shard that owns
 //! its hash slot (the publisher `SPUBLISH`es there), so the pod sends one `SSUBSCRIBE`
-//! per topic (one command naming channels of different slots fails with `CROSSSLOT`) and
-//! redis-rs routes it to that slot's master, following `MOVED` and `ASK`.
+//! per batch of one slot's new topics (one command naming channels of different slots
+//! fails with `CROSSSLOT`; see [`super::slot_batches`]) and redis-rs routes it to that
+//! slot's master, following `MOVED` and `ASK`. A topic no client wants lingers
+//! [`SUBSCRIPTION_LINGER`] and is then `SUNSUBSCRIBE`d, in slot batches too.
 //!
 //! A subscription is lost, and the topic subscribed again and nudged, when:
 //! - its slot moved to another node: the server sends `SUNSUBSCRIBE`, and redis-rs drops
@@ -22,8 +24,9 @@
 //! rest. What the old master acknowledged but never replicated is gone from the stream;
 //! clients past it get `event: reset` (see [`crate::client`]), never a silent gap.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use proto::Topic;
@@ -34,16 +37,19 @@ use service::ClusterLink;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Readiness, Signals, Wakes, nudge, push_queue, read};
+use super::{
+    Readiness, SUBSCRIPTION_LINGER, Signals, Wakes, nudge, push_queue, read, slot_batches,
+};
 use crate::config::Config;
 use crate::error::RunError;
 use crate::history::History;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
-/// Most `SSUBSCRIBE`s (and nudges) in flight at once when many topics need them, e.g.
-/// after a failover. Sequential would take one round trip per topic, or one timeout per
-/// topic of a dead shard; unbounded would queue thousands of commands at once.
+/// Most `SSUBSCRIBE`s or `SUNSUBSCRIBE`s (and nudges) in flight at once when many slots
+/// need them, e.g. after a failover. Sequential would take one round trip per slot, or
+/// one timeout per slot of a dead shard; unbounded would queue thousands of commands at
+/// once.
 pub const RESUBSCRIBE_CONCURRENCY: usize = 64;
 
 /// Starts the reader and control tasks on `tracker`.
@@ -83,6 +89,7 @@ pub(super) fn start(
         signals,
         masters_up: false,
         subscribed: HashSet::new(),
+        lingering: HashMap::new(),
         nudge: HashSet::new(),
         metrics,
     };
@@ -104,6 +111,8 @@ struct Control {
     masters_up: bool,
     /// Topics whose `SSUBSCRIBE` was confirmed and not lost since, as far as we know.
     subscribed: HashSet<Topic>,
+    /// Subscribed topics no client wants, since when. Bounded by `subscribed`.
+    lingering: HashMap<Topic, Instant>,
     /// Topics whose subscription was lost: once subscribed again, their clients get the
     /// newest id so they refill. Bounded by the wanted topics.
     nudge: HashSet<Topic>,
@@ -144,8 +153,18 @@ impl Control {
             .filter(|t| !self.subscribed.contains(*t))
             .cloned()
             .collect();
-        self.subscribe(missing).await;
+        self.subscribe(slot_batches(missing)).await;
+        // Wanted again while it lingered: it keeps its subscription.
+        self.lingering.retain(|topic, _| !wanted.contains(topic));
         self.unsubscribe_stale(&wanted).await;
+        // A topic that came back while its subscription lingered is confirmed here; after
+        // the unsubscribes, as one that came back since `wanted` was read may have just
+        // been unsubscribed (it is subscribed again next step).
+        for topic in self.hub.unconfirmed() {
+            if self.subscribed.contains(&topic) {
+                self.hub.confirm(&topic, true);
+            }
+        }
         self.nudge.retain(|t| wanted.contains(t));
         let due: Vec<Topic> = self
             .nudge
@@ -199,68 +218,105 @@ impl Control {
             .is_ok()
     }
 
-    /// One `SSUBSCRIBE` per topic, [`RESUBSCRIBE_CONCURRENCY`] at a time, each topic
-    /// nudged (if it lost a subscription) right after its confirmation. A topic that fails
-    /// (its shard is failing over) is tried again on the next step.
-    async fn subscribe(&mut self, topics: Vec<Topic>) {
+    /// One `SSUBSCRIBE` per batch (one slot's topics), [`RESUBSCRIBE_CONCURRENCY`] at a
+    /// time, each topic nudged (if it lost a subscription) right after its batch's
+    /// confirmation. A batch that fails (its shard is failing over) is tried again on the
+    /// next step.
+    async fn subscribe(&mut self, batches: Vec<Vec<Topic>>) {
         let (link, hub, history, nudge) = (&self.link, &self.hub, &self.history, &self.nudge);
         let generation = self.generation;
-        let mut results = futures::stream::iter(topics)
-            .map(|topic| async move {
-                let channel = topic.redis_channel();
+        let mut results = futures::stream::iter(batches)
+            .map(|batch| async move {
+                let channels: Vec<String> = batch.iter().map(Topic::redis_channel).collect();
+                let started = Instant::now();
                 let subscribed = link
-                    .run(|mut conn| async move { conn.ssubscribe(channel).await })
+                    .run(|mut conn| async move { conn.ssubscribe(channels).await })
                     .await;
-                let refilled = match &subscribed {
-                    Ok(()) if nudge.contains(&topic) => {
-                        Some(super::nudge(hub, history, &topic).await)
+                let took = started.elapsed();
+                let mut refilled = Vec::new();
+                if subscribed.is_ok() {
+                    for topic in batch.iter().filter(|t| nudge.contains(*t)) {
+                        match super::nudge(hub, history, topic).await {
+                            Ok(()) => refilled.push(topic.clone()),
+                            Err(e) => {
+                                tracing::warn!(%topic, error = %e, "refill after resubscription failed; retrying");
+                            }
+                        }
                     }
-                    _ => None,
-                };
-                (topic, subscribed, refilled)
+                }
+                (batch, subscribed.map(|()| took), refilled)
             })
             .buffer_unordered(RESUBSCRIBE_CONCURRENCY);
-        let (mut confirmed, mut refilled) = (Vec::new(), Vec::new());
-        while let Some((topic, subscribed, refill)) = results.next().await {
-            if let Err(e) = subscribed {
-                tracing::warn!(%topic, error = %e, "ssubscribe failed; retrying");
-                continue;
-            }
-            match refill {
-                Some(Err(e)) => {
-                    tracing::warn!(%topic, error = %e, "refill after resubscription failed; retrying");
+        let (mut confirmed, mut refilled, mut took) = (Vec::new(), Vec::new(), Vec::new());
+        while let Some((batch, subscribed, refill)) = results.next().await {
+            match subscribed {
+                Ok(elapsed) => took.push(elapsed),
+                Err(e) => {
+                    tracing::warn!(topics = batch.len(), error = %e, "ssubscribe failed; retrying");
+                    continue;
                 }
-                Some(Ok(())) => refilled.push(topic.clone()),
-                None => {}
             }
-            confirmed.push(topic);
+            refilled.extend(refill);
+            confirmed.extend(batch);
         }
         drop(results);
+        for elapsed in took {
+            self.metrics.subscription_batch("subscribe", elapsed);
+        }
         // Confirmed on a link that has been rebuilt since: gone with it.
         if self.link.generation() != generation {
             return;
+        }
+        for topic in refilled {
+            self.nudge.remove(&topic);
         }
         for topic in confirmed {
             self.hub.confirm(&topic, true);
             self.subscribed.insert(topic);
         }
-        for topic in refilled {
-            self.nudge.remove(&topic);
-        }
     }
 
+    /// Topics no client wants for [`SUBSCRIPTION_LINGER`] are `SUNSUBSCRIBE`d, one command
+    /// per slot batch, [`RESUBSCRIBE_CONCURRENCY`] at a time; a failed batch is tried again
+    /// on the next step.
     async fn unsubscribe_stale(&mut self, wanted: &HashSet<Topic>) {
-        let stale: Vec<Topic> = self.subscribed.difference(wanted).cloned().collect();
-        for topic in stale {
-            let channel = topic.redis_channel();
-            let call = self
-                .link
-                .run(|mut conn| async move { conn.sunsubscribe(channel).await });
-            match call.await {
-                Ok(()) => {
-                    self.subscribed.remove(&topic);
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        for topic in self.subscribed.difference(wanted) {
+            let since = *self.lingering.entry(topic.clone()).or_insert(now);
+            if now.duration_since(since) >= SUBSCRIPTION_LINGER {
+                expired.push(topic.clone());
+            }
+        }
+        if expired.is_empty() {
+            return;
+        }
+        let link = &self.link;
+        let mut results = futures::stream::iter(slot_batches(expired))
+            .map(|batch| async move {
+                let channels: Vec<String> = batch.iter().map(Topic::redis_channel).collect();
+                let started = Instant::now();
+                let call = link
+                    .run(|mut conn| async move { conn.sunsubscribe(channels).await })
+                    .await;
+                (batch, call.map(|()| started.elapsed()))
+            })
+            .buffer_unordered(RESUBSCRIBE_CONCURRENCY);
+        let mut done: Vec<(Vec<Topic>, Duration)> = Vec::new();
+        while let Some((batch, call)) = results.next().await {
+            match call {
+                Ok(elapsed) => done.push((batch, elapsed)),
+                Err(e) => {
+                    tracing::debug!(topics = batch.len(), error = %e, "sunsubscribe failed; retrying");
                 }
-                Err(e) => tracing::debug!(%topic, error = %e, "sunsubscribe failed; retrying"),
+            }
+        }
+        drop(results);
+        for (batch, elapsed) in done {
+            self.metrics.subscription_batch("unsubscribe", elapsed);
+            for topic in batch {
+                self.subscribed.remove(&topic);
+                self.lingering.remove(&topic);
             }
         }
     }
@@ -292,6 +348,7 @@ impl Control {
     /// `topic`'s subscription is gone.
     fn lost(&mut self, topic: &Topic) {
         self.subscribed.remove(topic);
+        self.lingering.remove(topic);
         self.hub.confirm(topic, false);
         self.nudge.insert(topic.clone());
     }
@@ -303,6 +360,7 @@ impl Control {
         }
         self.readiness.set(false);
         self.metrics.subscription_up.set(0);
+        self.lingering.clear();
         for topic in std::mem::take(&mut self.subscribed) {
             self.hub.confirm(&topic, false);
             self.nudge.insert(topic);
