@@ -9,20 +9,31 @@
 //! reads back from the stream ([`crate::client`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use proto::Topic;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, broadcast};
 
 use crate::event::LiveEvent;
 
 /// The ring of a topic with few local clients: tokio's broadcast allocates its whole ring
-/// up front (~32 bytes a slot), so a topic per user or per record starts small.
-const SMALL_CAPACITY: usize = 16;
-/// Past this many local clients a topic's ring grows to `hub_capacity` (the clients that
-/// joined before keep theirs: each gets every event from one of them).
-const SMALL_MEMBERS: usize = 4;
+/// up front (~40 bytes a slot), so a topic per user or per record starts small.
+const SMALL_CAPACITY: usize = 8;
+/// Ring slots per local client as a topic grows: a client more than its ring behind
+/// catches up from the Redis stream, which costs a read per lagging client, so the ring
+/// grows with the clients a burst would send there (and stays ~160 bytes per client).
+/// With 8 at first: 8 slots up to 2 clients, 16 up to 4, 32 up to 8, .., `hub_capacity`
+/// (1,024 by default) from 256.
+const SLOTS_PER_MEMBER: usize = 4;
+
+/// The ring a topic with `members` local clients joins: see [`SLOTS_PER_MEMBER`].
+fn ring_capacity(members: usize, max: usize) -> usize {
+    (members.next_power_of_two() * SLOTS_PER_MEMBER)
+        .max(SMALL_CAPACITY)
+        .min(max)
+}
 
 #[derive(Debug)]
 struct Slot {
@@ -30,13 +41,31 @@ struct Slot {
     /// overwritten for a lagging client, which gets `Lagged` and catches up from the
     /// stream.
     events_tx: broadcast::Sender<Arc<LiveEvent>>,
+    /// Slots of `events_tx`'s ring.
+    capacity: usize,
     /// Smaller rings clients still hold from before the topic grew; every event goes to
-    /// each, and one is dropped when its last receiver is gone. At most one per growth:
-    /// one, as a topic grows once.
+    /// each, and one is dropped when its last receiver is gone. At most one per growth,
+    /// and a ring only doubles: at most log2(`hub_capacity` / 8) of them (7 by default).
     outgrown: Vec<broadcast::Sender<Arc<LiveEvent>>>,
     members: usize,
-    /// True once Redis has confirmed the subscription (always, on the embedded store).
-    confirmed_tx: watch::Sender<bool>,
+    /// Set once Redis has confirmed the subscription (always, on the embedded store).
+    confirmation: Arc<Confirmation>,
+}
+
+/// Whether Redis confirmed a topic's subscription, and a wake-up for the clients waiting
+/// for it: a flag and one `Notify`, ~60 bytes a topic (a `watch` channel, with its
+/// eight-way notifier, is ~350).
+#[derive(Debug)]
+struct Confirmation {
+    confirmed: AtomicBool,
+    /// Woken (every waiter) when `confirmed` becomes true.
+    changed: Notify,
+}
+
+impl Confirmation {
+    fn is_set(&self) -> bool {
+        self.confirmed.load(Ordering::SeqCst)
+    }
 }
 
 /// The local fan-out of every topic this pod's clients watch.
@@ -79,23 +108,28 @@ impl Hub {
     pub fn join(self: &Arc<Self>, topic: &Topic) -> Membership {
         let mut slots = self.lock();
         let mut added = false;
-        let small = self.capacity.min(SMALL_CAPACITY);
         let slot = slots.entry(topic.clone()).or_insert_with(|| {
             added = true;
-            let (events_tx, _) = broadcast::channel(small);
-            let (confirmed_tx, _) = watch::channel(self.confirm == Confirm::OnJoin);
+            let capacity = ring_capacity(1, self.capacity);
+            let (events_tx, _) = broadcast::channel(capacity);
             Slot {
                 events_tx,
+                capacity,
                 outgrown: Vec::new(),
                 members: 0,
-                confirmed_tx,
+                confirmation: Arc::new(Confirmation {
+                    confirmed: AtomicBool::new(self.confirm == Confirm::OnJoin),
+                    changed: Notify::new(),
+                }),
             }
         });
         slot.members += 1;
-        if slot.members > SMALL_MEMBERS && small < self.capacity && slot.outgrown.is_empty() {
-            let (grown, _) = broadcast::channel(self.capacity);
+        let capacity = ring_capacity(slot.members, self.capacity);
+        if capacity > slot.capacity {
+            let (grown, _) = broadcast::channel(capacity);
             let outgrown = std::mem::replace(&mut slot.events_tx, grown);
             slot.outgrown.push(outgrown);
+            slot.capacity = capacity;
         }
         let membership = Membership {
             guard: TopicGuard {
@@ -103,7 +137,7 @@ impl Hub {
                 topic: topic.clone(),
             },
             events_rx: slot.events_tx.subscribe(),
-            confirmed_rx: slot.confirmed_tx.subscribe(),
+            confirmation: Arc::clone(&slot.confirmation),
         };
         drop(slots);
         if added {
@@ -144,22 +178,33 @@ impl Hub {
         self.lock().keys().cloned().collect()
     }
 
+    /// The wanted topics not confirmed yet: new ones, ones whose subscription was lost,
+    /// and ones that came back while their subscription lingered.
+    pub fn unconfirmed(&self) -> Vec<Topic> {
+        self.lock()
+            .iter()
+            .filter(|(_, slot)| !slot.confirmation.is_set())
+            .map(|(topic, _)| topic.clone())
+            .collect()
+    }
+
     /// Marks `topic` as subscribed (or not) in Redis.
     pub fn confirm(&self, topic: &Topic, confirmed: bool) {
         if let Some(slot) = self.lock().get(topic) {
-            // Waiters are woken only by a change (this runs for every topic on every
-            // reconcile).
-            slot.confirmed_tx.send_if_modified(|c| {
-                let changed = *c != confirmed;
-                *c = confirmed;
-                changed
-            });
+            let was = slot
+                .confirmation
+                .confirmed
+                .swap(confirmed, Ordering::SeqCst);
+            // Waiters wait for true, and are woken only by that change.
+            if confirmed && !was {
+                slot.confirmation.changed.notify_waiters();
+            }
         }
     }
 
     /// Whether every wanted topic is confirmed.
     pub fn all_confirmed(&self) -> bool {
-        self.lock().values().all(|slot| *slot.confirmed_tx.borrow())
+        self.lock().values().all(|slot| slot.confirmation.is_set())
     }
 
     /// Resolves when the set of wanted topics may have changed.
@@ -173,15 +218,24 @@ impl Hub {
 pub struct Membership {
     pub guard: TopicGuard,
     pub events_rx: broadcast::Receiver<Arc<LiveEvent>>,
-    confirmed_rx: watch::Receiver<bool>,
+    confirmation: Arc<Confirmation>,
 }
 
 impl Membership {
     /// Waits until Redis confirmed the topic's subscription; `false` after `timeout`.
     pub async fn confirmed(&mut self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, self.confirmed_rx.wait_for(|c| *c))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        let confirmation = &self.confirmation;
+        let wait = async {
+            loop {
+                // Made before the check: a `notify_waiters` after it wakes this one.
+                let changed = confirmation.changed.notified();
+                if confirmation.is_set() {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
     }
 }
 
@@ -211,8 +265,10 @@ mod tests {
         let b = hub.join(&t);
         assert_eq!(hub.wanted(), std::slice::from_ref(&t));
         assert!(!hub.all_confirmed());
+        assert_eq!(hub.unconfirmed(), std::slice::from_ref(&t));
         hub.confirm(&t, true);
         assert!(hub.all_confirmed());
+        assert!(hub.unconfirmed().is_empty());
         drop(a);
         assert_eq!(hub.wanted(), std::slice::from_ref(&t));
         drop(b);
@@ -236,44 +292,69 @@ mod tests {
         assert_eq!(&ea.frame[..], b"id: 1-0\nevent: data\ndata: {}\n\n");
     }
 
+    #[test]
+    fn a_ring_grows_with_the_members_up_to_the_hub_capacity() {
+        let sizes: Vec<usize> = [1, 2, 3, 4, 5, 8, 9, 100, 256, 257, 10_000]
+            .iter()
+            .map(|&m| ring_capacity(m, 1024))
+            .collect();
+        assert_eq!(sizes, [8, 8, 16, 16, 32, 32, 64, 512, 1024, 1024, 1024]);
+        assert_eq!(ring_capacity(1, 4), 4, "never above hub_capacity");
+    }
+
     #[tokio::test]
-    async fn a_topic_grows_its_ring_past_a_few_members_and_everyone_gets_every_event() {
+    async fn a_topic_grows_its_ring_with_its_members_and_everyone_gets_every_event() {
         let hub = Hub::new(1024, Confirm::OnJoin);
         let t = Topic::new("A").unwrap();
-        let mut early: Vec<_> = (0..SMALL_MEMBERS).map(|_| hub.join(&t)).collect();
-        assert_eq!(hub.lock()[&t].outgrown.len(), 0);
-        let mut late: Vec<_> = (0..3).map(|_| hub.join(&t)).collect();
-        assert_eq!(hub.lock()[&t].outgrown.len(), 1, "grown once");
-        // More events than the small ring holds: the late members (grown ring) keep them
-        // all, the early ones (small ring) are told they lagged.
+        // 100 members, each on the ring of the topic when it joined: 8, 8, 16, 16, 32, ..
+        let mut members: Vec<(Membership, usize)> = (1..=100)
+            .map(|n| (hub.join(&t), ring_capacity(n, 1024)))
+            .collect();
+        assert_eq!(hub.lock()[&t].capacity, 512);
+        assert_eq!(hub.lock()[&t].outgrown.len(), 6, "8, 16, 32, 64, 128, 256");
+        // More events than the small rings hold: members of rings of 100 or more keep
+        // them all, the others are told they lagged by what their ring could not hold.
         for i in 1..=100 {
             hub.deliver(
                 &t,
                 LiveEvent::new(EventId::new(i, 0), EventId::new(i - 1, 0), "{}", None),
             );
         }
-        for m in &mut late {
-            for i in 1..=100 {
-                assert_eq!(m.events_rx.recv().await.unwrap().id, EventId::new(i, 0));
+        for (m, ring) in &mut members {
+            if *ring >= 100 {
+                for i in 1..=100 {
+                    assert_eq!(m.events_rx.recv().await.unwrap().id, EventId::new(i, 0));
+                }
+            } else {
+                let lagged = 100 - *ring as u64;
+                assert!(matches!(
+                    m.events_rx.recv().await,
+                    Err(broadcast::error::RecvError::Lagged(n)) if n == lagged
+                ));
             }
         }
-        for m in &mut early {
-            assert!(matches!(
-                m.events_rx.recv().await,
-                Err(broadcast::error::RecvError::Lagged(84))
-            ));
-        }
-        // Once every early member left, the small ring goes at the next event.
-        early.clear();
+        // Once every member of a ring left, it goes at the next event.
+        members.retain(|(_, ring)| *ring >= 128);
         hub.deliver(
             &t,
             LiveEvent::new(EventId::new(101, 0), EventId::new(100, 0), "{}", None),
         );
-        assert!(hub.lock()[&t].outgrown.is_empty());
-        assert_eq!(
-            late[0].events_rx.recv().await.unwrap().id,
-            EventId::new(101, 0)
-        );
+        assert_eq!(hub.lock()[&t].outgrown.len(), 2, "128 and 256 have members");
+        for (m, _) in &mut members {
+            assert_eq!(m.events_rx.recv().await.unwrap().id, EventId::new(101, 0));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_waits_for_the_confirmation_and_is_woken_by_it() {
+        let hub = Hub::new(4, Confirm::BySubscription);
+        let t = Topic::new("A").unwrap();
+        let mut m = hub.join(&t);
+        assert!(!m.confirmed(Duration::from_millis(5)).await);
+        let waiting = tokio::spawn(async move { m.confirmed(Duration::from_secs(5)).await });
+        tokio::task::yield_now().await;
+        hub.confirm(&t, true);
+        assert!(waiting.await.unwrap());
     }
 
     #[tokio::test]

@@ -167,9 +167,6 @@ impl Control {
         }
         // Wanted again while it lingered: it keeps its subscription.
         self.lingering.retain(|topic, _| !wanted.contains(topic));
-        for topic in &wanted {
-            self.hub.confirm(topic, true);
-        }
         // A topic no client wants lingers for `SUBSCRIPTION_LINGER` before it is
         // unsubscribed (a reconnect storm does not churn Redis), then goes in batches.
         let now = Instant::now();
@@ -198,6 +195,13 @@ impl Control {
                 Err(e) => {
                     tracing::debug!(topics = batch.len(), error = %e, "unsubscribe failed; retrying");
                 }
+            }
+        }
+        // After the unsubscribes: a topic that joined again since `wanted` was read may
+        // have just been unsubscribed (it is subscribed again next step).
+        for topic in self.hub.unconfirmed() {
+            if self.subscribed.contains(&topic) {
+                self.hub.confirm(&topic, true);
             }
         }
         if self.nudge {
