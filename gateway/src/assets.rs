@@ -1,6 +1,8 @@
 //! The browser side the gateway serves itself: `GET /client/live-set.js` (a dependency-free
 //! ES module that keeps a live collection from a change stream) and `GET /demo` (a live
 //! table with a form, built on it). Both are compiled in, so a pod needs no files on disk.
+//! The module is the one the npm package `@changestream/live-set` ships
+//! (`clients/live-set/live-set.js`), byte for byte.
 //!
 //! Not here: the change stream (`http`, `sse`) and the REST API the demo calls
 //! (`publisher::api`, served by this process only in embedded mode).
@@ -32,7 +34,9 @@ struct Asset {
     etag: &'static str,
 }
 
-const LIVE_SET_JS: &str = include_str!("../assets/live-set.js");
+/// The npm package's module itself (`clients/live-set`): one source for the package and for
+/// what browsers load from a pod.
+const LIVE_SET_JS: &str = include_str!("../../clients/live-set/live-set.js");
 const DEMO_HTML: &str = include_str!("../assets/demo.html");
 
 /// Five minutes fresh, then revalidated: the module's URL carries no version, so a new

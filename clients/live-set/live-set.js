@@ -1,8 +1,10 @@
 /**
  * live-set.js: a live, ordered collection of LoopBack records, kept by a change stream.
- * No dependencies; served by the gateway at /client/live-set.js.
+ * No dependencies. This file is the npm package `@changestream/live-set` (clients/live-set,
+ * types in live-set.d.ts, a React hook in react.js) and, byte for byte, what the gateway
+ * serves at /client/live-set.js.
  *
- *   import { liveSet } from '/client/live-set.js';
+ *   import { liveSet } from '/client/live-set.js'; // or from '@changestream/live-set'
  *   const todos = liveSet('/api/Todos/change-stream?_format=event-stream', {
  *     onChange(change, set) { render(set.records); },
  *   });
