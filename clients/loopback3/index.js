@@ -1,0 +1,240 @@
+'use strict';
+// The LoopBack 3 mixin: every `after save` / `after delete` of the model it is added to is
+// published to the change-stream fleet through the publisher's `POST /publish`, as the
+// change object LoopBack's own `createChangeStream` emits for it, with the record's
+// previous state as `last` where it can be had (so filtered views move records out).
+//
+//   "mixins": {"ChangeStreamPublisher": {"publisher": "http://publisher:8081", "token": "<jwt>"}}
+//
+// What is looked up, and when (README, "What is published"):
+// - `before save` keeps the previous state: `ctx.currentInstance` where LoopBack gives it
+//   (patchAttributes, and upsert on connectors without an atomic one), else one read by id
+//   (save, replaceById, replaceOrCreate) or by the `where` (upsert, upsertWithWhere,
+//   updateAll); a create has none.
+// - `before delete` reads the records the `where` selects (or takes `ctx.instance`).
+// - `after save` of an `updateAll` (no instance: LoopBack emits one change for the call)
+//   reads the updated records back and publishes one `update` per record.
+// - `after delete` publishes LoopBack's own change when it names one record (deleteById,
+//   destroy), else one `remove` per record read in `before delete`.
+// A failed lookup or publish never fails the app's write: it is logged and counted.
+
+const { Publisher, DEFAULTS } = require('./lib/publisher');
+const { loopbackChange, wireId, idKey, recordUpdate, recordRemove } = require('./lib/change');
+
+/** The key of this mixin's state in `ctx.hookState` (one per operation). */
+const STATE = Symbol.for('changestream.loopback3');
+/** Allowed topic names: the publisher's (proto/src/topic.rs). */
+const TOPIC = /^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$/;
+
+/** Publishers by publisher URL and token: one queue per process and destination. */
+const publishers = new Map();
+/** Every publisher made in this process, for `stats()` and `flush()`. */
+const all = new Set();
+
+function publisherFor(settings) {
+  if (typeof settings.token === 'function') {
+    const publisher = new Publisher(settings);
+    all.add(publisher);
+    return publisher;
+  }
+  const key = JSON.stringify([settings.publisher, settings.token || '', ...Object.keys(DEFAULTS).map((k) => settings[k])]);
+  let publisher = publishers.get(key);
+  if (!publisher) {
+    publisher = new Publisher(settings);
+    publishers.set(key, publisher);
+    all.add(publisher);
+  }
+  return publisher;
+}
+
+/** The topic of a model: its REST path without the slash (`/api/MyModels` -> `MyModels`). */
+function topicOf(Model) {
+  const path = (Model.http && Model.http.path) || `/${Model.pluralModelName}`;
+  return String(path).replace(/^\/+/, '');
+}
+
+function changeStreamPublisher(Model, options) {
+  const opts = options || {};
+  const settings = {
+    ...opts,
+    publisher: opts.publisher || process.env.CHANGESTREAM_PUBLISHER_URL,
+    token: opts.token || process.env.CHANGESTREAM_PUBLISHER_TOKEN,
+    logger: opts.logger || console,
+  };
+  if (!settings.publisher) {
+    throw new Error(`${Model.modelName}: the ChangeStreamPublisher mixin needs options.publisher (the publisher's base URL) or CHANGESTREAM_PUBLISHER_URL`);
+  }
+  const fixedTopic = opts.topic;
+  const lookups = opts.lookups !== false;
+  const log = settings.logger;
+  const topic = fixedTopic || topicOf(Model);
+  if (!TOPIC.test(topic)) {
+    throw new Error(`${Model.modelName}: "${topic}" is no topic name (letters, digits, _ - .); set options.topic`);
+  }
+  const publisher = publisherFor(settings);
+
+  // A subclass of the model inherits the hooks; its topic is its own path.
+  const topicFor = (ctx) => fixedTopic || topicOf(ctx.Model || Model);
+  const readOptions = (ctx) => ctx.options || {};
+  const failed = (ctx, what, error) => {
+    publisher.fail(topicFor(ctx), 1, `${what}: ${(error && error.message) || error}`);
+  };
+
+  /** The previous states read before a write, by id. */
+  const remember = (ctx, records) => {
+    const idName = ctx.Model.getIdName();
+    const state = { previous: new Map(), ids: [] };
+    for (const record of records) {
+      if (!record) continue;
+      const id = record[idName];
+      state.ids.push(id);
+      state.previous.set(idKey(id), typeof record.toJSON === 'function' ? record.toJSON() : { ...record });
+    }
+    ctx.hookState[STATE] = state;
+  };
+
+  Model.observe('before save', (ctx, next) => {
+    if (!lookups) {
+      if (ctx.currentInstance) remember(ctx, [ctx.currentInstance]);
+      return next();
+    }
+    const idName = ctx.Model.getIdName();
+    let read;
+    if (ctx.currentInstance) {
+      remember(ctx, [ctx.currentInstance]);
+      return next();
+    } else if (ctx.instance) {
+      const id = ctx.instance[idName];
+      if (ctx.isNewInstance === true || id === undefined || id === null) return next();
+      read = ctx.Model.findById(id, {}, readOptions(ctx)).then((found) => [found]);
+    } else if (ctx.where) {
+      read = ctx.Model.find({ where: ctx.where }, readOptions(ctx));
+    } else {
+      return next();
+    }
+    read.then(
+      (records) => { remember(ctx, records); next(); },
+      (error) => { failed(ctx, 'reading the previous state failed', error); next(); },
+    );
+  });
+
+  Model.observe('after save', (ctx, next) => {
+    const topic = topicFor(ctx);
+    try {
+      const idName = ctx.Model.getIdName();
+      const state = ctx.hookState[STATE];
+      if (ctx.instance) {
+        const change = loopbackChange(ctx, 'save', idName);
+        const last = change.type === 'update' && state ? state.previous.get(idKey(change.target)) : undefined;
+        publisher.enqueue(topic, [{ change, last }]);
+        return next();
+      }
+      // updateAll: LoopBack emits one change for the call (the where and the patch). One
+      // `update` per record read before, in their state now, instead.
+      if (state) {
+        if (state.ids.length === 0) return next();
+        const read = ctx.Model.find({ where: { [idName]: { inq: state.ids } } }, readOptions(ctx)).then((records) => {
+          const now = new Map(records.map((record) => [idKey(record[idName]), record]));
+          const items = [];
+          for (const id of state.ids) {
+            const record = now.get(idKey(id));
+            if (record) items.push({ change: recordUpdate(wireId(id), record), last: state.previous.get(idKey(id)) });
+          }
+          return items;
+        });
+        publisher.enqueue(topic, read);
+        // The write is answered once the records are read, so a caller's next write
+        // cannot show in them; a failed read is logged and counted by the publisher.
+        read.then(() => next(), () => next());
+        return undefined;
+      }
+      const change = loopbackChange(ctx, 'save', idName);
+      if (wireId(change.target) !== undefined) {
+        publisher.enqueue(topic, [{ change }]);
+      } else {
+        failed(ctx, 'an updateAll without a single-record target cannot be published without lookups', JSON.stringify(change));
+      }
+    } catch (error) {
+      failed(ctx, 'building the change failed', error);
+    }
+    return next();
+  });
+
+  Model.observe('before delete', (ctx, next) => {
+    if (ctx.instance) {
+      remember(ctx, [ctx.instance]);
+      return next();
+    }
+    if (!lookups || !ctx.where) return next();
+    ctx.Model.find({ where: ctx.where }, readOptions(ctx)).then(
+      (records) => { remember(ctx, records); next(); },
+      (error) => { failed(ctx, 'reading the records to delete failed', error); next(); },
+    );
+  });
+
+  Model.observe('after delete', (ctx, next) => {
+    const topic = topicFor(ctx);
+    try {
+      const idName = ctx.Model.getIdName();
+      const state = ctx.hookState[STATE];
+      const change = loopbackChange(ctx, 'delete', idName);
+      if (wireId(change.target) !== undefined) {
+        // deleteById, destroy, destroyAll of one id: LoopBack's own change, even when
+        // nothing was deleted (as LoopBack emits it).
+        const last = state ? state.previous.get(idKey(change.target)) : undefined;
+        publisher.enqueue(topic, [{ change, last }]);
+      } else if (state) {
+        publisher.enqueue(topic, state.ids.map((id) => ({
+          change: recordRemove(idName, wireId(id)),
+          last: state.previous.get(idKey(id)),
+        })));
+      } else {
+        failed(ctx, 'a destroyAll without a single-record target cannot be published without lookups', JSON.stringify(change));
+      }
+    } catch (error) {
+      failed(ctx, 'building the change failed', error);
+    }
+    return next();
+  });
+
+  Object.defineProperty(Model, 'changeStreamPublisher', {
+    configurable: true,
+    enumerable: false,
+    value: Object.freeze({
+      topic,
+      stats: () => publisher.stats(),
+      flush: (timeoutMs) => publisher.flush(timeoutMs),
+    }),
+  });
+  if (!lookups) log.warn(`[changestream] ${Model.modelName}: lookups off: no previous states for reads by id, and bulk operations without one target are not published`);
+}
+
+/** Counters summed over every publisher of this process (see Publisher#stats). */
+changeStreamPublisher.stats = function stats() {
+  const sum = { published: 0, replayed: 0, retried: 0, dropped: 0, failed: 0, queued: 0 };
+  for (const publisher of all) {
+    const s = publisher.stats();
+    for (const key of Object.keys(sum)) sum[key] += s[key];
+  }
+  return sum;
+};
+
+/**
+ * Waits until every publisher of this process has sent what it holds, or `timeoutMs`
+ * (default 10 s) passed: `{drained, pending}`. Call it on shutdown, after the server
+ * stopped taking requests.
+ */
+changeStreamPublisher.flush = async function flush(timeoutMs = 10000) {
+  const results = await Promise.all([...all].map((publisher) => publisher.flush(timeoutMs)));
+  return {
+    drained: results.every((r) => r.drained),
+    pending: results.reduce((n, r) => n + r.pending, 0),
+  };
+};
+
+changeStreamPublisher.Publisher = Publisher;
+changeStreamPublisher.DEFAULTS = DEFAULTS;
+changeStreamPublisher.loopbackChange = loopbackChange;
+changeStreamPublisher.topicOf = topicOf;
+
+module.exports = changeStreamPublisher;
