@@ -26,7 +26,10 @@ const STATE = Symbol.for('changestream.loopback3');
 /** Allowed topic names: the publisher's (proto/src/topic.rs). */
 const TOPIC = /^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$/;
 
-/** Publishers by publisher URL and token: one queue per process and destination. */
+/**
+ * Publishers by logger, then by publisher URL, token and settings: models configured
+ * alike share one queue (and its counters) per process.
+ */
 const publishers = new Map();
 /** Every publisher made in this process, for `stats()` and `flush()`. */
 const all = new Set();
@@ -38,10 +41,15 @@ function publisherFor(settings) {
     return publisher;
   }
   const key = JSON.stringify([settings.publisher, settings.token || '', ...Object.keys(DEFAULTS).map((k) => settings[k])]);
-  let publisher = publishers.get(key);
+  let byKey = publishers.get(settings.logger);
+  if (!byKey) {
+    byKey = new Map();
+    publishers.set(settings.logger, byKey);
+  }
+  let publisher = byKey.get(key);
   if (!publisher) {
     publisher = new Publisher(settings);
-    publishers.set(key, publisher);
+    byKey.set(key, publisher);
     all.add(publisher);
   }
   return publisher;
