@@ -23,6 +23,14 @@ const { loopbackChange, wireId, idKey, recordUpdate, recordRemove } = require('.
 
 /** The key of this mixin's state in `ctx.hookState` (one per operation). */
 const STATE = Symbol.for('changestream.loopback3');
+/**
+ * Models the mixin was applied to. A model based on one of them inherits its mixin
+ * settings (so the mixin is applied to it too, with its own topic), and LoopBack runs the
+ * base model's hooks for its writes as well: only the hooks of the model written to
+ * publish. (A model that turns the inherited mixin off, `"ChangeStreamPublisher": false`,
+ * is not published.)
+ */
+const applied = new WeakSet();
 /** Allowed topic names: the publisher's (proto/src/topic.rs). */
 const TOPIC = /^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$/;
 
@@ -72,20 +80,22 @@ function changeStreamPublisher(Model, options) {
   if (!settings.publisher) {
     throw new Error(`${Model.modelName}: the ChangeStreamPublisher mixin needs options.publisher (the publisher's base URL) or CHANGESTREAM_PUBLISHER_URL`);
   }
-  const fixedTopic = opts.topic;
   const lookups = opts.lookups !== false;
   const log = settings.logger;
-  const topic = fixedTopic || topicOf(Model);
+  const topic = opts.topic || topicOf(Model);
   if (!TOPIC.test(topic)) {
     throw new Error(`${Model.modelName}: "${topic}" is no topic name (letters, digits, _ - .); set options.topic`);
   }
+  if (applied.has(Model)) {
+    log.warn(`[changestream] ${Model.modelName}: the ChangeStreamPublisher mixin was applied twice; the second is ignored`);
+    return;
+  }
+  applied.add(Model);
   const publisher = publisherFor(settings);
 
-  // A subclass of the model inherits the hooks; its topic is its own path.
-  const topicFor = (ctx) => fixedTopic || topicOf(ctx.Model || Model);
   const readOptions = (ctx) => ctx.options || {};
   const failed = (ctx, what, error) => {
-    publisher.fail(topicFor(ctx), 1, `${what}: ${(error && error.message) || error}`);
+    publisher.fail(topic, 1, `${what}: ${(error && error.message) || error}`);
   };
 
   /** The previous states read before a write, by id. */
@@ -101,46 +111,63 @@ function changeStreamPublisher(Model, options) {
     ctx.hookState[STATE] = state;
   };
 
-  Model.observe('before save', (ctx, next) => {
-    if (!lookups) {
-      if (ctx.currentInstance) remember(ctx, [ctx.currentInstance]);
-      return next();
-    }
-    const idName = ctx.Model.getIdName();
-    let read;
-    if (ctx.currentInstance) {
-      remember(ctx, [ctx.currentInstance]);
-      return next();
-    } else if (ctx.instance) {
-      const id = ctx.instance[idName];
-      if (ctx.isNewInstance === true || id === undefined || id === null) return next();
-      read = ctx.Model.findById(id, {}, readOptions(ctx)).then((found) => [found]);
-    } else if (ctx.where) {
-      read = ctx.Model.find({ where: ctx.where }, readOptions(ctx));
-    } else {
-      return next();
-    }
-    read.then(
-      (records) => { remember(ctx, records); next(); },
-      (error) => { failed(ctx, 'reading the previous state failed', error); next(); },
-    );
-  });
-
-  Model.observe('after save', (ctx, next) => {
-    const topic = topicFor(ctx);
+  /**
+   * Calls `next` once `work` (which may return a promise) is done, whatever happened:
+   * a failure of the mixin's own work is logged and counted, never passed to `next`, so
+   * it never fails the app's write. `next` runs outside the promise chain, so an error
+   * thrown further down the operation surfaces as it would from any hook callback.
+   */
+  const hook = (name) => (ctx, next) => {
+    if (ctx.Model && ctx.Model !== Model) return next();
+    let done;
     try {
+      done = Promise.resolve(handlers[name](ctx));
+    } catch (error) {
+      done = Promise.reject(error);
+    }
+    done
+      .catch((error) => failed(ctx, `${name}: the mixin failed`, error))
+      .then(() => process.nextTick(next));
+  };
+
+  const handlers = {
+    'before save'(ctx) {
+      if (ctx.currentInstance) {
+        remember(ctx, [ctx.currentInstance]);
+        return undefined;
+      }
+      if (!lookups) return undefined;
+      const idName = ctx.Model.getIdName();
+      let read;
+      if (ctx.instance) {
+        const id = ctx.instance[idName];
+        if (ctx.isNewInstance === true || id === undefined || id === null) return undefined;
+        read = ctx.Model.findById(id, {}, readOptions(ctx)).then((found) => [found]);
+      } else if (ctx.where) {
+        // upsert (without currentInstance), upsertWithWhere, updateAll.
+        read = ctx.Model.find({ where: ctx.where }, readOptions(ctx));
+      } else {
+        return undefined;
+      }
+      return read.then(
+        (records) => remember(ctx, records),
+        (error) => failed(ctx, 'reading the previous state failed', error),
+      );
+    },
+
+    'after save'(ctx) {
       const idName = ctx.Model.getIdName();
       const state = ctx.hookState[STATE];
       if (ctx.instance) {
         const change = loopbackChange(ctx, 'save', idName);
         const last = change.type === 'update' && state ? state.previous.get(idKey(change.target)) : undefined;
         publisher.enqueue(topic, [{ change, last }]);
-        return next();
+        return undefined;
       }
       // updateAll: LoopBack emits one change for the call (the where and the patch). One
-      // `update` per record read before, in their state now, instead.
+      // `update` per record read before, in its state now, instead.
       if (state) {
-        if (state.ids.length === 0) return next();
+        if (state.ids.length === 0) return undefined;
         const read = ctx.Model.find({ where: { [idName]: { inq: state.ids } } }, readOptions(ctx)).then((records) => {
           const now = new Map(records.map((record) => [idKey(record[idName]), record]));
           const items = [];
@@ -150,11 +177,11 @@ function changeStreamPublisher(Model, options) {
           }
           return items;
         });
+        // The slot in the topic's order is taken now; the write is answered once the
+        // records are read, so a caller's next write cannot show in them. A failed read
+        // is logged and counted by the publisher.
         publisher.enqueue(topic, read);
-        // The write is answered once the records are read, so a caller's next write
-        // cannot show in them; a failed read is logged and counted by the publisher.
-        read.then(() => next(), () => next());
-        return undefined;
+        return read.then(() => undefined, () => undefined);
       }
       const change = loopbackChange(ctx, 'save', idName);
       if (wireId(change.target) !== undefined) {
@@ -162,27 +189,22 @@ function changeStreamPublisher(Model, options) {
       } else {
         failed(ctx, 'an updateAll without a single-record target cannot be published without lookups', JSON.stringify(change));
       }
-    } catch (error) {
-      failed(ctx, 'building the change failed', error);
-    }
-    return next();
-  });
+      return undefined;
+    },
 
-  Model.observe('before delete', (ctx, next) => {
-    if (ctx.instance) {
-      remember(ctx, [ctx.instance]);
-      return next();
-    }
-    if (!lookups || !ctx.where) return next();
-    ctx.Model.find({ where: ctx.where }, readOptions(ctx)).then(
-      (records) => { remember(ctx, records); next(); },
-      (error) => { failed(ctx, 'reading the records to delete failed', error); next(); },
-    );
-  });
+    'before delete'(ctx) {
+      if (ctx.instance) {
+        remember(ctx, [ctx.instance]);
+        return undefined;
+      }
+      if (!lookups || !ctx.where) return undefined;
+      return ctx.Model.find({ where: ctx.where }, readOptions(ctx)).then(
+        (records) => remember(ctx, records),
+        (error) => failed(ctx, 'reading the records to delete failed', error),
+      );
+    },
 
-  Model.observe('after delete', (ctx, next) => {
-    const topic = topicFor(ctx);
-    try {
+    'after delete'(ctx) {
       const idName = ctx.Model.getIdName();
       const state = ctx.hookState[STATE];
       const change = loopbackChange(ctx, 'delete', idName);
@@ -199,11 +221,11 @@ function changeStreamPublisher(Model, options) {
       } else {
         failed(ctx, 'a destroyAll without a single-record target cannot be published without lookups', JSON.stringify(change));
       }
-    } catch (error) {
-      failed(ctx, 'building the change failed', error);
-    }
-    return next();
-  });
+      return undefined;
+    },
+  };
+
+  for (const name of Object.keys(handlers)) Model.observe(name, hook(name));
 
   Object.defineProperty(Model, 'changeStreamPublisher', {
     configurable: true,

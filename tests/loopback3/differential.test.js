@@ -36,6 +36,8 @@ describe('the mixin publishes what LoopBack 3 emits', () => {
         properties: { name: 'string', n: 'number', tag: 'string', at: 'date', meta: 'object' },
         mixins: { ChangeStreamPublisher: publisherOptions },
       },
+      // Based on Item: inherits the mixin (with its own topic) and Item's hooks.
+      SpecialItem: { base: 'Item', properties: { level: 'number' } },
       Task: {
         forceId: false,
         properties: { title: 'string', status: 'string' },
@@ -208,5 +210,25 @@ describe('the mixin publishes what LoopBack 3 emits', () => {
     open.close();
     all.close();
     assert.equal(mixin.stats().failed, 0, logger.lines.join('\n'));
+  });
+
+  test('a model based on a model with the mixin publishes once, to its own topic', async () => {
+    const { Item, SpecialItem } = app.models;
+    assert.equal(SpecialItem.changeStreamPublisher.topic, 'SpecialItems');
+    const specials = await openEventStream(`${fleet.gateways[0].base}/api/SpecialItems/change-stream?_format=event-stream`);
+    const items = await openEventStream(`${fleet.gateways[0].base}/api/Items/change-stream?_format=event-stream`);
+    const lb = await loopbackChanges(SpecialItem);
+    const special = await SpecialItem.create({ name: 's', level: 3 });
+    await special.patchAttributes({ level: 4 });
+    const item = await Item.create({ name: 'plain' });
+    await settle();
+    assert.deepEqual(await specials.take(2, 'the SpecialItems changes'), lb.drain());
+    assert.deepEqual(await items.take(1, 'the Items change'), [JSON.stringify({ target: item.id, data: item, type: 'create' })]);
+    // Nothing else on either: the next events are markers'.
+    const marks = [await SpecialItem.create({ name: 'mark' }), await Item.create({ name: 'mark' })];
+    assert.deepEqual(await specials.take(1, 'the SpecialItems marker'), [JSON.stringify({ target: marks[0].id, data: marks[0], type: 'create' })]);
+    assert.deepEqual(await items.take(1, 'the Items marker'), [JSON.stringify({ target: marks[1].id, data: marks[1], type: 'create' })]);
+    specials.close();
+    items.close();
   });
 });
