@@ -35,11 +35,11 @@ async function writeLoop(base, progress) {
   return failed;
 }
 
-/** Resolves once `progress` reports at least `n` writes. */
-function written(progress, n) {
+/** Resolves once `progress` reports at least `n` writes (and `also()` holds then). */
+function written(progress, n, also = () => true) {
   return within(`${n} writes`, new Promise((resolve) => {
     const on = (count) => {
-      if (count >= n) {
+      if (count >= n && (also() || count >= WRITES)) {
         progress.off('written', on);
         resolve();
       }
@@ -92,7 +92,8 @@ test('the publisher SIGKILLed and restarted on its port while the app writes', a
   const progress = new EventEmitter();
   let queuedAtKill;
   const outage = (async () => {
-    await written(progress, 60);
+    // From the 60th write on, the first moment a change is queued or in flight.
+    await written(progress, 60, () => Tick.changeStreamPublisher.stats().queued > 0);
     queuedAtKill = Tick.changeStreamPublisher.stats().queued;
     await fleet.publisher.kill();
     await written(progress, 120);
