@@ -112,7 +112,8 @@ function changeStreamPublisher(Model, options) {
   };
 
   /**
-   * Calls `next` once `work` (which may return a promise) is done, whatever happened:
+   * The observer of hook `name`: calls `next` once its handler (which may return a
+   * promise) is done, whatever happened:
    * a failure of the mixin's own work is logged and counted, never passed to `next`, so
    * it never fails the app's write. `next` runs outside the promise chain, so an error
    * thrown further down the operation surfaces as it would from any hook callback.
