@@ -115,7 +115,7 @@ pub struct Pages {
 struct Lane {
     topic: Topic,
     /// Keeps the topic wanted while the client is here; dropping it leaves the topic.
-    _guard: TopicGuard,
+    guard: TopicGuard,
     events: BroadcastStream<Arc<LiveEvent>>,
     /// The id of the last event of this topic passed (or the starting position).
     last: EventId,
@@ -266,7 +266,7 @@ impl ClientStream {
             }
             let mut lane = Lane {
                 topic: sub.topic,
-                _guard: guard,
+                guard,
                 events: BroadcastStream::new(events_rx),
                 last: newest,
                 catching_up: false,
@@ -410,7 +410,12 @@ impl ClientStream {
                     Some(Ok(event)) => self.live(index, &event),
                     Some(Err(BroadcastStreamRecvError::Lagged(_))) => {
                         self.metrics.catchups.inc();
-                        self.lanes[index].catching_up = true;
+                        let lane = &mut self.lanes[index];
+                        lane.catching_up = true;
+                        // Lagged on a ring the topic has outgrown: on to the big one.
+                        if let Some(events_rx) = lane.guard.grown_ring() {
+                            lane.events = BroadcastStream::new(events_rx);
+                        }
                     }
                     None => return Poll::Ready(None),
                 }

@@ -21,15 +21,20 @@ use crate::event::LiveEvent;
 /// The ring of a topic with few local clients: tokio's broadcast allocates its whole ring
 /// up front (~40 bytes a slot), so a topic per user or per record starts small.
 const SMALL_CAPACITY: usize = 8;
-/// Ring slots per local client as a topic grows: a client more than its ring behind
-/// catches up from the Redis stream, which costs a read per lagging client, so the ring
-/// grows with the clients a burst would send there (and stays ~160 bytes per client).
-/// With 8 at first: 8 slots up to 2 clients, 16 up to 4, 32 up to 8, .., `hub_capacity`
-/// (1,024 by default) from 256.
+/// Ring slots per local client while a topic is small: a client more than its ring behind
+/// catches up from the Redis stream (a read per lagging client), so the ring grows with
+/// the clients a burst would send there: 8 slots up to 2 clients, 16 up to 4, 32 up to
+/// [`SMALL_MEMBERS`]; past that, `hub_capacity` (1,024 by default), as a topic with many
+/// clients is where a burst is costly.
 const SLOTS_PER_MEMBER: usize = 4;
+/// Past this many local clients a topic's ring is `hub_capacity`.
+const SMALL_MEMBERS: usize = 8;
 
 /// The ring a topic with `members` local clients joins: see [`SLOTS_PER_MEMBER`].
 fn ring_capacity(members: usize, max: usize) -> usize {
+    if members > SMALL_MEMBERS {
+        return max;
+    }
     (members.next_power_of_two() * SLOTS_PER_MEMBER)
         .max(SMALL_CAPACITY)
         .min(max)
@@ -45,7 +50,7 @@ struct Slot {
     capacity: usize,
     /// Smaller rings clients still hold from before the topic grew; every event goes to
     /// each, and one is dropped when its last receiver is gone. At most one per growth,
-    /// and a ring only doubles: at most log2(`hub_capacity` / 8) of them (7 by default).
+    /// so at most 3 (8, 16 and 32 slots).
     outgrown: Vec<broadcast::Sender<Arc<LiveEvent>>>,
     members: usize,
     /// Set once Redis has confirmed the subscription (always, on the embedded store).
@@ -135,6 +140,7 @@ impl Hub {
             guard: TopicGuard {
                 hub: Arc::clone(self),
                 topic: topic.clone(),
+                ring: slot.capacity,
             },
             events_rx: slot.events_tx.subscribe(),
             confirmation: Arc::clone(&slot.confirmation),
@@ -154,6 +160,7 @@ impl Hub {
         slot.members -= 1;
         if slot.members == 0 {
             slots.remove(topic);
+            shrink_sparse!(*slots);
             drop(slots);
             self.changed.notify_one();
         }
@@ -244,6 +251,25 @@ impl Membership {
 pub struct TopicGuard {
     hub: Arc<Hub>,
     topic: Topic,
+    /// Slots of the ring this client's receiver is on.
+    ring: usize,
+}
+
+impl TopicGuard {
+    /// A receiver on the topic's current ring, if it has grown past this client's since
+    /// it joined: a client that lagged on a small ring moves to the big one, so an early
+    /// client of a topic that became hot does not fall back to the stream at every burst.
+    /// The new receiver starts at the next event; what came between is the client's to
+    /// read from the stream (it lagged, so it catches up anyway).
+    pub fn grown_ring(&mut self) -> Option<broadcast::Receiver<Arc<LiveEvent>>> {
+        let slots = self.hub.lock();
+        let slot = slots.get(&self.topic)?;
+        if slot.capacity <= self.ring {
+            return None;
+        }
+        self.ring = slot.capacity;
+        Some(slot.events_tx.subscribe())
+    }
 }
 
 impl Drop for TopicGuard {
@@ -298,7 +324,7 @@ mod tests {
             .iter()
             .map(|&m| ring_capacity(m, 1024))
             .collect();
-        assert_eq!(sizes, [8, 8, 16, 16, 32, 32, 64, 512, 1024, 1024, 1024]);
+        assert_eq!(sizes, [8, 8, 16, 16, 32, 32, 1024, 1024, 1024, 1024, 1024]);
         assert_eq!(ring_capacity(1, 4), 4, "never above hub_capacity");
     }
 
@@ -306,12 +332,13 @@ mod tests {
     async fn a_topic_grows_its_ring_with_its_members_and_everyone_gets_every_event() {
         let hub = Hub::new(1024, Confirm::OnJoin);
         let t = Topic::new("A").unwrap();
-        // 100 members, each on the ring of the topic when it joined: 8, 8, 16, 16, 32, ..
+        // 100 members, each on the ring of the topic when it joined: 8, 8, 16, 16, 32 x 4,
+        // then 1,024.
         let mut members: Vec<(Membership, usize)> = (1..=100)
             .map(|n| (hub.join(&t), ring_capacity(n, 1024)))
             .collect();
-        assert_eq!(hub.lock()[&t].capacity, 512);
-        assert_eq!(hub.lock()[&t].outgrown.len(), 6, "8, 16, 32, 64, 128, 256");
+        assert_eq!(hub.lock()[&t].capacity, 1024);
+        assert_eq!(hub.lock()[&t].outgrown.len(), 3, "8, 16, 32");
         // More events than the small rings hold: members of rings of 100 or more keep
         // them all, the others are told they lagged by what their ring could not hold.
         for i in 1..=100 {
@@ -334,14 +361,35 @@ mod tests {
             }
         }
         // Once every member of a ring left, it goes at the next event.
-        members.retain(|(_, ring)| *ring >= 128);
+        members.retain(|(_, ring)| *ring >= 16);
         hub.deliver(
             &t,
             LiveEvent::new(EventId::new(101, 0), EventId::new(100, 0), "{}", None),
         );
-        assert_eq!(hub.lock()[&t].outgrown.len(), 2, "128 and 256 have members");
-        for (m, _) in &mut members {
+        assert_eq!(hub.lock()[&t].outgrown.len(), 2, "16 and 32 have members");
+        for (m, _) in members.iter_mut().filter(|(_, ring)| *ring >= 100) {
             assert_eq!(m.events_rx.recv().await.unwrap().id, EventId::new(101, 0));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_member_of_an_outgrown_ring_moves_to_the_grown_one() {
+        let hub = Hub::new(1024, Confirm::OnJoin);
+        let t = Topic::new("A").unwrap();
+        let mut first = hub.join(&t);
+        assert!(first.guard.grown_ring().is_none(), "not grown yet");
+        let _others: Vec<_> = (0..99).map(|_| hub.join(&t)).collect();
+        let mut moved = first.guard.grown_ring().expect("grown to 1,024");
+        assert!(first.guard.grown_ring().is_none(), "moved once");
+        drop(first.events_rx);
+        for i in 1..=100 {
+            hub.deliver(
+                &t,
+                LiveEvent::new(EventId::new(i, 0), EventId::new(i - 1, 0), "{}", None),
+            );
+        }
+        for i in 1..=100 {
+            assert_eq!(moved.recv().await.unwrap().id, EventId::new(i, 0));
         }
     }
 
