@@ -26,6 +26,18 @@
 //! [`run`] reads as the architecture: build the mode's parts, spawn what feeds the hub,
 //! serve, and drain in order.
 
+/// Gives a `HashMap` or `HashSet` that is under a quarter full (and past 1,024 slots)
+/// its spare room back: a burst of topics or streams leaves no memory behind once it is
+/// over. Halving only at a quarter keeps the cost amortized over the removals.
+macro_rules! shrink_sparse {
+    ($collection:expr) => {{
+        let collection = &mut $collection;
+        if collection.capacity() > 1024 && collection.len() * 4 < collection.capacity() {
+            collection.shrink_to(collection.len() * 2);
+        }
+    }};
+}
+
 pub mod app;
 pub mod assets;
 pub mod client;
@@ -37,6 +49,7 @@ pub mod event;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod memory;
 pub mod metrics;
 pub mod partition;
 pub mod sse;

@@ -56,6 +56,10 @@ struct Args {
     stable_rate: u32,
     #[arg(long, default_value_t = 60)]
     seconds: u64,
+    /// After the churn, with the stable clients still receiving: seconds until the end
+    /// RSS is read (an allocator gives freed memory back over seconds, not at once).
+    #[arg(long, default_value_t = 15)]
+    settle: u64,
 }
 
 /// Opens a stream of `topics` (a change stream for one, `/events` for several) and waits
@@ -224,7 +228,8 @@ async fn churn(args: &Args, rate: u32) -> anyhow::Result<()> {
         watchers.push(Watcher::start(vec![url], 0).await?);
     }
     let start_rss = rss_kib(gateway.pid).context("gateway RSS")?;
-    let stop = CancellationToken::new();
+    // The stable writer runs until the end RSS is read; the churners until the churn ends.
+    let (stop, churn_stop) = (CancellationToken::new(), CancellationToken::new());
 
     // The writer: every stable topic gets `stable_rate` creates per second.
     let store = RedisStore::connect_lazy(&redis.url(), RedisOptions::default())?;
@@ -254,7 +259,7 @@ async fn churn(args: &Args, rate: u32) -> anyhow::Result<()> {
     let opened = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let churners = tokio::spawn({
-        let (stop, opened, failed) = (stop.clone(), opened.clone(), failed.clone());
+        let (stop, opened, failed) = (churn_stop.clone(), opened.clone(), failed.clone());
         let (addr, topics) = (gateway.addr, args.churn_topics);
         async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
@@ -293,8 +298,7 @@ async fn churn(args: &Args, rate: u32) -> anyhow::Result<()> {
         second.tick().await;
         peak_rss = peak_rss.max(rss_kib(gateway.pid).unwrap_or(0));
     }
-    stop.cancel();
-    writer.await??;
+    churn_stop.cancel();
     churners.await?;
     let churn_took = started.elapsed();
 
@@ -333,7 +337,16 @@ async fn churn(args: &Args, rate: u32) -> anyhow::Result<()> {
             );
         }
     };
+    let released_rss = rss_kib(gateway.pid).context("gateway RSS")?;
+    // The stable traffic goes on while the pod settles, as it would in a real one.
+    let mut settle = tokio::time::interval(Duration::from_secs(1));
+    settle.tick().await;
+    for _ in 0..args.settle {
+        settle.tick().await;
+    }
     let end_rss = rss_kib(gateway.pid).context("gateway RSS")?;
+    stop.cancel();
+    writer.await??;
     // Every stable client has every event of its topic, once, in order.
     let mut by_topic = std::collections::BTreeMap::<String, Vec<Watcher>>::new();
     for (i, watcher) in watchers.into_iter().enumerate() {
@@ -350,11 +363,12 @@ async fn churn(args: &Args, rate: u32) -> anyhow::Result<()> {
     }
 
     println!(
-        "| churn opens/s | seconds | opened | failed | stable clients | stable topics | events delivered to them | channels after | RSS start | peak | end | end vs start |"
+        "| churn opens/s | seconds | opened | failed | stable clients | stable topics | events delivered to them | channels after | RSS start | peak | released | end ({} s later) | end vs start |",
+        args.settle
     );
-    println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     println!(
-        "| {rate} | {:.0} | {} | {} | {} | {} | {events} (all, once, in order) | {channels} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:+.1}% |",
+        "| {rate} | {:.0} | {} | {} | {} | {} | {events} (all, once, in order) | {channels} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:+.1}% |",
         churn_took.as_secs_f64(),
         opened.load(Ordering::SeqCst),
         failed.load(Ordering::SeqCst),
@@ -362,6 +376,7 @@ async fn churn(args: &Args, rate: u32) -> anyhow::Result<()> {
         args.stable_topics,
         start_rss as f64 / 1024.0,
         peak_rss as f64 / 1024.0,
+        released_rss as f64 / 1024.0,
         end_rss as f64 / 1024.0,
         (end_rss as f64 / start_rss as f64 - 1.0) * 100.0,
     );

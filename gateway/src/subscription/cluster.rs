@@ -166,6 +166,7 @@ impl Control {
             }
         }
         self.nudge.retain(|t| wanted.contains(t));
+        shrink_sparse!(self.nudge);
         let due: Vec<Topic> = self
             .nudge
             .iter()
@@ -319,6 +320,9 @@ impl Control {
                 self.lingering.remove(&topic);
             }
         }
+        shrink_sparse!(self.subscribed);
+        shrink_sparse!(self.lingering);
+        crate::memory::trim_after_release().await;
     }
 
     /// Nudges each topic subscribed again, [`RESUBSCRIBE_CONCURRENCY`] at a time.

@@ -197,6 +197,11 @@ impl Control {
                 }
             }
         }
+        if !expired.is_empty() {
+            shrink_sparse!(self.subscribed);
+            shrink_sparse!(self.lingering);
+            crate::memory::trim_after_release().await;
+        }
         // After the unsubscribes: a topic that joined again since `wanted` was read may
         // have just been unsubscribed (it is subscribed again next step).
         for topic in self.hub.unconfirmed() {
