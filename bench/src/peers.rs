@@ -272,7 +272,7 @@ impl Peer {
     }
 
     fn terminate(&mut self) {
-        // No libc here (unsafe is forbidden): the `kill` utility sends the signal.
+        // No libc here (unsafe code is denied): the `kill` utility sends the signal.
         // nginx's workers outlive a SIGKILLed master, so TERM first, then SIGKILL.
         let _ = std::process::Command::new("kill")
             .arg("-TERM")

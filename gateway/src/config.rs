@@ -61,7 +61,7 @@ service::settings! {
         pub replay_reads: NonZeroUsize = 32_usize,
         /// Live events buffered per topic
         ///
-        /// For its slowest local client (16 until the topic has more than 4 local
+        /// For its slowest local client (8, 16 or 32 while the topic has at most 8 local
         /// clients). A client further behind is caught up from the stream instead (nothing
         /// is dropped).
         pub hub_capacity: NonZeroUsize = 1024_usize,
@@ -95,6 +95,10 @@ service::settings! {
         /// A client that stopped reading; it resumes with `Last-Event-ID`.
         pub write_timeout: Duration = Duration::from_secs(30),
         /// Most topics on one /events stream
+        ///
+        /// Each topic on a connection costs the pod ~1 KiB (its lane and, with one client,
+        /// its topic's state; docs/BENCHMARKS.md "Topics at scale"), so raising it is
+        /// cheap; it bounds what one client can make a pod hold.
         pub max_topics: NonZeroUsize = 16_usize,
         /// The other gateway pods, comma-separated host:port (a name resolving to several addresses, such as a headless Service, counts each), asked whether they reach Redis when this pod cannot
         peers: Option<Peers>,
