@@ -3,177 +3,21 @@
 // plays the Kubernetes Service + Ingress (one origin; change streams to whichever gateway
 // pod is current, the rest of /api to the publisher).
 //
-// Every wait is on a signal (a log line, a proxy event, a condition in the page) and has a
-// deadline; nothing sleeps for a fixed time.
+// The processes, deadlines and Redis are tests/js/processes.mjs, shared with the other
+// Node test packages. Every wait is on a signal (a log line, a proxy event, a condition in
+// the page) and has a deadline; nothing sleeps for a fixed time.
 
-import { spawn } from 'node:child_process';
 import { EventEmitter, once } from 'node:events';
-import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import readline from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import {
+  Child, REPO, STEP_MS, binary, freePort, logField, startRedis, waitOk, within,
+} from '../js/processes.mjs';
 
-export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-/** How long one step (a start, a page condition, a request) may take. */
-export const STEP_MS = 15_000;
-
-/** A workspace binary built by `cargo build --workspace --bins`. */
-export function binary(name) {
-  const dir = process.env.CARGO_TARGET_DIR ?? path.join(REPO, 'target');
-  const file = path.join(dir, 'debug', name);
-  if (!existsSync(file)) {
-    throw new Error(`${file} is missing: run \`cargo build --workspace --bins\` first`);
-  }
-  return file;
-}
-
-/** Rejects after `ms` with a message naming what was awaited. */
-export async function within(what, promise, ms = STEP_MS) {
-  let timer;
-  const deadline = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** A free TCP port on 127.0.0.1 (may be taken again before use: callers retry). */
-export async function freePort() {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address();
-  server.close();
-  await once(server, 'close');
-  return port;
-}
-
-/** A child process whose output lines are kept and can be awaited. */
-class Child extends EventEmitter {
-  constructor(name, file, args, env, stream) {
-    super();
-    this.name = name;
-    this.lines = [];
-    this.process = spawn(file, args, {
-      env: { ...process.env, ...env },
-      stdio: ['ignore', stream === 'stdout' ? 'pipe' : 'ignore', stream === 'stderr' ? 'pipe' : 'ignore'],
-    });
-    this.exited = new Promise((resolve) => this.process.once('exit', (code, signal) => resolve({ code, signal })));
-    this.exited.then(() => this.emit('exit'));
-    readline.createInterface({ input: this.process[stream] }).on('line', (line) => {
-      this.lines.push(line);
-      this.emit('line', line);
-    });
-  }
-
-  /** The first line (already seen or to come) for which `match` returns a value. */
-  waitForLine(what, match, ms = STEP_MS) {
-    for (const line of this.lines) {
-      const found = match(line);
-      if (found !== undefined) return Promise.resolve(found);
-    }
-    return within(`${this.name}: ${what}`, new Promise((resolve, reject) => {
-      const onLine = (line) => {
-        const found = match(line);
-        if (found !== undefined) {
-          this.off('line', onLine);
-          this.off('exit', onExit);
-          resolve(found);
-        }
-      };
-      const onExit = () => {
-        this.off('line', onLine);
-        reject(new Error(`${this.name} exited before: ${what}\n${this.lines.slice(-20).join('\n')}`));
-      };
-      this.on('line', onLine);
-      this.once('exit', onExit);
-    }), ms);
-  }
-
-  /** SIGKILL (no drain, no goodbye) and wait for the exit. */
-  async kill() {
-    if (this.process.exitCode === null && this.process.signalCode === null) this.process.kill('SIGKILL');
-    await within(`${this.name} to exit`, this.exited);
-  }
-}
-
-/** A JSON log line's value for `key`, or undefined (tracing's JSON, fields flattened). */
-function logField(line, key, message) {
-  let entry;
-  try {
-    entry = JSON.parse(line);
-  } catch {
-    return undefined;
-  }
-  const fields = { ...entry, ...(entry.fields ?? {}) };
-  if (message !== undefined && fields.message !== message) return undefined;
-  return fields[key];
-}
-
-/**
- * `redis-server` on a free port, ready when it says so; without persistence, or with
- * `appendonly` (every write fsynced) so a `kill()` and `start()` keep the data.
- */
-export async function startRedis({ appendonly = false } = {}) {
-  let lastError;
-  for (let attempt = 0; attempt < 5; attempt += 1) {
-    const port = await freePort();
-    const dir = await mkdtemp(path.join(tmpdir(), 'cs-redis-'));
-    const spawnRedis = () => new Child(`redis:${port}`, 'redis-server', [
-      '--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '',
-      ...(appendonly ? ['--appendonly', 'yes', '--appendfsync', 'always'] : ['--appendonly', 'no']),
-      '--daemonize', 'no', '--loglevel', 'notice',
-    ], {}, 'stdout');
-    const ready = (child) =>
-      child.waitForLine('ready', (l) => (l.includes('Ready to accept connections') ? true : undefined));
-    let child = spawnRedis();
-    try {
-      await ready(child);
-      return {
-        url: `redis://127.0.0.1:${port}/`,
-        /** SIGKILL: what survives is what the AOF had. */
-        kill: () => child.kill(),
-        /** Starts again on the same port and data directory. */
-        async start() {
-          child = spawnRedis();
-          await ready(child);
-        },
-        async stop() {
-          await child.kill();
-          await rm(dir, { recursive: true, force: true });
-        },
-      };
-    } catch (error) {
-      lastError = error; // most likely the port was taken meanwhile
-      await child.kill();
-      await rm(dir, { recursive: true, force: true });
-    }
-  }
-  throw lastError;
-}
-
-/** Polls `url` until it answers 200; each poll and the whole wait are bounded. */
-async function waitOk(what, url, ms = STEP_MS) {
-  const until = Date.now() + ms;
-  for (;;) {
-    try {
-      const response = await fetch(url, { signal: AbortSignal.timeout(2000) });
-      if (response.status === 200) return;
-    } catch {
-      // not answering yet
-    }
-    if (Date.now() > until) throw new Error(`timed out after ${ms} ms: ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20)); // poll interval, not a wait
-  }
-}
+export { REPO, STEP_MS, binary, freePort, startRedis, within };
 
 /**
  * A server binary on 127.0.0.1:0 (or its `*_LISTEN` in `env`); resolves once it logged its

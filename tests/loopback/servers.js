@@ -2,34 +2,29 @@
 // memory connector) and our gateway in embedded mode (a child process, the binary that
 // `cargo build --workspace --bins` built). Both serve `/api/{Model plural}`.
 //
-// The gateway start is borrowed from tests/browser/harness.js (`startServer`): not
-// imported, since that module loads playwright-core, which this package does not need.
-// Every wait is on a signal (the log line with the address, an answer) and has a deadline.
+// The deadlines, requests and the SSE reader are tests/js/processes.mjs, shared with the
+// other Node test packages. Every wait is on a signal (the log line with the address, an
+// answer) and has a deadline.
 
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync } from 'node:fs';
-import path from 'node:path';
 import readline from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import loopback from 'loopback';
+import * as shared from '../js/processes.mjs';
 
-export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const { REPO } = shared;
+
 /** How long one step (a start, a request) may take. */
 export const STEP_MS = 10_000;
 
 /** Rejects after `ms` with a message naming what was awaited. */
-export async function within(what, promise, ms = STEP_MS) {
-  let timer;
-  const deadline = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+export const within = (what, promise, ms = STEP_MS) => shared.within(what, promise, ms);
+
+/** One request with a deadline: `{status, headers, body}` (the body parsed when JSON). */
+export const request = (method, url, body) => shared.request(method, url, body, {}, STEP_MS);
+
+/** An SSE response read in the background (see tests/js/processes.mjs). */
+export const openEventStream = (url, headers = {}) => shared.openEventStream(url, headers, STEP_MS);
 
 /**
  * A LoopBack 3 app on the memory connector, REST at `/api`, on 127.0.0.1 and a free port.
@@ -66,29 +61,9 @@ export async function startLoopBack(models) {
   };
 }
 
-/** The gateway binary built by `cargo build --workspace --bins`. */
-function gatewayBinary() {
-  const dir = process.env.CARGO_TARGET_DIR ?? path.join(REPO, 'target');
-  const file = path.join(dir, 'debug', 'gateway');
-  if (!existsSync(file)) {
-    throw new Error(`${file} is missing: run \`cargo build --workspace --bins\` first`);
-  }
-  return file;
-}
-
-/** A JSON log line's `addr` (tracing's JSON, fields possibly nested under `fields`). */
-function logAddr(line) {
-  try {
-    const entry = JSON.parse(line);
-    return entry.addr ?? entry.fields?.addr;
-  } catch {
-    return undefined;
-  }
-}
-
 /** The gateway in embedded mode (its in-memory store and the REST API) on 127.0.0.1:0. */
 export async function startGateway() {
-  const child = spawn(gatewayBinary(), [], {
+  const child = spawn(shared.binary('gateway'), [], {
     env: { ...process.env, RUST_LOG: 'info', GATEWAY_LISTEN: '127.0.0.1:0' },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
@@ -102,7 +77,7 @@ export async function startGateway() {
     const addr = await within('gateway: listening address', new Promise((resolve, reject) => {
       readline.createInterface({ input: child.stderr }).on('line', (line) => {
         lines.push(line);
-        const found = logAddr(line);
+        const found = shared.logField(line, 'addr');
         if (found !== undefined) resolve(found);
       });
       exited.then(({ code, signal }) =>
@@ -115,83 +90,3 @@ export async function startGateway() {
   }
 }
 
-/** One request with a deadline: `{status, body}` (the body parsed when it is JSON). */
-export async function request(method, url, body) {
-  const response = await fetch(url, {
-    method,
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-    signal: AbortSignal.timeout(STEP_MS),
-  });
-  const text = await response.text();
-  let parsed = text;
-  try {
-    parsed = JSON.parse(text);
-  } catch {
-    // not JSON: compared as text
-  }
-  return { status: response.status, headers: response.headers, body: parsed };
-}
-
-/**
- * An SSE response read in the background: `next(what)` is its next event
- * (`{event, data, id}`), waited for with a deadline; `close()` aborts it. Comments
- * (`:ok`, heartbeats) and blocks without data (`retry:`) are not events.
- */
-export async function openEventStream(url, headers = {}) {
-  const controller = new AbortController();
-  const response = await within(`open ${url}`, fetch(url, {
-    headers: { accept: 'text/event-stream', ...headers },
-    signal: controller.signal,
-  }));
-  if (response.status !== 200 || !response.headers.get('content-type')?.startsWith('text/event-stream')) {
-    controller.abort();
-    throw new Error(`${url}: ${response.status} ${response.headers.get('content-type')}`);
-  }
-  const events = [];
-  let ended = null;
-  let wake = () => {};
-  const pump = async () => {
-    const decoder = new TextDecoder();
-    let buffer = '';
-    for await (const chunk of response.body) {
-      buffer += decoder.decode(chunk, { stream: true });
-      let end;
-      while ((end = buffer.indexOf('\n\n')) >= 0) {
-        const block = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        const event = { event: 'message', data: [], id: undefined };
-        for (const line of block.split('\n')) {
-          if (line === '' || line.startsWith(':')) continue;
-          const colon = line.indexOf(':');
-          const name = colon < 0 ? line : line.slice(0, colon);
-          const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
-          if (name === 'data') event.data.push(value);
-          else if (name === 'event') event.event = value;
-          else if (name === 'id') event.id = value;
-        }
-        if (event.data.length > 0) {
-          events.push({ ...event, data: event.data.join('\n') });
-          wake();
-        }
-      }
-    }
-    throw new Error(`${url}: the stream ended`);
-  };
-  pump().catch((error) => {
-    ended = error;
-    wake();
-  });
-  return {
-    async next(what) {
-      while (events.length === 0) {
-        if (ended) throw ended;
-        await within(what, new Promise((resolve) => { wake = resolve; }));
-      }
-      return events.shift();
-    },
-    close() {
-      controller.abort();
-    },
-  };
-}

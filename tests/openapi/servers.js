@@ -3,42 +3,22 @@
 // 127.0.0.1:0, both built by `cargo build --workspace --bins`. Every wait is on a signal
 // (Redis's ready line, the log line with the address) and has a deadline.
 //
-// The binary start follows tests/loopback/servers.js (not imported: that module loads
-// loopback, which this package does not need).
+// The deadlines, binaries and Redis are tests/js/processes.mjs, shared with the other
+// Node test packages.
 
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import net from 'node:net';
-import path from 'node:path';
 import readline from 'node:readline';
-import { fileURLToPath } from 'node:url';
+import * as shared from '../js/processes.mjs';
 
-export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const { REPO, startRedis } = shared;
+const { binary } = shared;
+const logAddr = (line) => shared.logField(line, 'addr');
+
 /** How long one step (a start, a request) may take. */
 export const STEP_MS = 10_000;
 
 /** Rejects after `ms` with a message naming what was awaited. */
-export async function within(what, promise, ms = STEP_MS) {
-  let timer;
-  const deadline = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** A binary built by `cargo build --workspace --bins`. */
-function binary(name) {
-  const dir = process.env.CARGO_TARGET_DIR ?? path.join(REPO, 'target');
-  const file = path.join(dir, 'debug', name);
-  if (!existsSync(file)) {
-    throw new Error(`${file} is missing: run \`cargo build --workspace --bins\` first`);
-  }
-  return file;
-}
+export const within = (what, promise, ms = STEP_MS) => shared.within(what, promise, ms);
 
 /**
  * Starts `command` with the environment `env`, reads `stream` ('stdout' or 'stderr') line
@@ -70,47 +50,6 @@ async function startChild(what, command, args, env, stream, found) {
   } catch (error) {
     await stop();
     throw error;
-  }
-}
-
-/** A port free right now (the OS's pick); Redis cannot take port 0 itself. */
-async function freePort() {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await within('a free port', new Promise((resolve) => server.once('listening', resolve)));
-  const { port } = server.address();
-  await within('the probe to close', new Promise((resolve) => server.close(resolve)));
-  return port;
-}
-
-/** A redis-server child on a free port, without persistence: `{url, stop}`. */
-export async function startRedis() {
-  // Another process may take the port between the probe and Redis's bind: try again.
-  for (let attempt = 1; ; attempt++) {
-    const port = await freePort();
-    try {
-      const { stop } = await startChild(
-        'redis-server',
-        'redis-server',
-        ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
-        process.env,
-        'stdout',
-        (line) => (line.includes('Ready to accept connections') ? true : undefined),
-      );
-      return { url: `redis://127.0.0.1:${port}/`, stop };
-    } catch (error) {
-      if (attempt === 3) throw error;
-    }
-  }
-}
-
-/** A JSON log line's `addr` (tracing's JSON, fields possibly nested under `fields`). */
-function logAddr(line) {
-  try {
-    const entry = JSON.parse(line);
-    return entry.addr ?? entry.fields?.addr;
-  } catch {
-    return undefined;
   }
 }
 
