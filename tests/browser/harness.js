@@ -14,10 +14,10 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 import {
-  Child, REPO, STEP_MS, binary, freePort, logField, startRedis, waitOk, within,
+  Child, REPO, STEP_MS, binary, cleanup, freePort, logField, startRedis, waitOk, within,
 } from '../js/processes.mjs';
 
-export { REPO, STEP_MS, binary, freePort, startRedis, within };
+export { REPO, STEP_MS, binary, cleanup, freePort, startRedis, within };
 
 /**
  * A server binary on 127.0.0.1:0 (or its `*_LISTEN` in `env`); resolves once it logged its
@@ -249,19 +249,4 @@ export class Proxy extends EventEmitter {
     this.server.closeAllConnections();
     this.server.close();
   }
-}
-
-/** Runs `fn` at the end of the test, newest first (node:test's `t.after` order is FIFO). */
-export function cleanup(t) {
-  const stack = [];
-  t.after(async () => {
-    for (const fn of stack.reverse()) {
-      try {
-        await fn();
-      } catch (error) {
-        console.error('cleanup:', error);
-      }
-    }
-  });
-  return (fn) => stack.push(fn);
 }

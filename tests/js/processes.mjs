@@ -269,3 +269,18 @@ export async function openEventStream(url, headers = {}, ms = STEP_MS) {
   };
   return stream;
 }
+
+/** Runs `fn` at the end of the test, newest first (node:test's `t.after` order is FIFO). */
+export function cleanup(t) {
+  const stack = [];
+  t.after(async () => {
+    for (const fn of stack.reverse()) {
+      try {
+        await fn();
+      } catch (error) {
+        console.error('cleanup:', error);
+      }
+    }
+  });
+  return (fn) => stack.push(fn);
+}

@@ -11,11 +11,12 @@ import { createHmac } from 'node:crypto';
 import { once } from 'node:events';
 import { createRequire } from 'node:module';
 import {
-  Child, REPO, STEP_MS, binary, logField, openEventStream, request, startRedis, waitOk, within,
+  Child, REPO, STEP_MS, binary, cleanup, logField, openEventStream, request, startRedis, waitOk,
+  within,
 } from '../js/processes.mjs';
 import loopback from 'loopback';
 
-export { REPO, STEP_MS, openEventStream, request, within };
+export { REPO, STEP_MS, cleanup, openEventStream, request, within };
 
 /** The mixin package, installed from the repo (`file:../../clients/loopback3`). */
 export const mixin = createRequire(import.meta.url)('@changestream/loopback3');
@@ -147,19 +148,4 @@ export function jwt(secret, claims) {
   const part = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
   const body = `${part({ alg: 'HS256', typ: 'JWT' })}.${part(claims)}`;
   return `${body}.${createHmac('sha256', secret).update(body).digest('base64url')}`;
-}
-
-/** Runs `fn` at the end of the test, newest first (node:test's `t.after` order is FIFO). */
-export function cleanup(t) {
-  const stack = [];
-  t.after(async () => {
-    for (const fn of stack.reverse()) {
-      try {
-        await fn();
-      } catch (error) {
-        console.error('cleanup:', error);
-      }
-    }
-  });
-  return (fn) => stack.push(fn);
 }
