@@ -35,6 +35,27 @@ async function writeLoop(base, progress) {
   return failed;
 }
 
+/**
+ * The app with its `Tick` model publishing to `publisher` (the fleet's, or a proxy in front
+ * of it), LoopBack's own change stream of it, and a gateway's; all stopped by `defer`.
+ */
+async function tickApp(defer, fleet, publisher) {
+  const logger = memoryLogger();
+  const app = await startApp({
+    Tick: {
+      forceId: false,
+      properties: { i: 'number', phase: 'string' },
+      mixins: { ChangeStreamPublisher: { publisher, logger, ...FAST_RETRIES } },
+    },
+  });
+  defer(() => app.stop());
+  const { Tick } = app.models;
+  const lb = await loopbackChanges(Tick);
+  const stream = await openEventStream(`${fleet.gateways[0].base}/api/Ticks/change-stream?_format=event-stream`);
+  defer(() => stream.close());
+  return { app, Tick, lb, stream, logger };
+}
+
 /** Resolves once `progress` reports at least `n` writes (and `also()` holds then). */
 function written(progress, n, also = () => true) {
   return within(`${n} writes`, new Promise((resolve) => {
@@ -74,19 +95,7 @@ test('the publisher SIGKILLed and restarted on its port while the app writes', a
   const defer = cleanup(t);
   const fleet = await startFleet({ gateways: 1 });
   defer(() => fleet.stop());
-  const logger = memoryLogger();
-  const app = await startApp({
-    Tick: {
-      forceId: false,
-      properties: { i: 'number', phase: 'string' },
-      mixins: { ChangeStreamPublisher: { publisher: fleet.publisher.base, logger, ...FAST_RETRIES } },
-    },
-  });
-  defer(() => app.stop());
-  const { Tick } = app.models;
-  const lb = await loopbackChanges(Tick);
-  const stream = await openEventStream(`${fleet.gateways[0].base}/api/Ticks/change-stream?_format=event-stream`);
-  defer(() => stream.close());
+  const { app, Tick, lb, stream, logger } = await tickApp(defer, fleet, fleet.publisher.base);
 
   const started = Date.now();
   const progress = new EventEmitter();
@@ -145,19 +154,7 @@ test('answers lost after the publisher wrote: the retries are replays, nothing t
     proxy.close();
   });
 
-  const logger = memoryLogger();
-  const app = await startApp({
-    Tick: {
-      forceId: false,
-      properties: { i: 'number', phase: 'string' },
-      mixins: { ChangeStreamPublisher: { publisher: `http://127.0.0.1:${proxy.address().port}`, logger, ...FAST_RETRIES } },
-    },
-  });
-  defer(() => app.stop());
-  const { Tick } = app.models;
-  const lb = await loopbackChanges(Tick);
-  const stream = await openEventStream(`${fleet.gateways[0].base}/api/Ticks/change-stream?_format=event-stream`);
-  defer(() => stream.close());
+  const { app, Tick, lb, stream, logger } = await tickApp(defer, fleet, `http://127.0.0.1:${proxy.address().port}`);
 
   const started = Date.now();
   const failedWrites = await writeLoop(app.base, new EventEmitter());
