@@ -8,7 +8,7 @@
 //! broadcast overwrites the oldest event of a lagging receiver, which that client then
 //! reads back from the stream ([`crate::client`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -70,6 +70,13 @@ struct Confirmation {
 impl Confirmation {
     fn is_set(&self) -> bool {
         self.confirmed.load(Ordering::SeqCst)
+    }
+
+    /// Sets the flag; waiters wait for true, and are woken only by that change.
+    fn set(&self) {
+        if !self.confirmed.swap(true, Ordering::SeqCst) {
+            self.changed.notify_waiters();
+        }
     }
 }
 
@@ -185,26 +192,25 @@ impl Hub {
         self.lock().keys().cloned().collect()
     }
 
-    /// The wanted topics not confirmed yet: new ones, ones whose subscription was lost,
-    /// and ones that came back while their subscription lingered.
-    pub fn unconfirmed(&self) -> Vec<Topic> {
-        self.lock()
-            .iter()
-            .filter(|(_, slot)| !slot.confirmation.is_set())
-            .map(|(topic, _)| topic.clone())
-            .collect()
+    /// Confirms every wanted topic not confirmed yet that is in `subscribed` (Redis has
+    /// it): new ones once their SUBSCRIBE is answered, ones whose subscription was lost
+    /// once it is made again, and ones that came back while their subscription lingered.
+    /// One pass under one lock, over the topics only.
+    pub fn confirm_subscribed(&self, subscribed: &HashSet<Topic>) {
+        for (topic, slot) in self.lock().iter() {
+            if !slot.confirmation.is_set() && subscribed.contains(topic) {
+                slot.confirmation.set();
+            }
+        }
     }
 
     /// Marks `topic` as subscribed (or not) in Redis.
     pub fn confirm(&self, topic: &Topic, confirmed: bool) {
         if let Some(slot) = self.lock().get(topic) {
-            let was = slot
-                .confirmation
-                .confirmed
-                .swap(confirmed, Ordering::SeqCst);
-            // Waiters wait for true, and are woken only by that change.
-            if confirmed && !was {
-                slot.confirmation.changed.notify_waiters();
+            if confirmed {
+                slot.confirmation.set();
+            } else {
+                slot.confirmation.confirmed.store(false, Ordering::SeqCst);
             }
         }
     }
@@ -291,10 +297,14 @@ mod tests {
         let b = hub.join(&t);
         assert_eq!(hub.wanted(), std::slice::from_ref(&t));
         assert!(!hub.all_confirmed());
-        assert_eq!(hub.unconfirmed(), std::slice::from_ref(&t));
+        hub.confirm_subscribed(&HashSet::new());
+        assert!(!hub.all_confirmed(), "not subscribed: not confirmed");
+        hub.confirm_subscribed(&HashSet::from([t.clone()]));
+        assert!(hub.all_confirmed());
+        hub.confirm(&t, false);
+        assert!(!hub.all_confirmed());
         hub.confirm(&t, true);
         assert!(hub.all_confirmed());
-        assert!(hub.unconfirmed().is_empty());
         drop(a);
         assert_eq!(hub.wanted(), std::slice::from_ref(&t));
         drop(b);

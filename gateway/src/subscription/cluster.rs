@@ -160,11 +160,7 @@ impl Control {
         // A topic that came back while its subscription lingered is confirmed here; after
         // the unsubscribes, as one that came back since `wanted` was read may have just
         // been unsubscribed (it is subscribed again next step).
-        for topic in self.hub.unconfirmed() {
-            if self.subscribed.contains(&topic) {
-                self.hub.confirm(&topic, true);
-            }
-        }
+        self.hub.confirm_subscribed(&self.subscribed);
         self.nudge.retain(|t| wanted.contains(t));
         shrink_sparse!(self.nudge);
         let due: Vec<Topic> = self

@@ -204,11 +204,7 @@ impl Control {
         }
         // After the unsubscribes: a topic that joined again since `wanted` was read may
         // have just been unsubscribed (it is subscribed again next step).
-        for topic in self.hub.unconfirmed() {
-            if self.subscribed.contains(&topic) {
-                self.hub.confirm(&topic, true);
-            }
-        }
+        self.hub.confirm_subscribed(&self.subscribed);
         if self.nudge {
             for topic in &wanted {
                 if let Err(e) = nudge(&self.hub, &self.history, topic).await {
