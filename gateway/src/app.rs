@@ -93,11 +93,11 @@ impl Mode {
             }
             Self::Fleet(target) => {
                 let hub = Hub::new(capacity, Confirm::BySubscription);
-                let history = History::Redis(RedisHistory::connect(
+                let history = History::Redis(Arc::new(RedisHistory::connect(
                     &target,
                     config.redis_timeout,
                     config.replay_reads.get(),
-                )?);
+                )?));
                 let readiness = subscription::start(
                     config,
                     &target,

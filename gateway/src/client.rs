@@ -176,7 +176,7 @@ pub struct ClientStream {
     ended: bool,
     /// The lane polled first next time, so a busy topic cannot starve the others.
     next_lane: usize,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     /// Change events sent, for the close log line.
     sent: u64,
     opened: Instant,
@@ -207,7 +207,7 @@ impl ClientStream {
         history: History,
         pages: Pages,
         heartbeat: Duration,
-        metrics: Metrics,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, HistoryError> {
         subscriptions.sort_by(|a, b| a.topic.cmp(&b.topic));
         let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
@@ -367,6 +367,10 @@ impl ClientStream {
     pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         loop {
             if let Some(chunk) = self.pending.pop_front() {
+                if self.pending.is_empty() {
+                    // Live events skip the queue: an idle client keeps no room for it.
+                    self.pending = VecDeque::new();
+                }
                 self.heartbeat.reset();
                 return Poll::Ready(Some(chunk));
             }
@@ -407,7 +411,12 @@ impl ClientStream {
             if let Some((index, item)) = received {
                 self.next_lane = (index + 1) % n;
                 match item {
-                    Some(Ok(event)) => self.live(index, &event),
+                    Some(Ok(event)) => {
+                        if let Some(chunk) = self.live(index, &event) {
+                            self.heartbeat.reset();
+                            return Poll::Ready(Some(chunk));
+                        }
+                    }
                     Some(Err(BroadcastStreamRecvError::Lagged(_))) => {
                         self.metrics.catchups.inc();
                         let lane = &mut self.lanes[index];
@@ -426,16 +435,17 @@ impl ClientStream {
         }
     }
 
-    /// A live event of lane `index`: sent, skipped, or the sign of a gap.
-    fn live(&mut self, index: usize, event: &LiveEvent) {
+    /// A live event of lane `index`: the chunk to send, or nothing (skipped, or the sign
+    /// of a gap).
+    fn live(&mut self, index: usize, event: &LiveEvent) -> Option<Bytes> {
         let lane = &mut self.lanes[index];
         if event.id <= lane.last {
-            return;
+            return None;
         }
         if event.prev != lane.last {
             self.metrics.gap_refills.inc();
             lane.catching_up = true;
-            return;
+            return None;
         }
         lane.last = event.id;
         let filtered = match &lane.filter {
@@ -443,7 +453,7 @@ impl ClientStream {
             Some(filter) => event.parsed().map_or(Filtered::AsIs, |p| apply(filter, p)),
         };
         let chunk = match (&filtered, self.shape) {
-            (Filtered::Skip, _) => return,
+            (Filtered::Skip, _) => return None,
             (Filtered::AsIs, Shape::ChangeStream) => event.frame.clone(),
             (Filtered::AsIs, Shape::Events) => {
                 let data = event.topic_change(&self.lanes[index].topic);
@@ -458,7 +468,7 @@ impl ClientStream {
         self.sent += 1;
         self.metrics.delivered.inc();
         self.metrics.observe_delivery(event.id);
-        self.pending.push_back(chunk);
+        Some(chunk)
     }
 
     /// A frame of `change` (JSON) of lane `index`, encoded for this client alone.
@@ -759,7 +769,7 @@ mod tests {
                 snapshot: page,
             },
             heartbeat,
-            Metrics::new().unwrap(),
+            Arc::new(Metrics::new().unwrap()),
         )
         .await
         .unwrap()
@@ -1027,7 +1037,7 @@ mod tests {
                 snapshot: 10,
             },
             Duration::from_secs(60),
-            Metrics::new().unwrap(),
+            Arc::new(Metrics::new().unwrap()),
         )
         .await
         .unwrap();

@@ -33,6 +33,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::response::IntoResponse;
 use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use futures::future::Either;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -112,11 +114,7 @@ pub async fn serve(
         };
         let app = app.clone();
         let watcher = graceful.watcher();
-        tracker.spawn(async move {
-            if let Err(e) = connection(io, app, limits, watcher).await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
+        tracker.spawn(connection(io, app, limits, watcher));
     }
     // Closed at once: new connections are refused (and retried elsewhere), not queued.
     drop(listener);
@@ -125,21 +123,28 @@ pub async fn serve(
 
 /// One connection. A stream connection lives for hours in the state after its answer
 /// has started, so everything before that (reading the head, routing) and the whole of a
-/// hyper connection run in a boxed future of their own: the task keeps only the space the
-/// long-lived state needs, not the largest of all of them.
+/// hyper connection run in a boxed future of their own, and the task keeps only the space
+/// the long-lived state needs, not the largest of all of them. Combinators rather than an
+/// `async` block: a block keeps room for its captured values and moved-from bindings next
+/// to the stream's future. Every open stream's task holds this: with the blocks it was a
+/// 768-byte task (heaptrack, release), now 384.
 fn connection(
     io: Io,
     app: App,
     limits: RequestLimits,
     graceful: hyper_util::server::graceful::Watcher,
-) -> impl Future<Output = io::Result<()>> + Send {
-    let start = Box::pin(start(io, app, limits, graceful));
-    async move {
-        match start.await? {
-            Some((io, body)) => chunked::stream(io, body).await,
-            None => Ok(()),
-        }
-    }
+) -> impl Future<Output = ()> + Send {
+    Box::pin(start(io, app, limits, graceful))
+        .then(|started| match started {
+            Ok(Some((io, body))) => Either::Left(chunked::stream(io, body)),
+            Ok(None) => Either::Right(std::future::ready(Ok(()))),
+            Err(e) => Either::Right(std::future::ready(Err(e))),
+        })
+        .map(|ended| {
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        })
 }
 
 /// Reads the request head and answers it: an event stream's connection and body, which
@@ -254,7 +259,9 @@ mod tests {
     use std::time::Duration;
 
     /// A stream connection's task lives for hours in its streaming state; the future it
-    /// runs must not reserve room for routing or hyper (it was 2,424 bytes when it did).
+    /// runs must not reserve room for routing or hyper (it was 2,424 bytes when it did),
+    /// nor for `async` blocks' captures beside the stream's own state (496 when it did;
+    /// 288 now).
     #[tokio::test]
     async fn a_connection_task_reserves_only_the_streaming_state() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -269,6 +276,6 @@ mod tests {
         };
         let task = connection(io, app, RequestLimits::default(), graceful.watcher());
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 768, "the connection future is {size} bytes");
+        assert!(size <= 320, "the connection future is {size} bytes");
     }
 }

@@ -45,11 +45,11 @@ pub struct RecordsPage {
     pub records: Vec<(String, String)>,
 }
 
-/// A topic history reader. Cheap to clone.
+/// A topic history reader. Cheap to clone: every open stream holds one (two words).
 #[derive(Clone, Debug)]
 pub enum History {
     Memory(MemoryStore),
-    Redis(RedisHistory),
+    Redis(Arc<RedisHistory>),
 }
 
 /// Stream reads over a multiplexed, reconnecting connection (not the subscription's).

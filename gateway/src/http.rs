@@ -65,7 +65,8 @@ pub struct AppState {
     /// One permit per open SSE stream (`max_connections`). None left: the stream is told to
     /// retry (200, a jittered `retry:`, the end). The drain waits for every permit.
     pub streams: Arc<Semaphore>,
-    pub metrics: Metrics,
+    /// Shared: every open stream holds a handle (one pointer, not a copy of each series).
+    pub metrics: Arc<Metrics>,
 }
 
 /// What [`Caller`] verifies tokens with.
@@ -294,7 +295,7 @@ mod tests {
             readiness: Readiness::always(),
             partition: Partition::new(&shutdown),
             shutdown: shutdown.clone(),
-            metrics: Metrics::new().unwrap(),
+            metrics: Arc::new(Metrics::new().unwrap()),
             config: Arc::new(config),
         };
         /// A stream route only this test has.

@@ -151,7 +151,7 @@ pub async fn run(
         readiness: parts.readiness,
         partition,
         shutdown: shutdown.clone(),
-        metrics,
+        metrics: Arc::new(metrics),
     };
     if let Some(addr) = admin_listen {
         let admin = http::admin_router(state.clone());

@@ -62,7 +62,6 @@ pub(super) async fn write_whole(io: &mut Io, response: Response) -> io::Result<(
 
 /// Writes an event stream's `body` as chunks until it ends or the client goes.
 pub(super) async fn stream(mut io: Io, mut body: Body) -> io::Result<()> {
-    let mut batch = Vec::new();
     // The read side is watched too: a client that closes is gone at once, not at the next
     // heartbeat (what hyper does). Bytes it sends after its request are ignored.
     let mut probe = [0_u8; 16];
@@ -77,20 +76,33 @@ pub(super) async fn stream(mut io: Io, mut body: Body) -> io::Result<()> {
                 Ok(_) => continue,
             },
         };
-        batch.push(first);
-        // Whatever else is ready goes in the same write.
-        while batch.len() < BATCH {
-            match next_data(&mut body).now_or_never() {
-                Some(Ok(Some(more))) => batch.push(more),
-                Some(Err(e)) => return Err(e),
-                _ => break,
-            }
-        }
-        io.write_all(&chunk(&batch)).await?;
-        batch.clear();
+        let out = batch(first, &mut body)?;
+        io.write_all(&out).await?;
     }
     io.write_all(b"0\r\n\r\n").await?;
     io.shutdown().await
+}
+
+/// `first` and whatever else of `body` is ready (at most [`BATCH`] in all) as one chunk:
+/// one write. Nothing is kept between writes, so an idle stream holds no batch.
+fn batch(first: Bytes, body: &mut Body) -> io::Result<Bytes> {
+    let Some(second) = ready_data(body)? else {
+        return Ok(chunk(&[first]));
+    };
+    let mut parts = vec![first, second];
+    while parts.len() < BATCH {
+        match ready_data(body)? {
+            Some(more) => parts.push(more),
+            None => break,
+        }
+    }
+    Ok(chunk(&parts))
+}
+
+/// The next data frame of `body` if it is ready now; `None` if not (or at its end, which
+/// the next [`next_data`] sees).
+fn ready_data(body: &mut Body) -> io::Result<Option<Bytes>> {
+    next_data(body).now_or_never().unwrap_or(Ok(None))
 }
 
 /// The next data frame of `body`; `None` at its end.
