@@ -3,6 +3,7 @@ use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    gateway::memory::configure();
     gateway::telemetry::init();
     let config = match gateway::Config::from_env() {
         Ok(config) => config,
