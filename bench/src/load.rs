@@ -226,6 +226,12 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmRSS:")
 }
 
+/// `RssAnon` and `RssFile` of a process, in KiB: what the process allocated, and the
+/// pages of files it maps (its binary's code, shared libraries) that are resident.
+pub fn rss_parts_kib(pid: u32) -> Option<(u64, u64)> {
+    Some((status_kib(pid, "RssAnon:")?, status_kib(pid, "RssFile:")?))
+}
+
 /// `VmHWM` of a process, in KiB: the highest RSS it has had since it started, counted by
 /// the kernel (a peak that sampling `VmRSS` can miss between two samples).
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {

@@ -21,7 +21,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bench::load::{GatewayProcess, gateway_binary, rss_kib};
+use bench::load::{GatewayProcess, gateway_binary, rss_kib, rss_parts_kib};
 use clap::Parser;
 use system_tests::RedisServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -60,6 +60,9 @@ struct Args {
     /// RSS is read (an allocator gives freed memory back over seconds, not at once).
     #[arg(long, default_value_t = 15)]
     settle: u64,
+    /// Seconds of stable traffic before the churn starts and the start RSS is read.
+    #[arg(long, default_value_t = 5)]
+    warmup: u64,
 }
 
 /// Opens a stream of `topics` (a change stream for one, `/events` for several) and waits
@@ -227,7 +230,7 @@ async fn churn(args: &Args, rate: u32) -> anyhow::Result<()> {
         );
         watchers.push(Watcher::start(vec![url], 0).await?);
     }
-    let start_rss = rss_kib(gateway.pid).context("gateway RSS")?;
+    let idle_rss = rss_kib(gateway.pid).context("gateway RSS")?;
     // The stable writer runs until the end RSS is read; the churners until the churn ends.
     let (stop, churn_stop) = (CancellationToken::new(), CancellationToken::new());
 
@@ -254,6 +257,16 @@ async fn churn(args: &Args, rate: u32) -> anyhow::Result<()> {
             anyhow::Ok(())
         }
     });
+
+    // Where the pod starts: the stable clients receiving their traffic, before the churn
+    // (so the comparison is the churn's doing, not the traffic's).
+    let mut warmup = tokio::time::interval(Duration::from_secs(1));
+    warmup.tick().await;
+    for _ in 0..args.warmup {
+        warmup.tick().await;
+    }
+    let start_rss = rss_kib(gateway.pid).context("gateway RSS")?;
+    let start_parts = rss_parts_kib(gateway.pid).context("gateway RSS")?;
 
     // The churners: `rate` opens per second, each closed once it has its start position.
     let opened = Arc::new(AtomicUsize::new(0));
@@ -345,6 +358,7 @@ async fn churn(args: &Args, rate: u32) -> anyhow::Result<()> {
         settle.tick().await;
     }
     let end_rss = rss_kib(gateway.pid).context("gateway RSS")?;
+    let end_parts = rss_parts_kib(gateway.pid).context("gateway RSS")?;
     stop.cancel();
     writer.await??;
     // Every stable client has every event of its topic, once, in order.
@@ -363,22 +377,31 @@ async fn churn(args: &Args, rate: u32) -> anyhow::Result<()> {
     }
 
     println!(
-        "| churn opens/s | seconds | opened | failed | stable clients | stable topics | events delivered to them | channels after | RSS start | peak | released | end ({} s later) | end vs start |",
-        args.settle
+        "| churn opens/s | seconds | opened | failed | stable clients | stable topics | events delivered to them | channels after | RSS idle | start ({} s of stable traffic) | peak | released | end ({} s later) | end vs start |",
+        args.warmup, args.settle
     );
-    println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     println!(
-        "| {rate} | {:.0} | {} | {} | {} | {} | {events} (all, once, in order) | {channels} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:+.1}% |",
+        "| {rate} | {:.0} | {} | {} | {} | {} | {events} (all, once, in order) | {channels} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:+.1}% |",
         churn_took.as_secs_f64(),
         opened.load(Ordering::SeqCst),
         failed.load(Ordering::SeqCst),
         args.stable,
         args.stable_topics,
+        idle_rss as f64 / 1024.0,
         start_rss as f64 / 1024.0,
         peak_rss as f64 / 1024.0,
         released_rss as f64 / 1024.0,
         end_rss as f64 / 1024.0,
         (end_rss as f64 / start_rss as f64 - 1.0) * 100.0,
+    );
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "\nOf that RSS, allocated (RssAnon): {:.1} -> {:.1} MiB; the binary's and libraries' pages (RssFile): {:.1} -> {:.1} MiB.",
+        mib(start_parts.0),
+        mib(end_parts.0),
+        mib(start_parts.1),
+        mib(end_parts.1),
     );
     gateway.kill().await?;
     Ok(())
