@@ -20,11 +20,12 @@ pub fn init() {
 }
 
 /// The request span of both routers: method and URI with `access_token` redacted, at
-/// `debug` (so off at the default `info`), around the handler's work. Only a span: the
-/// response's body is passed on as it is (tower-http's `TraceLayer` wraps every body, which
-/// every open event stream then holds for its whole life, 112 bytes each, and runs its
-/// per-chunk hooks on every event). No failure logging here: 5xx are logged once, by
-/// `ApiError`.
+/// `debug` (so off at the default `info`), around the handler's work, with a "started
+/// processing request" line in it. Only that: the response's body is passed on as it is
+/// (tower-http's `TraceLayer` wraps every body, which every open event stream then holds
+/// for its whole life, 112 bytes each, and runs its per-chunk hooks on every event; its
+/// "finished processing request" line, timed to the response head, goes with it). No
+/// failure logging here: 5xx are logged once, by `ApiError`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HttpTrace;
 
@@ -63,6 +64,8 @@ where
     fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
         use tracing::Instrument;
         let span = request_span(&request);
+        // As tower-http's layer did: one line per request, carrying the span's fields.
+        span.in_scope(|| tracing::debug!("started processing request"));
         self.0.call(request).instrument(span)
     }
 }
