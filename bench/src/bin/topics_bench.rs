@@ -260,11 +260,7 @@ async fn churn(args: &Args, rate: u32) -> anyhow::Result<()> {
 
     // Where the pod starts: the stable clients receiving their traffic, before the churn
     // (so the comparison is the churn's doing, not the traffic's).
-    let mut warmup = tokio::time::interval(Duration::from_secs(1));
-    warmup.tick().await;
-    for _ in 0..args.warmup {
-        warmup.tick().await;
-    }
+    seconds(args.warmup).await;
     let start_rss = rss_kib(gateway.pid).context("gateway RSS")?;
     let start_parts = rss_parts_kib(gateway.pid).context("gateway RSS")?;
 
@@ -352,11 +348,7 @@ async fn churn(args: &Args, rate: u32) -> anyhow::Result<()> {
     };
     let released_rss = rss_kib(gateway.pid).context("gateway RSS")?;
     // The stable traffic goes on while the pod settles, as it would in a real one.
-    let mut settle = tokio::time::interval(Duration::from_secs(1));
-    settle.tick().await;
-    for _ in 0..args.settle {
-        settle.tick().await;
-    }
+    seconds(args.settle).await;
     let end_rss = rss_kib(gateway.pid).context("gateway RSS")?;
     let end_parts = rss_parts_kib(gateway.pid).context("gateway RSS")?;
     stop.cancel();
@@ -405,6 +397,15 @@ async fn churn(args: &Args, rate: u32) -> anyhow::Result<()> {
     );
     gateway.kill().await?;
     Ok(())
+}
+
+/// `n` seconds of the run going on (paced by an interval: traffic flows meanwhile).
+async fn seconds(n: u64) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    for _ in 0..n {
+        tick.tick().await;
+    }
 }
 
 /// glibc malloc settings for the gateway from `BENCH_MALLOC` (`arena2`, `trim`), to see
