@@ -224,12 +224,7 @@ impl Control {
         let generation = self.generation;
         let mut results = futures::stream::iter(batches)
             .map(|batch| async move {
-                let channels: Vec<String> = batch.iter().map(Topic::redis_channel).collect();
-                let started = Instant::now();
-                let subscribed = link
-                    .run(|mut conn| async move { conn.ssubscribe(channels).await })
-                    .await;
-                let took = started.elapsed();
+                let subscribed = shard_batch(link, &batch, Shard::Subscribe).await;
                 let mut refilled = Vec::new();
                 if subscribed.is_ok() {
                     for topic in batch.iter().filter(|t| nudge.contains(*t)) {
@@ -241,7 +236,7 @@ impl Control {
                         }
                     }
                 }
-                (batch, subscribed.map(|()| took), refilled)
+                (batch, subscribed, refilled)
             })
             .buffer_unordered(RESUBSCRIBE_CONCURRENCY);
         let (mut confirmed, mut refilled, mut took) = (Vec::new(), Vec::new(), Vec::new());
@@ -291,12 +286,8 @@ impl Control {
         let link = &self.link;
         let mut results = futures::stream::iter(slot_batches(expired))
             .map(|batch| async move {
-                let channels: Vec<String> = batch.iter().map(Topic::redis_channel).collect();
-                let started = Instant::now();
-                let call = link
-                    .run(|mut conn| async move { conn.sunsubscribe(channels).await })
-                    .await;
-                (batch, call.map(|()| started.elapsed()))
+                let call = shard_batch(link, &batch, Shard::Unsubscribe).await;
+                (batch, call)
             })
             .buffer_unordered(RESUBSCRIBE_CONCURRENCY);
         let mut done: Vec<(Vec<Topic>, Duration)> = Vec::new();
@@ -366,4 +357,30 @@ impl Control {
             self.nudge.insert(topic);
         }
     }
+}
+
+/// Which sharded command a batch is sent with.
+#[derive(Clone, Copy)]
+enum Shard {
+    Subscribe,
+    Unsubscribe,
+}
+
+/// `SSUBSCRIBE` or `SUNSUBSCRIBE` of one slot's `batch` (a command may not span slots);
+/// how long Redis took to confirm it.
+async fn shard_batch(
+    link: &ClusterLink,
+    batch: &[Topic],
+    command: Shard,
+) -> redis::RedisResult<Duration> {
+    let channels: Vec<String> = batch.iter().map(Topic::redis_channel).collect();
+    let started = Instant::now();
+    link.run(|mut conn| async move {
+        match command {
+            Shard::Subscribe => conn.ssubscribe(channels).await,
+            Shard::Unsubscribe => conn.sunsubscribe(channels).await,
+        }
+    })
+    .await?;
+    Ok(started.elapsed())
 }
