@@ -11,12 +11,12 @@ import { createHmac } from 'node:crypto';
 import { once } from 'node:events';
 import { createRequire } from 'node:module';
 import {
-  Child, REPO, STEP_MS, binary, cleanup, logField, openEventStream, request, startRedis, waitOk,
-  within,
+  Child, REPO, STEP_MS, binary, cleanup, freePort, logField, openEventStream, request, startRedis,
+  waitOk, within,
 } from '../js/processes.mjs';
 import loopback from 'loopback';
 
-export { REPO, STEP_MS, cleanup, openEventStream, request, within };
+export { REPO, STEP_MS, cleanup, freePort, openEventStream, request, within };
 
 /** The mixin package, installed from the repo (`file:../../clients/loopback3`). */
 export const mixin = createRequire(import.meta.url)('@changestream/loopback3');

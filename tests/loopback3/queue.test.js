@@ -8,7 +8,7 @@ import { once } from 'node:events';
 import net from 'node:net';
 import { test } from 'node:test';
 import {
-  cleanup, loopbackChanges, memoryLogger, openEventStream, startApp, startFleet,
+  cleanup, freePort, loopbackChanges, memoryLogger, openEventStream, startApp, startFleet,
 } from './harness.js';
 
 test('a full queue drops and counts; flush() reports what is left; the rest arrives in order', async (t) => {
@@ -17,12 +17,7 @@ test('a full queue drops and counts; flush() reports what is left; the rest arri
   defer(() => fleet.stop());
   // The mixin talks to a port nobody listens on yet (connection refused), later to a
   // proxy to the publisher on that port.
-  const holder = net.createServer();
-  holder.listen(0, '127.0.0.1');
-  await once(holder, 'listening');
-  const { port } = holder.address();
-  holder.close();
-  await once(holder, 'close');
+  const port = await freePort();
 
   const MAX_QUEUE = 5;
   const logger = memoryLogger();

@@ -35,7 +35,7 @@ pub use cluster::RedisCluster;
 pub use gateway::{Gateway, GatewayProcess, gateway_binary, is_ready, ready_state};
 pub use logged::LoggedProcess;
 pub use publisher::Publisher;
-pub use redis::{RedisOptions, RedisServer};
+pub use redis::{RedisOptions, RedisServer, gateway_channels};
 pub use sse::{Frame, SseClient};
 pub use watcher::{Watched, Watcher};
 

@@ -242,3 +242,21 @@ impl RedisServer {
 pub(crate) fn redis_server_binary() -> PathBuf {
     std::env::var_os("REDIS_SERVER").map_or_else(|| PathBuf::from("redis-server"), PathBuf::from)
 }
+
+/// The gateways' pub/sub channels on the node `conn` talks to: `PUBSUB CHANNELS cs:*`, or
+/// `PUBSUB SHARDCHANNELS cs:*` for a cluster's sharded ones. Bounded by [`STEP`].
+pub async fn gateway_channels(
+    conn: &mut redis::aio::MultiplexedConnection,
+    sharded: bool,
+) -> anyhow::Result<Vec<String>> {
+    let which = if sharded { "SHARDCHANNELS" } else { "CHANNELS" };
+    let list = within(
+        "PUBSUB",
+        redis::cmd("PUBSUB")
+            .arg(which)
+            .arg("cs:*")
+            .query_async(conn),
+    )
+    .await??;
+    Ok(list)
+}

@@ -13,7 +13,8 @@ use proto::Topic;
 use publisher::{RedisOptions as StoreOptions, RedisStore, RedisTarget, Store};
 use serde_json::{Value, json};
 use system_tests::{
-    GatewayProcess, RedisCluster, RedisOptions, RedisServer, SseClient, http, poll_until, within,
+    GatewayProcess, RedisCluster, RedisOptions, RedisServer, SseClient, gateway_channels, http,
+    poll_until, within,
 };
 
 const TOPICS: usize = 2000;
@@ -26,15 +27,7 @@ fn topic(i: usize) -> Topic {
 /// The gateway's channels subscribed in Redis now.
 async fn channels(redis: &RedisServer) -> anyhow::Result<usize> {
     let mut conn = redis.connection().await?;
-    let list: Vec<String> = within(
-        "PUBSUB CHANNELS",
-        redis::cmd("PUBSUB")
-            .arg("CHANNELS")
-            .arg("cs:*")
-            .query_async(&mut conn),
-    )
-    .await??;
-    Ok(list.len())
+    Ok(gateway_channels(&mut conn, false).await?.len())
 }
 
 /// The `_count` of `gateway_subscription_batch_seconds{op}`.
@@ -232,15 +225,7 @@ async fn shard_channels(cluster: &RedisCluster) -> anyhow::Result<usize> {
     for port in cluster.masters().await?.into_values() {
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
         let mut conn = within("connect", client.get_multiplexed_async_connection()).await??;
-        let list: Vec<String> = within(
-            "PUBSUB SHARDCHANNELS",
-            redis::cmd("PUBSUB")
-                .arg("SHARDCHANNELS")
-                .arg("cs:*")
-                .query_async(&mut conn),
-        )
-        .await??;
-        total += list.len();
+        total += gateway_channels(&mut conn, true).await?.len();
     }
     Ok(total)
 }

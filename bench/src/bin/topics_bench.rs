@@ -319,7 +319,9 @@ async fn churn(args: &Args, rate: u32) -> anyhow::Result<()> {
             let mut conn = conn.clone();
             let want = args.stable_topics;
             async move {
-                let list = subscribed_channels(&mut conn).await.ok()?;
+                let list = system_tests::gateway_channels(&mut conn, false)
+                    .await
+                    .ok()?;
                 (list.len() == want).then_some(list.len())
             }
         })
@@ -327,7 +329,7 @@ async fn churn(args: &Args, rate: u32) -> anyhow::Result<()> {
     let channels = match channels {
         Ok(n) => n,
         Err(e) => {
-            let list = subscribed_channels(&mut conn).await?;
+            let list = system_tests::gateway_channels(&mut conn, false).await?;
             let metrics = reqwest::get(format!("http://{}/metrics", gateway.addr))
                 .await?
                 .text()
@@ -427,15 +429,4 @@ fn xorshift(state: &mut u64) -> u64 {
     *state ^= *state >> 7;
     *state ^= *state << 17;
     *state
-}
-
-/// The gateways' channels subscribed in Redis now.
-async fn subscribed_channels(
-    conn: &mut redis::aio::MultiplexedConnection,
-) -> redis::RedisResult<Vec<String>> {
-    redis::cmd("PUBSUB")
-        .arg("CHANNELS")
-        .arg("cs:*")
-        .query_async(conn)
-        .await
 }
