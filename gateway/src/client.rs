@@ -670,7 +670,7 @@ fn apply(filter: &Filter, parsed: &ParsedChange) -> Filtered {
             Some(data) if filter.projects() => {
                 let mut change = parsed.change.clone();
                 change.insert("data".into(), Value::Object(filter.project(data)));
-                Filtered::Projected(Value::Object(change).to_string())
+                Filtered::Projected(proto::json::to_string(&change))
             }
             _ => Filtered::AsIs,
         },

@@ -11,7 +11,8 @@
 //!   the removed record's last state);
 //! - [`sse`]: the exact SSE frame bytes;
 //! - [`script`]: the Lua text of the one atomic publish script;
-//! - [`Filter`]: a LoopBack change-stream filter (`where`, `fields`), parsed and applied.
+//! - [`Filter`]: a LoopBack change-stream filter (`where`, `fields`), parsed and applied;
+//! - [`json`]: JSON text with numbers in JavaScript's bytes, for everything a client reads.
 //!
 //! It does no I/O and depends on no runtime: a golden-fixture test in each module fails if
 //! the wire format changes.
@@ -22,6 +23,7 @@ mod envelope;
 mod error;
 mod event_id;
 mod filter;
+pub mod json;
 mod keys;
 pub mod query;
 mod record_id;

@@ -268,7 +268,7 @@ fn primitive(value: &Value) -> Primitive<'_> {
                     Value::Object(_) => "[object Object]".to_owned(),
                     other => match primitive(other) {
                         Primitive::Text(t) => t.into_owned(),
-                        Primitive::Number(n) => js_number_text(n),
+                        Primitive::Number(n) => crate::json::js_number(n),
                     },
                 })
                 .collect::<Vec<_>>()
@@ -305,15 +305,6 @@ fn js_number(text: &str) -> f64 {
             t.parse().unwrap_or(f64::NAN)
         }
         _ => f64::NAN,
-    }
-}
-
-/// How JavaScript prints a number inside an array's `join` (close enough for ordering).
-fn js_number_text(n: f64) -> String {
-    if n.fract() == 0.0 && n.abs() < 1e21 {
-        format!("{n:.0}")
-    } else {
-        n.to_string()
     }
 }
 

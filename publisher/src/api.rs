@@ -281,7 +281,7 @@ fn answered<T>(answer: Answer<T>, body: impl FnOnce(T) -> String) -> Response {
 }
 
 fn record_json(written: Written) -> String {
-    Value::Object(written.record).to_string()
+    proto::json::to_string(&written.record)
 }
 
 fn count_json(count: usize) -> String {
@@ -410,13 +410,8 @@ async fn create<S: Store>(
                 )
                 .await?;
             Ok(answered(answer, |written| {
-                Value::Array(
-                    written
-                        .into_iter()
-                        .map(|w| Value::Object(w.record))
-                        .collect(),
-                )
-                .to_string()
+                let records: Vec<Object> = written.into_iter().map(|w| w.record).collect();
+                proto::json::to_string(&records)
             }))
         }
         _ => Err(ApiError::BadRequest(
@@ -454,14 +449,7 @@ async fn list<S: Store>(
     let body = if query.is_empty() {
         format!("[{}]", snapshot.records.join(","))
     } else {
-        Value::Array(
-            query
-                .apply(parsed(&snapshot.records)?)
-                .into_iter()
-                .map(Value::Object)
-                .collect(),
-        )
-        .to_string()
+        proto::json::to_string(&query.apply(parsed(&snapshot.records)?))
     };
     Ok(at_position(raw_json(body), snapshot.position))
 }
@@ -491,7 +479,7 @@ async fn find_one<S: Store>(
     let snapshot = state.store.snapshot(&topic).await?;
     match query.apply(parsed(&snapshot.records)?).into_iter().next() {
         Some(record) => Ok(at_position(
-            raw_json(Value::Object(record).to_string()),
+            raw_json(proto::json::to_string(&record)),
             snapshot.position,
         )),
         None => Err(StoreError::NoneFound { topic }.into()),
@@ -573,9 +561,9 @@ async fn find<S: Store>(
     state.auth.authorize_read(caller.claims(), &topic)?;
     let query = find_query(&uri, None, &topic)?;
     match visible(&state, caller.claims(), &topic, &id).await? {
-        Some(record) => Ok(raw_json(
-            Value::Object(query.filter().project(&record)).to_string(),
-        )),
+        Some(record) => Ok(raw_json(proto::json::to_string(
+            &query.filter().project(&record),
+        ))),
         None => Err(StoreError::NotFound { topic, id }.into()),
     }
 }

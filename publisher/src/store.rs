@@ -431,8 +431,7 @@ pub(crate) fn in_id_order(mut rows: Vec<(String, String)>) -> Vec<String> {
 
 /// A record's compact JSON text, keys in their stored order.
 pub(crate) fn json(object: &Object) -> String {
-    // A map of serde_json values always serializes: keys are strings, floats are finite.
-    serde_json::to_string(object).unwrap_or_else(|_| unreachable!("JSON object serializes"))
+    proto::json::to_string(object)
 }
 
 /// Parses a stored record.

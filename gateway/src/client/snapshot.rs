@@ -194,7 +194,7 @@ fn select(records: impl Iterator<Item = String>, filter: Option<&Filter>) -> Vec
                 return None;
             }
             Some(if filter.projects() {
-                serde_json::Value::Object(filter.project(&record)).to_string()
+                proto::json::to_string(&filter.project(&record))
             } else {
                 text
             })

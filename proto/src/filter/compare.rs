@@ -69,10 +69,11 @@ fn bool_text(b: bool) -> &'static str {
     if b { "true" } else { "false" }
 }
 
-/// JavaScript prints an integral double without a fraction: `5`, not `5.0`.
+/// A number's text as JavaScript's `String(n)` gives it (`5`, not `5.0`; `0.000001`, not
+/// `1e-6`); integers keep their exact digits, as they compare exactly.
 fn number_text(n: &Number) -> String {
     match n.as_f64() {
-        Some(x) if n.is_f64() && x.fract() == 0.0 && x.abs() < 1e21 => format!("{x:.0}"),
+        Some(x) if n.is_f64() => crate::json::js_number(x),
         _ => n.to_string(),
     }
 }
