@@ -283,6 +283,49 @@ async fn an_array_create_numbers_its_items_in_array_order() -> anyhow::Result<()
     publisher.stop().await
 }
 
+/// Numbers as a Python or Go client writes them come back, from Redis, in the bytes
+/// JavaScript's `JSON.stringify` (and so LoopBack) writes: in the answer, the stored record,
+/// the stream entry (what every gateway sends) and a later read.
+#[tokio::test]
+async fn numbers_are_stored_and_sent_in_javascripts_bytes() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let publisher = Publisher::start(&redis.url()).await?;
+    let topic = Topic::new("Numbers")?;
+    let client = http();
+    let sent = "[10.0,-0.0,1e6,1e-06,1.5e+20,12345678901234567890,0.1,1e21]";
+    let javascript = "[10,0,1000000,0.000001,150000000000000000000,12345678901234567000,0.1,1e+21]";
+    let expected = format!(r#"{{"v":{javascript},"id":1}}"#);
+
+    let answer = within(
+        "POST",
+        client
+            .post(publisher.url("/api/Numbers"))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"v":{sent}}}"#))
+            .send(),
+    )
+    .await??
+    .error_for_status()?;
+    assert_eq!(within("answer", answer.text()).await??, expected);
+
+    let mut conn = redis.connection().await?;
+    let stored: String = within("HGET", conn.hget(topic.records_key(), "1")).await??;
+    assert_eq!(stored, expected);
+    let entries = stream_entries(&redis, &topic).await?;
+    assert_eq!(
+        entries
+            .iter()
+            .map(|(_, f)| f.change.as_str())
+            .collect::<Vec<_>>(),
+        [format!(
+            r#"{{"target":1,"data":{expected},"type":"create"}}"#
+        )]
+    );
+    let read = within("GET", client.get(publisher.url("/api/Numbers/1")).send()).await??;
+    assert_eq!(within("read", read.text()).await??, expected);
+    publisher.stop().await
+}
+
 #[tokio::test]
 async fn retention_trims_the_stream() -> anyhow::Result<()> {
     let redis = RedisServer::start().await?;
